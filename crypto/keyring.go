@@ -1,0 +1,276 @@
+package crypto
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
+	"sync"
+	"sync/atomic"
+)
+
+// HKDF info labels: one per purpose, so no two uses share a key.
+const (
+	labelKeyID   = "mountd/v1/key-id"
+	labelContent = "mountd/v1/content"
+	labelKEK     = "mountd/v1/kek"
+)
+
+// Layout of the Keyring's secret page.
+const (
+	pageSize   = 4096
+	mkOff      = 0  // the master key
+	stagingOff = 32 // a candidate key being unwrapped or generated
+)
+
+// maxCachedCiphers bounds the per-file AEAD cache; past it the cache is
+// dropped and rebuilt on demand.
+const maxCachedCiphers = 4096
+
+// Keyring is the one holder of the master key in memory.
+//
+// The key lives in a page that is mlocked and excluded from core dumps.
+// Content operations (File.ReadAt, WriteAt, Truncate) hold the Keyring's
+// read lock for their own duration; Clear takes the write lock, so it waits
+// for operations in flight and no operation starts under a key that is being
+// cleared.
+type Keyring struct {
+	stateMu sync.Mutex // serializes Create, Unlock and Clear
+
+	mu     sync.RWMutex // guards set, keyID, the key bytes, ciphers
+	set    bool
+	keyID  KeyID
+	page   []byte
+	locked bool // page is mlocked
+
+	cmu     sync.Mutex // guards ciphers (taken under mu.RLock)
+	ciphers map[FileID]cipher.AEAD
+
+	gen atomic.Uint64
+
+	lmu       sync.Mutex
+	listeners map[uint64]func()
+	nextL     uint64
+}
+
+// NewKeyring returns an empty (locked) Keyring.
+func NewKeyring() *Keyring {
+	page, locked := allocSecret(pageSize)
+	return &Keyring{page: page, locked: locked, listeners: map[uint64]func(){}}
+}
+
+// MemoryLocked reports whether the key page is locked in RAM.
+func (k *Keyring) MemoryLocked() bool { return k.locked }
+
+// String redacts: a Keyring never prints key material.
+func (k *Keyring) String() string {
+	if k.IsSet() {
+		return "crypto.Keyring{key set}"
+	}
+	return "crypto.Keyring{no key}"
+}
+
+// GoString redacts like String.
+func (k *Keyring) GoString() string { return k.String() }
+
+// IsSet reports whether a master key is set.
+func (k *Keyring) IsSet() bool {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	return k.set
+}
+
+// Generation changes every time a key is set or cleared, so an operation
+// can tell that a logout (or a new login) happened under it.
+func (k *Keyring) Generation() uint64 { return k.gen.Load() }
+
+// KeyID returns the identifier of the current master key.
+func (k *Keyring) KeyID() (KeyID, error) {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	if !k.set {
+		return KeyID{}, ErrLocked
+	}
+	return k.keyID, nil
+}
+
+// OnClear registers fn to run during every Clear, after the Keyring is
+// marked locked and the operations in flight have finished, and before the
+// key bytes are zeroed. fn runs with no Keyring lock held, but must not call
+// Create, Unlock or Clear. The returned function unregisters fn.
+func (k *Keyring) OnClear(fn func()) (remove func()) {
+	k.lmu.Lock()
+	id := k.nextL
+	k.nextL++
+	k.listeners[id] = fn
+	k.lmu.Unlock()
+	return func() {
+		k.lmu.Lock()
+		delete(k.listeners, id)
+		k.lmu.Unlock()
+	}
+}
+
+// Clear logs out: it marks the Keyring locked (new operations get
+// ErrLocked), waits for operations in flight, runs the OnClear listeners,
+// then overwrites the key with zeroes and drops every derived cipher. It is
+// idempotent and returns only when all of that is done.
+func (k *Keyring) Clear() {
+	k.stateMu.Lock()
+	defer k.stateMu.Unlock()
+
+	k.mu.Lock()
+	wasSet := k.set
+	k.set = false
+	if wasSet {
+		k.gen.Add(1)
+	}
+	k.mu.Unlock()
+
+	if wasSet {
+		k.lmu.Lock()
+		fns := make([]func(), 0, len(k.listeners))
+		for _, fn := range k.listeners {
+			fns = append(fns, fn)
+		}
+		k.lmu.Unlock()
+		for _, fn := range fns {
+			fn()
+		}
+	}
+
+	k.mu.Lock()
+	clear(k.page)
+	k.keyID = KeyID{}
+	k.cmu.Lock()
+	k.ciphers = nil
+	k.cmu.Unlock()
+	k.mu.Unlock()
+}
+
+// install moves the key in the staging area into place. Caller holds stateMu.
+func (k *Keyring) install() error {
+	staging := k.page[stagingOff : stagingOff+KeySize]
+	defer clear(staging)
+	if isZero(staging) {
+		return fmt.Errorf("%w: all-zero master key", ErrBadVerifier)
+	}
+	id, err := deriveKeyID(staging)
+	if err != nil {
+		return err
+	}
+	k.mu.Lock()
+	copy(k.page[mkOff:mkOff+KeySize], staging)
+	k.keyID = id
+	k.set = true
+	k.cmu.Lock()
+	k.ciphers = map[FileID]cipher.AEAD{}
+	k.cmu.Unlock()
+	k.gen.Add(1)
+	k.mu.Unlock()
+	return nil
+}
+
+// sameAsStaging reports whether the staged key equals the current key.
+// Caller holds stateMu.
+func (k *Keyring) sameAsStaging() bool {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	return k.set && subtle.ConstantTimeCompare(k.page[mkOff:mkOff+KeySize], k.page[stagingOff:stagingOff+KeySize]) == 1
+}
+
+// setKeyForTest installs key directly (tests and known-answer vectors only).
+func (k *Keyring) setKeyForTest(key []byte) error {
+	k.stateMu.Lock()
+	defer k.stateMu.Unlock()
+	copy(k.page[stagingOff:stagingOff+KeySize], key)
+	return k.install()
+}
+
+// NewHeader returns a header with a fresh random file-id under the current
+// key.
+func (k *Keyring) NewHeader() (Header, error) {
+	id, err := k.KeyID()
+	if err != nil {
+		return Header{}, err
+	}
+	h := Header{Version: Version, KeyID: id}
+	if _, err := rand.Read(h.FileID[:]); err != nil {
+		return Header{}, fmt.Errorf("crypto: random file-id: %w", err)
+	}
+	return h, nil
+}
+
+// rlock takes the read lock and checks that a key is set. On success the
+// caller must call k.mu.RUnlock.
+func (k *Keyring) rlock() error {
+	k.mu.RLock()
+	if !k.set {
+		k.mu.RUnlock()
+		return ErrLocked
+	}
+	return nil
+}
+
+// fileAEAD returns the AEAD of the file with header h. Caller holds the
+// read lock (via rlock).
+func (k *Keyring) fileAEAD(h *Header) (cipher.AEAD, error) {
+	if h.KeyID != k.keyID {
+		return nil, ErrWrongKey
+	}
+	k.cmu.Lock()
+	a, ok := k.ciphers[h.FileID]
+	k.cmu.Unlock()
+	if ok {
+		return a, nil
+	}
+	fk, err := hkdf.Key(sha256.New, k.page[mkOff:mkOff+KeySize], nil, labelContent+string(h.FileID[:]), KeySize)
+	if err != nil {
+		return nil, fmt.Errorf("crypto: derive file key: %w", err)
+	}
+	a, err = newGCM(fk)
+	clear(fk)
+	if err != nil {
+		return nil, err
+	}
+	k.cmu.Lock()
+	if len(k.ciphers) >= maxCachedCiphers {
+		k.ciphers = map[FileID]cipher.AEAD{}
+	}
+	k.ciphers[h.FileID] = a
+	k.cmu.Unlock()
+	return a, nil
+}
+
+func newGCM(key []byte) (cipher.AEAD, error) {
+	b, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, fmt.Errorf("crypto: aes: %w", err)
+	}
+	a, err := cipher.NewGCM(b)
+	if err != nil {
+		return nil, fmt.Errorf("crypto: gcm: %w", err)
+	}
+	return a, nil
+}
+
+func deriveKeyID(mk []byte) (KeyID, error) {
+	var id KeyID
+	b, err := hkdf.Key(sha256.New, mk, nil, labelKeyID, len(id))
+	if err != nil {
+		return id, fmt.Errorf("crypto: derive key-id: %w", err)
+	}
+	copy(id[:], b)
+	return id, nil
+}
+
+func isZero(b []byte) bool {
+	var acc byte
+	for _, c := range b {
+		acc |= c
+	}
+	return acc == 0
+}
