@@ -404,8 +404,13 @@ func (f *File) writeChunk(s *scratch, aead cipher.AEAD, size int64, p []byte, of
 	for i := 0; i < nb; i++ {
 		clen += lens(i) + BlockOverhead
 	}
-	if err := f.preallocate(blockOffset(first), int64(clen)); err != nil {
-		return err
+	// Only space past the current end can be missing (ENOSPC); rewriting
+	// allocated blocks in place needs none.
+	if oldEnd, wEnd := CipherSize(size), blockOffset(first)+int64(clen); wEnd > oldEnd {
+		from := max(blockOffset(first), oldEnd)
+		if err := f.preallocate(from, wEnd-from); err != nil {
+			return err
+		}
 	}
 	err := f.forBlocks(s, nb, func(w, i int) error {
 		blk := first + int64(i)
