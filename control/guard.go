@@ -1,0 +1,238 @@
+package control
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// hostPolicy decides which Host and Origin values name this server. A web
+// page that got its own DNS name to resolve to 127.0.0.1 (DNS rebinding)
+// still sends its own name as Host, so only the loopback names are accepted.
+type hostPolicy struct {
+	port string // the TCP listen port; "" for a unix socket
+	unix bool
+}
+
+func newHostPolicy(addr string) (hostPolicy, error) {
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		if path == "" {
+			return hostPolicy{}, fmt.Errorf("control: listen address %q: empty socket path", addr)
+		}
+		return hostPolicy{unix: true}, nil
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return hostPolicy{}, fmt.Errorf("control: listen address %q: %w", addr, err)
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 || strconv.FormatUint(n, 10) != port {
+		return hostPolicy{}, fmt.Errorf("control: listen address %q: need a fixed port (with port 0, pass the listener's address)", addr)
+	}
+	return hostPolicy{port: port}, nil
+}
+
+// allow reports whether hostport (a Host header, or an Origin without its
+// scheme) is a loopback name with the right port. Over TCP the port must
+// be the listen port (it may be left out only when that is 80). Over a unix
+// socket no browser can connect, so any port or none is accepted, but the
+// name must still be a loopback one: that keeps a TCP-to-socket proxy
+// safe from rebinding too.
+func (p hostPolicy) allow(hostport string) bool {
+	var host, port string
+	var bracketed bool
+	if rest, ok := strings.CutPrefix(hostport, "["); ok {
+		i := strings.IndexByte(rest, ']')
+		if i < 0 {
+			return false
+		}
+		host, bracketed = rest[:i], true
+		switch after := rest[i+1:]; {
+		case after == "":
+		case strings.HasPrefix(after, ":"):
+			port = after[1:]
+			if port == "" {
+				return false
+			}
+		default:
+			return false
+		}
+	} else if i := strings.LastIndexByte(hostport, ':'); i >= 0 {
+		host, port = hostport[:i], hostport[i+1:]
+		if port == "" {
+			return false
+		}
+	} else {
+		host = hostport
+	}
+	if bracketed {
+		if host != "::1" {
+			return false
+		}
+	} else if !strings.EqualFold(host, "localhost") && host != "127.0.0.1" {
+		return false
+	}
+	for _, c := range []byte(port) {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	if p.unix {
+		return true
+	}
+	return port == p.port || (port == "" && p.port == "80")
+}
+
+// checkHost refuses a Host header that is not a loopback name (403).
+func (s *Server) checkHost(r *http.Request) error {
+	if !s.hosts.allow(r.Host) {
+		return errForbiddenHost
+	}
+	return nil
+}
+
+// checkOrigin refuses, on a state-changing call, a request a browser marks
+// as coming from another site: an Origin other than this server's own
+// (including "null"), or a Sec-Fetch-Site other than none / same-origin.
+// Tools like curl send neither header and pass. No CORS header is ever sent,
+// so a foreign page can never read a response either.
+func (s *Server) checkOrigin(r *http.Request) error {
+	if v := r.Header.Values("Origin"); len(v) > 0 {
+		if len(v) != 1 {
+			return errForbiddenOrigin
+		}
+		rest, ok := cutPrefixFold(v[0], "http://")
+		if !ok || !s.hosts.allow(rest) {
+			return errForbiddenOrigin
+		}
+	}
+	if v := r.Header.Values("Sec-Fetch-Site"); len(v) > 0 {
+		if len(v) != 1 || (v[0] != "none" && v[0] != "same-origin") {
+			return errForbiddenOrigin
+		}
+	}
+	return nil
+}
+
+func cutPrefixFold(s, prefix string) (string, bool) {
+	if len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix) {
+		return s[len(prefix):], true
+	}
+	return s, false
+}
+
+// checkToken requires "Authorization: Bearer <token>" when a token is set.
+// Both sides are hashed first, so the constant-time compare does not even
+// leak the token's length.
+func (s *Server) checkToken(r *http.Request) error {
+	if s.tokenHash == nil {
+		return nil
+	}
+	v := r.Header.Values("Authorization")
+	if len(v) != 1 {
+		return errUnauthorized
+	}
+	tok, ok := cutPrefixFold(v[0], "Bearer ")
+	if !ok {
+		return errUnauthorized
+	}
+	got := sha256.Sum256([]byte(tok))
+	if subtle.ConstantTimeCompare(got[:], s.tokenHash) != 1 {
+		return errUnauthorized
+	}
+	return nil
+}
+
+// backoff slows down password guessing: the first freeFailures failures are
+// free, then each one locks password checks for base, 2*base, 4*base, ...
+// up to max. A success resets it, and so does a quiet window without a
+// failure. It is global, not per client: every browser attacker comes from
+// 127.0.0.1 anyway.
+type backoff struct {
+	mu           sync.Mutex
+	now          func() time.Time
+	freeFailures int
+	base, max    time.Duration
+	window       time.Duration
+
+	failures int
+	last     time.Time // last failure
+	until    time.Time // no attempt before this
+}
+
+func newBackoff() *backoff {
+	return &backoff{now: time.Now, freeFailures: 5, base: time.Second, max: time.Minute, window: 15 * time.Minute}
+}
+
+// wait returns how long until the next attempt is allowed; 0 means now.
+func (b *backoff) wait() time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return max(b.until.Sub(b.now()), 0)
+}
+
+func (b *backoff) failure() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	if now.Sub(b.last) > b.window {
+		b.failures = 0
+	}
+	b.failures++
+	b.last = now
+	if n := b.failures - b.freeFailures; n >= 0 {
+		d := b.max
+		if n < 30 && b.base<<n < b.max {
+			d = b.base << n
+		}
+		b.until = now.Add(d)
+	}
+}
+
+func (b *backoff) success() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.failures, b.last, b.until = 0, time.Time{}, time.Time{}
+}
+
+// kdfGate lets one password check (an Argon2 run) proceed at a time. Others
+// wait, bounded by their request context and by maxWait; at most maxWaiting
+// wait at once, the rest get 503 at once. So a flood of logins holds at most
+// one KDF's memory plus maxWaiting small request bodies.
+type kdfGate struct {
+	sem        chan struct{}
+	waiting    atomic.Int32
+	maxWaiting int32
+	maxWait    time.Duration
+}
+
+func newKDFGate() *kdfGate {
+	return &kdfGate{sem: make(chan struct{}, 1), maxWaiting: 64, maxWait: 30 * time.Second}
+}
+
+func (g *kdfGate) acquire(ctx context.Context) (release func(), err error) {
+	if g.waiting.Add(1) > g.maxWaiting {
+		g.waiting.Add(-1)
+		return nil, errBusy
+	}
+	defer g.waiting.Add(-1)
+	ctx, cancel := context.WithTimeout(ctx, g.maxWait)
+	defer cancel()
+	select {
+	case g.sem <- struct{}{}:
+		return func() { <-g.sem }, nil
+	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, errBusy
+		}
+		return nil, ctx.Err()
+	}
+}

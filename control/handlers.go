@@ -1,0 +1,353 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+
+	"github.com/julienschmidt/httprouter"
+	"github.com/sirupsen/logrus"
+
+	"mountd/crypto"
+)
+
+// Paths of the control API.
+const (
+	PathLogout          = "/api/system/logout"
+	PathLogin           = "/api/system/login"
+	PathStatus          = "/api/system/encryption-status"
+	PathEncryptExisting = "/api/system/encrypt_existing_files"
+	PathTask            = "/api/system/tasks/:id"
+	PathTaskCancel      = "/api/system/tasks/:id/cancel"
+	PathChangePassword  = "/api/system/change_password"
+)
+
+// Cipher is the content cipher reported by encryption-status.
+const Cipher = "AES-256-GCM"
+
+// LogoutMessage is the message of the logout response, fixed by the seed.
+const LogoutMessage = "File encryption key cleared"
+
+// handler is an endpoint: it writes a success response itself and returns
+// an error for everything else, which writeError turns into the response.
+type handler func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error
+
+type route struct {
+	methods  []string
+	path     string
+	command  string
+	mutating bool // state-changing: Origin / Sec-Fetch-Site checked
+	h        handler
+}
+
+func (s *Server) routeTable() []route {
+	get, post := http.MethodGet, http.MethodPost
+	return []route{
+		{[]string{get, post}, PathLogout, "logout", true, s.handleLogout},
+		{[]string{post}, PathLogin, "login", true, s.handleLogin},
+		{[]string{get}, PathStatus, "encryption-status", false, s.handleStatus},
+		{[]string{get, post}, PathEncryptExisting, "encrypt_existing_files", true, s.handleEncryptExisting},
+		{[]string{get}, PathTask, "task", false, s.handleTask},
+		{[]string{post}, PathTaskCancel, "cancel_task", true, s.handleCancelTask},
+		{[]string{post}, PathChangePassword, "change_password", true, s.handleChangePassword},
+	}
+}
+
+func (s *Server) newRouter() *httprouter.Router {
+	rt := httprouter.New()
+	// No redirects (their bodies are HTML) and no automatic OPTIONS answer:
+	// OPTIONS is a 405 like any other unrouted method, and no CORS header
+	// is ever sent.
+	rt.RedirectTrailingSlash = false
+	rt.RedirectFixedPath = false
+	rt.HandleOPTIONS = false
+	rt.HandleMethodNotAllowed = true
+	rt.NotFound = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.writeError(w, r, "unknown", errNotFound)
+	})
+	rt.MethodNotAllowed = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// httprouter has set the Allow header already.
+		s.writeError(w, r, s.commandFor(r.URL.Path), errMethodNotAllowed)
+	})
+	rt.PanicHandler = func(w http.ResponseWriter, r *http.Request, v any) {
+		s.writeError(w, r, s.commandFor(r.URL.Path), fmt.Errorf("control: panic in handler: %v", v))
+	}
+	for _, e := range s.routes {
+		for _, m := range e.methods {
+			rt.Handle(m, e.path, s.wrap(e))
+		}
+	}
+	return rt
+}
+
+// wrap runs the per-route guard and maps the handler's error.
+func (s *Server) wrap(e route) httprouter.Handle {
+	return func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
+		if info := infoFrom(r); info != nil {
+			info.route, info.mutating = e.path, e.mutating
+		}
+		if e.mutating {
+			if err := s.checkOrigin(r); err != nil {
+				s.writeError(w, r, e.command, err)
+				return
+			}
+		}
+		if err := e.h(w, r, ps); err != nil {
+			s.writeError(w, r, e.command, err)
+		}
+	}
+}
+
+type logoutResponse struct {
+	envelope
+	KeySet bool `json:"key_set"`
+}
+
+// handleLogout: GET or POST; idempotent; the body is the seed's, byte for byte.
+func (s *Server) handleLogout(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
+	// A logout the client stops waiting for must still finish.
+	if err := s.backend.Logout(context.WithoutCancel(r.Context())); err != nil {
+		return err
+	}
+	s.reqLog(r).Info("logout: file encryption key cleared")
+	return writeJSON(w, http.StatusOK, logoutResponse{ok("logout", LogoutMessage), false})
+}
+
+type loginRequest struct {
+	Password secret `json:"password"`
+}
+
+type loginResponse struct {
+	envelope
+	KeySet     bool `json:"key_set"`
+	Created    bool `json:"created"`
+	AlreadySet bool `json:"already_set"`
+}
+
+// handleLogin: POST application/json {"password": "..."}.
+func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
+	if err := requireJSONPost(r); err != nil {
+		return err
+	}
+	lg := s.reqLog(r)
+	if wait := s.backoff.wait(); wait > 0 {
+		lg.WithField(fieldRetry, retryAfterSeconds(wait)).Info("login refused: backing off after failed attempts")
+		return tooManyAttempts(wait)
+	}
+	var req loginRequest
+	defer req.Password.wipe()
+	if err := s.readSecrets(w, r, &req, "password"); err != nil {
+		return err
+	}
+	if len(req.Password) == 0 {
+		return badRequest("Password must not be empty")
+	}
+
+	var res LoginResult
+	err := s.checkPassword(r, func(ctx context.Context) error {
+		var err error
+		res, err = s.backend.Login(ctx, req.Password)
+		return err
+	})
+	req.Password.wipe()
+	switch {
+	case errors.Is(err, crypto.ErrInvalidPassword):
+		lg.Info("login failed: invalid password")
+		return err
+	case errors.Is(err, ErrEncryptedWithoutVerifier):
+		lg.Warn("login refused: encrypted files exist but the verifier is missing")
+		return err
+	case err != nil:
+		return err
+	}
+
+	msg := "File encryption key set"
+	switch {
+	case res.Created:
+		msg = "Password created and file encryption key set"
+	case res.AlreadySet:
+		msg = "File encryption key already set"
+	}
+	lg.WithField(fieldCreated, res.Created).Info("login: " + msg)
+	return writeJSON(w, http.StatusOK, loginResponse{ok("login", msg), true, res.Created, res.AlreadySet})
+}
+
+type changePasswordRequest struct {
+	OldPassword secret `json:"old_password"`
+	NewPassword secret `json:"new_password"`
+}
+
+// handleChangePassword: POST application/json {"old_password", "new_password"}.
+// A wrong old password counts as a failed login for the backoff: it is the
+// same oracle.
+func (s *Server) handleChangePassword(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
+	if err := requireJSONPost(r); err != nil {
+		return err
+	}
+	lg := s.reqLog(r)
+	if wait := s.backoff.wait(); wait > 0 {
+		lg.WithField(fieldRetry, retryAfterSeconds(wait)).Info("password change refused: backing off after failed attempts")
+		return tooManyAttempts(wait)
+	}
+	var req changePasswordRequest
+	defer req.OldPassword.wipe()
+	defer req.NewPassword.wipe()
+	if err := s.readSecrets(w, r, &req, "old_password", "new_password"); err != nil {
+		return err
+	}
+	if len(req.OldPassword) == 0 || len(req.NewPassword) == 0 {
+		return badRequest("Passwords must not be empty")
+	}
+	err := s.checkPassword(r, func(ctx context.Context) error {
+		return s.backend.ChangePassword(ctx, req.OldPassword, req.NewPassword)
+	})
+	req.OldPassword.wipe()
+	req.NewPassword.wipe()
+	if errors.Is(err, crypto.ErrInvalidPassword) {
+		lg.Info("password change failed: invalid old password")
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	lg.Info("password changed")
+	return writeJSON(w, http.StatusOK, ok("change_password", "Password changed"))
+}
+
+// readSecrets reads and decodes a JSON body holding passwords, zeroing the
+// raw body before returning.
+func (s *Server) readSecrets(w http.ResponseWriter, r *http.Request, dst any, keys ...string) error {
+	body, err := readBody(w, r)
+	if err != nil {
+		return err
+	}
+	defer clear(body)
+	return decodeObject(body, dst, keys...)
+}
+
+// checkPassword runs fn, which checks a password with the KDF, under the
+// KDF gate and the backoff: the backoff is checked again once the gate is
+// held (a burst of requests that all passed the first check must not all
+// get a guess), and fn's ErrInvalidPassword counts as a failure.
+func (s *Server) checkPassword(r *http.Request, fn func(context.Context) error) error {
+	release, err := s.gate.acquire(r.Context())
+	if err != nil {
+		return err
+	}
+	defer release()
+	if wait := s.backoff.wait(); wait > 0 {
+		return tooManyAttempts(wait)
+	}
+	// The KDF cannot be interrupted; finish even if the client leaves.
+	err = fn(context.WithoutCancel(r.Context()))
+	switch {
+	case errors.Is(err, crypto.ErrInvalidPassword):
+		s.backoff.failure()
+	case err == nil:
+		s.backoff.success()
+	}
+	return err
+}
+
+type statusResponse struct {
+	envelope
+	Status
+}
+
+// handleStatus: GET, ?scan=true adds file counts. Other query parameters
+// are ignored.
+func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
+	scan := false
+	if v := r.URL.Query()["scan"]; len(v) > 0 {
+		b, err := strconv.ParseBool(v[len(v)-1])
+		if err != nil {
+			return badRequest("scan must be true or false")
+		}
+		scan = b
+	}
+	st, err := s.backend.Status(r.Context(), scan)
+	if err != nil {
+		return err
+	}
+	if st.Protect == nil {
+		st.Protect = []string{}
+	}
+	if !scan {
+		st.Files = nil
+	}
+	msg := "File encryption key is not set"
+	if st.KeySet {
+		msg = "File encryption key is set"
+	}
+	return writeJSON(w, http.StatusOK, statusResponse{ok("encryption-status", msg), st})
+}
+
+type taskResponse struct {
+	envelope
+	Started *bool `json:"started,omitempty"`
+	Task    Task  `json:"task"`
+}
+
+// handleEncryptExisting: GET or POST. 202 with the new task, or 200 with the
+// one already running (started tells which).
+func (s *Server) handleEncryptExisting(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
+	// The task outlives the request: never hand it a context that the
+	// client's disconnect cancels.
+	t, started, err := s.backend.StartEncryptExisting(context.WithoutCancel(r.Context()))
+	if err != nil {
+		return err
+	}
+	status, msg := http.StatusOK, "Task already running"
+	if started {
+		status, msg = http.StatusAccepted, "Task started"
+	}
+	s.reqLog(r).WithFields(logrus.Fields{fieldTaskID: t.ID, fieldTaskState: t.State}).
+		Info("encrypt_existing_files: " + msg)
+	return writeJSON(w, status, taskResponse{ok("encrypt_existing_files", msg), &started, t})
+}
+
+// validTaskID bounds what a path parameter may be before a backend sees it.
+func validTaskID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, c := range []byte(id) {
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Server) handleTask(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
+	id := ps.ByName("id")
+	if !validTaskID(id) {
+		return ErrNotFound
+	}
+	t, found := s.backend.Task(id)
+	if !found {
+		return ErrNotFound
+	}
+	return writeJSON(w, http.StatusOK, taskResponse{envelope: ok("task", "Task "+string(t.State)), Task: t})
+}
+
+// handleCancelTask: POST. 200 with the task: still "running" until it has
+// stopped (poll it); a finished task is returned unchanged.
+func (s *Server) handleCancelTask(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
+	id := ps.ByName("id")
+	if !validTaskID(id) {
+		return ErrNotFound
+	}
+	t, err := s.backend.CancelTask(id)
+	if err != nil {
+		return err
+	}
+	msg := "Cancellation requested"
+	if t.State != TaskRunning {
+		msg = "Task already " + string(t.State)
+	}
+	s.reqLog(r).WithFields(logrus.Fields{fieldTaskID: t.ID, fieldTaskState: t.State}).Info("cancel_task: " + msg)
+	return writeJSON(w, http.StatusOK, taskResponse{envelope: ok("cancel_task", msg), Task: t})
+}
