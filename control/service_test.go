@@ -1,0 +1,440 @@
+package control
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/sirupsen/logrus"
+
+	"mountd/crypto"
+)
+
+// testKDF is the cheapest parameter set crypto's Validate accepts.
+var testKDF = crypto.KDFParams{Time: 2, MemoryKiB: 19 * 1024, Threads: 1}
+
+type fakeFiles struct {
+	encrypted bool
+	counts    FileCounts
+	err       error
+}
+
+func (f *fakeFiles) Scan(context.Context) (FileCounts, error)  { return f.counts, f.err }
+func (f *fakeFiles) AnyEncrypted(context.Context) (bool, error) { return f.encrypted, f.err }
+
+type fakeTasks struct {
+	mu      sync.Mutex
+	tasks   map[string]Task
+	last    string
+	started atomic.Int32
+}
+
+func (f *fakeTasks) Start(context.Context) (Task, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if t, ok := f.tasks[f.last]; ok && t.State == TaskRunning {
+		return t, false, nil
+	}
+	n := f.started.Add(1)
+	t := Task{ID: fmt.Sprintf("m%d", n), Kind: TaskKindEncryptExisting, State: TaskRunning, StartedAt: fakeStart}
+	if f.tasks == nil {
+		f.tasks = map[string]Task{}
+	}
+	f.tasks[t.ID], f.last = t, t.ID
+	return t, true, nil
+}
+
+func (f *fakeTasks) Get(id string) (Task, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t, ok := f.tasks[id]
+	return t, ok
+}
+
+func (f *fakeTasks) Cancel(id string) (Task, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t, ok := f.tasks[id]
+	if !ok {
+		return Task{}, ErrNotFound
+	}
+	return t, nil
+}
+
+func (f *fakeTasks) Last() (Task, bool) { return f.Get(f.last) }
+
+type svcEnv struct {
+	svc   *Service
+	kr    *crypto.Keyring
+	path  string
+	files *fakeFiles
+	tasks *fakeTasks
+}
+
+func newSvc(t *testing.T, path string) *svcEnv {
+	t.Helper()
+	if path == "" {
+		path = crypto.VerifierPath(t.TempDir())
+	}
+	e := &svcEnv{kr: crypto.NewKeyring(), path: path, files: &fakeFiles{}, tasks: &fakeTasks{}}
+	svc, err := NewService(ServiceOptions{Keyring: e.kr, VerifierPath: path, KDF: testKDF,
+		Protect: []string{"*.bin"}, Files: e.files, Tasks: e.tasks})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.svc = svc
+	t.Cleanup(e.kr.Clear)
+	return e
+}
+
+func TestNewServiceValidates(t *testing.T) {
+	ok := ServiceOptions{Keyring: crypto.NewKeyring(), VerifierPath: "/x", Files: &fakeFiles{}, Tasks: &fakeTasks{}}
+	if s, err := NewService(ok); err != nil || s.kdf != crypto.DefaultKDFParams {
+		t.Fatalf("defaults: %v", err)
+	}
+	for name, mut := range map[string]func(*ServiceOptions){
+		"keyring": func(o *ServiceOptions) { o.Keyring = nil },
+		"path":    func(o *ServiceOptions) { o.VerifierPath = "" },
+		"files":   func(o *ServiceOptions) { o.Files = nil },
+		"tasks":   func(o *ServiceOptions) { o.Tasks = nil },
+		"weak":    func(o *ServiceOptions) { o.KDF = crypto.KDFParams{Time: 1, MemoryKiB: 1024, Threads: 1} },
+	} {
+		o := ok
+		mut(&o)
+		if _, err := NewService(o); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestServiceLoginLifecycle(t *testing.T) {
+	e := newSvc(t, "")
+	ctx := t.Context()
+	pw := []byte("pässword\x00!")
+
+	res, err := e.svc.Login(ctx, pw)
+	if err != nil || !res.Created || !e.kr.IsSet() {
+		t.Fatalf("first login: %+v %v", res, err)
+	}
+	fi, err := os.Stat(e.path)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("verifier: %v %v", fi, err)
+	}
+	verifier, _ := os.ReadFile(e.path)
+	id1, _ := e.kr.KeyID()
+
+	res, err = e.svc.Login(ctx, pw)
+	if err != nil || res.Created || !res.AlreadySet {
+		t.Fatalf("login again: %+v %v", res, err)
+	}
+	if _, err := e.svc.Login(ctx, []byte("wrong")); !errors.Is(err, crypto.ErrInvalidPassword) {
+		t.Fatalf("wrong password: %v", err)
+	}
+	if !e.kr.IsSet() {
+		t.Fatal("wrong password cleared the key")
+	}
+
+	cleared := false
+	remove := e.kr.OnClear(func() { cleared = true })
+	defer remove()
+	if err := e.svc.Logout(ctx); err != nil || e.kr.IsSet() || !cleared {
+		t.Fatalf("logout: %v set=%v listener ran=%v", err, e.kr.IsSet(), cleared)
+	}
+	if err := e.svc.Logout(ctx); err != nil {
+		t.Fatalf("second logout: %v", err)
+	}
+	if after, _ := os.ReadFile(e.path); !bytes.Equal(after, verifier) {
+		t.Fatal("logout touched the verifier")
+	}
+	if _, err := e.svc.Login(ctx, []byte("wrong")); !errors.Is(err, crypto.ErrInvalidPassword) || e.kr.IsSet() {
+		t.Fatalf("wrong password while logged out: %v", err)
+	}
+	res, err = e.svc.Login(ctx, pw)
+	if err != nil || res.Created || res.AlreadySet {
+		t.Fatalf("login after logout: %+v %v", res, err)
+	}
+	if id2, _ := e.kr.KeyID(); id2 != id1 {
+		t.Fatal("login after logout set another key")
+	}
+}
+
+func TestServiceRefusesNewKeyOverEncryptedFiles(t *testing.T) {
+	e := newSvc(t, "")
+	e.files.encrypted = true
+	if _, err := e.svc.Login(t.Context(), []byte("pw")); !errors.Is(err, ErrEncryptedWithoutVerifier) {
+		t.Fatalf("got %v", err)
+	}
+	if _, err := os.Stat(e.path); !errors.Is(err, os.ErrNotExist) || e.kr.IsSet() {
+		t.Fatalf("verifier created or key set: %v", err)
+	}
+	e.files.encrypted, e.files.err = false, errors.New("walk failed")
+	if _, err := e.svc.Login(t.Context(), []byte("pw")); err == nil || e.kr.IsSet() {
+		t.Fatal("a failed scan let the first login through")
+	}
+}
+
+// TestServiceConcurrentFirstLogins: two daemons' worth of Services (separate
+// keyrings, one data directory) log in at once. One creates the verifier;
+// the other ends up with the same key through Unlock, or, with a different
+// password, gets ErrInvalidPassword.
+func TestServiceConcurrentFirstLogins(t *testing.T) {
+	for _, same := range []bool{true, false} {
+		t.Run(fmt.Sprint("same password ", same), func(t *testing.T) {
+			a := newSvc(t, "")
+			b := newSvc(t, a.path)
+			pwB := "one"
+			if !same {
+				pwB = "two"
+			}
+			var ra, rb LoginResult
+			var ea, eb error
+			var wg sync.WaitGroup
+			wg.Go(func() { ra, ea = a.svc.Login(t.Context(), []byte("one")) })
+			wg.Go(func() { rb, eb = b.svc.Login(t.Context(), []byte(pwB)) })
+			wg.Wait()
+			if same {
+				if ea != nil || eb != nil || ra.Created == rb.Created {
+					t.Fatalf("a: %+v %v; b: %+v %v", ra, ea, rb, eb)
+				}
+				ida, _ := a.kr.KeyID()
+				idb, _ := b.kr.KeyID()
+				if ida != idb {
+					t.Fatal("the two logins set different keys")
+				}
+				return
+			}
+			// Exactly one created; the other was checked against it.
+			okA, okB := ea == nil && ra.Created, eb == nil && rb.Created
+			badA, badB := errors.Is(ea, crypto.ErrInvalidPassword), errors.Is(eb, crypto.ErrInvalidPassword)
+			if !(okA && badB || okB && badA) {
+				t.Fatalf("a: %+v %v; b: %+v %v", ra, ea, rb, eb)
+			}
+		})
+	}
+	t.Run("same service", func(t *testing.T) {
+		e := newSvc(t, "")
+		var created atomic.Int32
+		var wg sync.WaitGroup
+		for range 3 {
+			wg.Go(func() {
+				r, err := e.svc.Login(t.Context(), []byte("pw"))
+				if err != nil {
+					t.Error(err)
+				}
+				if r.Created {
+					created.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		if created.Load() != 1 {
+			t.Fatalf("%d logins created the verifier", created.Load())
+		}
+	})
+}
+
+// TestServiceCreateRaceFallsBack forces the window the lock cannot cover
+// (another process creating the verifier between our read and our Create).
+func TestServiceCreateRaceFallsBack(t *testing.T) {
+	other := newSvc(t, "")
+	if _, err := other.svc.Login(t.Context(), []byte("pw")); err != nil {
+		t.Fatal(err)
+	}
+	e := newSvc(t, other.path)
+	calls := 0
+	e.svc.readVerifier = func(p string) (*crypto.Verifier, error) {
+		calls++
+		if calls == 1 {
+			return nil, fmt.Errorf("stale read: %w", crypto.ErrNoVerifier)
+		}
+		return crypto.ReadVerifier(p)
+	}
+	res, err := e.svc.Login(t.Context(), []byte("pw"))
+	if err != nil || res.Created || !e.kr.IsSet() || calls != 2 {
+		t.Fatalf("%+v %v calls=%d", res, err, calls)
+	}
+	idA, _ := other.kr.KeyID()
+	idB, _ := e.kr.KeyID()
+	if idA != idB {
+		t.Fatal("different keys")
+	}
+}
+
+func TestServiceChangePassword(t *testing.T) {
+	e := newSvc(t, "")
+	ctx := t.Context()
+	if err := e.svc.ChangePassword(ctx, []byte("a"), []byte("b")); !errors.Is(err, crypto.ErrNoVerifier) {
+		t.Fatalf("no verifier: %v", err)
+	}
+	e.svc.Login(ctx, []byte("old"))
+	id1, _ := e.kr.KeyID()
+	if err := e.svc.ChangePassword(ctx, []byte("bad"), []byte("new")); !errors.Is(err, crypto.ErrInvalidPassword) {
+		t.Fatalf("wrong old: %v", err)
+	}
+	if err := e.svc.ChangePassword(ctx, []byte("old"), []byte("new")); err != nil {
+		t.Fatal(err)
+	}
+	if !e.kr.IsSet() {
+		t.Fatal("password change cleared the key")
+	}
+	e.svc.Logout(ctx)
+	if _, err := e.svc.Login(ctx, []byte("old")); !errors.Is(err, crypto.ErrInvalidPassword) {
+		t.Fatalf("old password still works: %v", err)
+	}
+	if _, err := e.svc.Login(ctx, []byte("new")); err != nil {
+		t.Fatal(err)
+	}
+	if id2, _ := e.kr.KeyID(); id2 != id1 {
+		t.Fatal("password change changed the master key")
+	}
+}
+
+func TestServiceStatusAndTasks(t *testing.T) {
+	e := newSvc(t, "")
+	ctx := t.Context()
+	st, err := e.svc.Status(ctx, false)
+	if err != nil || st.KeySet || st.PasswordSet || st.Task != nil || st.Files != nil ||
+		st.KDF != (KDFInfo{"argon2id", 2, 19 * 1024, 1}) || st.Cipher != "AES-256-GCM" || st.Protect[0] != "*.bin" {
+		t.Fatalf("initial: %+v %v", st, err)
+	}
+	if _, _, err := e.svc.StartEncryptExisting(ctx); !errors.Is(err, crypto.ErrLocked) || e.tasks.started.Load() != 0 {
+		t.Fatalf("start while locked: %v", err)
+	}
+	e.svc.Login(ctx, []byte("pw"))
+	task, started, err := e.svc.StartEncryptExisting(ctx)
+	if err != nil || !started {
+		t.Fatal(err)
+	}
+	if _, started, _ := e.svc.StartEncryptExisting(ctx); started {
+		t.Fatal("second start started another task")
+	}
+	if got, ok := e.svc.Task(task.ID); !ok || got.ID != task.ID {
+		t.Fatal("task not found")
+	}
+	if _, err := e.svc.CancelTask("nope"); !errors.Is(err, ErrNotFound) {
+		t.Fatal(err)
+	}
+	e.files.counts = FileCounts{Encrypted: 2, Plaintext: 5}
+	st, err = e.svc.Status(ctx, true)
+	if err != nil || !st.KeySet || !st.PasswordSet || st.Task == nil || st.Task.ID != task.ID || *st.Files != e.files.counts {
+		t.Fatalf("after: %+v %v", st, err)
+	}
+	// A broken verifier is an internal error, not "no password".
+	os.WriteFile(e.path, []byte("garbage"), 0o600)
+	if _, err := e.svc.Status(ctx, false); !errors.Is(err, crypto.ErrBadVerifier) {
+		t.Fatalf("bad verifier: %v", err)
+	}
+}
+
+// TestHTTPWithService runs the real Server on the real Service: the seed's
+// statements, end to end, and no password anywhere in the logs (text and
+// JSON formats, every level).
+func TestHTTPWithService(t *testing.T) {
+	e := newSvc(t, filepath.Join(t.TempDir(), "auth", "verifier.bin"))
+	s := newTestServer(t, Options{Backend: e.svc})
+	const pw = "Tr0ub4dor&3-unlikely-substring"
+	const pw2 = "c0rrect-h0rse-batt3ry-staple"
+	body := func(p string) string { return `{"password":"` + p + `"}` }
+
+	res := do(t, s, jsonReq("POST", PathLogin, body(pw)))
+	if res.status != 200 || res.env["created"] != true || !e.kr.IsSet() {
+		t.Fatalf("first login: %d %s", res.status, res.body)
+	}
+	res = do(t, s, jsonReq("POST", PathLogin, body(pw)))
+	if res.status != 200 || res.env["already_set"] != true {
+		t.Fatalf("second login: %d %s", res.status, res.body)
+	}
+	res = do(t, s, jsonReq("POST", PathLogin, body(pw+"x")))
+	if res.status != 401 || res.code() != CodeInvalidPassword || !e.kr.IsSet() {
+		t.Fatalf("wrong password: %d %s", res.status, res.body)
+	}
+	res = do(t, s, req("GET", PathStatus+"?scan=true", ""))
+	if res.status != 200 || res.env["key_set"] != true || res.env["password_set"] != true ||
+		res.env["kdf"].(map[string]any)["memory_kib"] != 19456.0 {
+		t.Fatalf("status: %s", res.body)
+	}
+	res = do(t, s, req("GET", PathLogout, ""))
+	if res.status != 200 || string(res.body) != logoutBody || e.kr.IsSet() {
+		t.Fatalf("logout: %d %s", res.status, res.body)
+	}
+	res = do(t, s, req("POST", PathEncryptExisting, ""))
+	if res.status != 409 || res.code() != CodeKeyNotSet {
+		t.Fatalf("encrypt while locked: %d %s", res.status, res.body)
+	}
+	res = do(t, s, jsonReq("POST", PathChangePassword, `{"old_password":"`+pw+`","new_password":"`+pw2+`"}`))
+	if res.status != 200 {
+		t.Fatalf("change password: %d %s", res.status, res.body)
+	}
+	res = do(t, s, jsonReq("POST", PathLogin, body(pw2)))
+	if res.status != 200 || res.env["created"] != false {
+		t.Fatalf("login with the new password: %d %s", res.status, res.body)
+	}
+	res = do(t, s, req("POST", PathEncryptExisting, ""))
+	if res.status != 202 {
+		t.Fatalf("encrypt: %d %s", res.status, res.body)
+	}
+	// Hostile ways of sending a password: none may reach a log line.
+	do(t, s, req("POST", PathLogin+"?password="+pw, "", "Content-Type", "application/json"))
+	do(t, s, req("GET", PathLogout+"?password="+pw, ""))
+	do(t, s, req("POST", PathLogin, body(pw), "Content-Type", "text/plain"))
+	do(t, s, jsonReq("POST", PathLogin, `{"password":"`+pw+`","`+pw+`":1}`))
+	do(t, s, jsonReq("POST", PathLogin, `{"password":"`+pw+`"} trailing`))
+	do(t, s, jsonReq("POST", PathLogin, `{"`+pw+``))
+	do(t, s, req("GET", "/api/system/"+pw, ""))
+	do(t, s, req("GET", "/api/system/tasks/"+pw, ""))
+	do(t, s, req("GET", PathStatus, "", "Host", pw+":8080"))
+
+	text := &logrus.TextFormatter{DisableColors: true}
+	js := &logrus.JSONFormatter{}
+	var access int
+	for _, entry := range s.hook.AllEntries() {
+		for _, f := range []logrus.Formatter{text, js} {
+			b, err := f.Format(entry)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, secret := range []string{pw, pw2, "Tr0ub4dor", "h0rse"} {
+				if strings.Contains(string(b), secret) {
+					t.Fatalf("log line contains a password: %s", b)
+				}
+			}
+		}
+		if entry.Message == "request" || entry.Message == "request failed" {
+			access++
+			for _, k := range []string{fieldReqID, fieldMethod, fieldRoute, fieldStatus, fieldDurMS, fieldRemote, fieldCommand} {
+				if _, ok := entry.Data[k]; !ok {
+					t.Errorf("access line lacks %s: %v", k, entry.Data)
+				}
+			}
+		}
+	}
+	if access != 18 {
+		t.Errorf("%d access lines for 18 requests", access)
+	}
+	var events []string
+	for _, entry := range s.hook.AllEntries() {
+		if entry.Level == logrus.InfoLevel && entry.Message != "request" {
+			events = append(events, entry.Message)
+		}
+	}
+	want := []string{
+		"login: Password created and file encryption key set",
+		"login: File encryption key already set",
+		"login failed: invalid password",
+		"logout: file encryption key cleared",
+		"password changed",
+		"login: File encryption key set",
+		"encrypt_existing_files: Task started",
+		"logout: file encryption key cleared", // the query is ignored, not read
+	}
+	if strings.Join(events, "\n") != strings.Join(want, "\n") {
+		t.Errorf("event lines:\n%s\nwant:\n%s", strings.Join(events, "\n"), strings.Join(want, "\n"))
+	}
+}
