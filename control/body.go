@@ -83,7 +83,7 @@ func (s *secret) UnmarshalJSON(data []byte) error {
 				return fail()
 			}
 			i += 2
-		case c < 0x20:
+		case c < 0x20 || c == '"':
 			return fail()
 		case c < utf8.RuneSelf:
 			out = append(out, c)

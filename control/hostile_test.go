@@ -186,7 +186,7 @@ func TestSecretDecoding(t *testing.T) {
 			t.Errorf("%q: got %q, %v", in, s, err)
 		}
 	}
-	for _, lit := range []string{`"\u12"`, `"\ud800\u0041"`, `"\udfff"`, "\"\xc3\"", "\"\xed\xa0\x80\"", `"\x"`} {
+	for _, lit := range []string{`"a"b"`, `"\u12"`, `"\ud800\u0041"`, `"\udfff"`, "\"\xc3\"", "\"\xed\xa0\x80\"", `"\x"`} {
 		var s secret
 		if err := s.UnmarshalJSON([]byte(lit)); err == nil {
 			t.Errorf("%q decoded to %q", lit, s)
