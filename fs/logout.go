@@ -1,0 +1,61 @@
+package fs
+
+import (
+	"syscall"
+)
+
+// Logout invalidation.
+//
+// Every operation that hands plaintext of an encrypted file to the kernel
+// (or writes it through a page the kernel may cache) first records its node
+// in Root.served, while holding Root.gate for reading, and keeps the gate
+// until the crypto call returns. The Keyring's Clear marks itself locked,
+// waits for crypto calls in flight, then runs onClear, which takes the gate
+// for writing (so every recording operation has finished), swaps the set
+// out, and asks the kernel to drop the pages and mappings of each recorded
+// inode (NotifyContent(0, 0)) before Clear zeroes the key and returns.
+//
+// A reply still on its way to the kernel is covered too: a read into the
+// page cache keeps its page locked until the reply arrives, and the
+// kernel's invalidation waits for locked pages. Direct-I/O reads do not go
+// through the page cache at all. Any operation that starts after Clear
+// marked the Keyring locked fails with ErrLocked (EACCES).
+
+// markServed records that n's plaintext may reach the kernel during the
+// current key epoch. Caller holds r.gate for reading.
+func (r *Root) markServed(n *node) {
+	e := r.epoch + 1
+	if n.servedEpoch.Load() == e {
+		return
+	}
+	r.servedMu.Lock()
+	r.served[n] = struct{}{}
+	n.servedEpoch.Store(e)
+	r.servedMu.Unlock()
+}
+
+// onClear is the Keyring's OnClear listener. It runs in the goroutine that
+// calls Clear (never a FUSE handler), holding no filesystem lock while it
+// talks to the kernel.
+func (r *Root) onClear() {
+	r.gate.Lock()
+	r.servedMu.Lock()
+	served := r.served
+	r.served = map[*node]struct{}{}
+	r.servedMu.Unlock()
+	r.epoch++
+	r.gate.Unlock()
+
+	for n := range served {
+		errno := n.NotifyContent(0, 0)
+		switch errno {
+		case 0, syscall.ENOENT, syscall.ENOSYS:
+			// ENOENT: the kernel forgot the inode, so it caches nothing.
+			// ENOSYS: not mounted (yet, or any more).
+		default:
+			r.log.WithField(fieldIno, n.StableAttr().Ino).WithError(errno).
+				Warn("cannot drop cached plaintext after logout")
+		}
+	}
+	r.log.WithField("inodes", len(served)).Debug("dropped cached plaintext after logout")
+}

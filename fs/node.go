@@ -1,0 +1,316 @@
+package fs
+
+import (
+	"context"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"mountd/crypto"
+)
+
+// node is one inode of the mount: a directory, file, symlink or special
+// file of the backing tree. Its backing path is recomputed from the go-fuse
+// tree on every operation, like go-fuse's LoopbackNode.
+type node struct {
+	gofs.Inode
+	root *Root
+
+	mu  sync.Mutex
+	cls classCache // guarded by mu
+
+	// servedEpoch is 1 + the Root epoch in which the node was last
+	// recorded as having served plaintext (0: never).
+	servedEpoch atomic.Uint64
+	// warned is set once the node has logged a corruption warning.
+	warned atomic.Bool
+}
+
+func (r *Root) newNode() *node { return &node{root: r} }
+
+func (n *node) isRoot() bool { return n == &n.root.node }
+
+// nodeOf returns our node behind a go-fuse Inode.
+func nodeOf(in *gofs.Inode) *node {
+	if in == nil {
+		return nil
+	}
+	return asNode(in.Operations())
+}
+
+func asNode(e gofs.InodeEmbedder) *node {
+	switch o := e.(type) {
+	case *node:
+		return o
+	case *Root:
+		return &o.node
+	}
+	return nil
+}
+
+// rel returns the backing path of n relative to the backing root ("." for
+// the root). A node that is in no directory any more gets a path that
+// does not exist, so path-based operations on it fail with ENOENT.
+func (n *node) rel() string {
+	if n.isRoot() {
+		return "."
+	}
+	if p := n.Path(n.root.EmbeddedInode()); p != "" {
+		return p
+	}
+	return "."
+}
+
+func (n *node) childRel(name string) string {
+	if n.isRoot() {
+		return name
+	}
+	return n.rel() + "/" + name
+}
+
+// name returns the base name of n ("" when it is in no directory).
+func (n *node) name() string {
+	name, _ := n.Parent()
+	return name
+}
+
+// preserveOwner gives a file that n's caller created to the caller, as a
+// kernel filesystem would (the daemon runs as root).
+func (r *Root) preserveOwner(ctx context.Context, rel string) {
+	if os.Getuid() != 0 {
+		return
+	}
+	if caller, ok := fuse.FromContext(ctx); ok {
+		_ = unix.Fchownat(r.rootFd, rel, int(caller.Uid), int(caller.Gid), unix.AT_SYMLINK_NOFOLLOW)
+	}
+}
+
+func preserveOwnerFd(ctx context.Context, fd int) {
+	if os.Getuid() != 0 {
+		return
+	}
+	if caller, ok := fuse.FromContext(ctx); ok {
+		_ = unix.Fchown(fd, int(caller.Uid), int(caller.Gid))
+	}
+}
+
+// ---- stat helpers ----
+
+const statxMask = unix.STATX_BASIC_STATS | unix.STATX_BTIME
+
+// statRel stats rel without following a final symlink (the root itself is
+// stat'ed through its descriptor).
+func (r *Root) statRel(rel string, x *unix.Statx_t) error {
+	if rel == "." {
+		return fstatx(r.rootFd, x)
+	}
+	return unix.Statx(r.rootFd, rel, unix.AT_SYMLINK_NOFOLLOW, statxMask, x)
+}
+
+func fstatx(fd int, x *unix.Statx_t) error {
+	return unix.Statx(fd, "", unix.AT_EMPTY_PATH, statxMask, x)
+}
+
+func isReg(x *unix.Statx_t) bool { return uint32(x.Mode)&unix.S_IFMT == unix.S_IFREG }
+
+// attrFromStatx fills a from x the way fuse.Attr.FromStat does from a
+// Stat_t.
+func attrFromStatx(a *fuse.Attr, x *unix.Statx_t) {
+	a.Ino = x.Ino
+	a.Size = x.Size
+	a.Blocks = x.Blocks
+	a.Atime = uint64(x.Atime.Sec)
+	a.Atimensec = x.Atime.Nsec
+	a.Mtime = uint64(x.Mtime.Sec)
+	a.Mtimensec = x.Mtime.Nsec
+	a.Ctime = uint64(x.Ctime.Sec)
+	a.Ctimensec = x.Ctime.Nsec
+	a.Mode = uint32(x.Mode)
+	a.Nlink = x.Nlink
+	a.Uid = x.Uid
+	a.Gid = x.Gid
+	a.Rdev = uint32(unix.Mkdev(x.Rdev_major, x.Rdev_minor))
+	a.Blksize = x.Blksize
+}
+
+// stableAttr derives the go-fuse identity of a backing inode: the inode
+// number (mixed with the device when it is not the backing root's) and a
+// generation from the birth time, so a reused inode number is a new node.
+func (r *Root) stableAttr(x *unix.Statx_t) gofs.StableAttr {
+	dev := unix.Mkdev(x.Dev_major, x.Dev_minor)
+	ino := x.Ino
+	if dev != r.rootDev {
+		ino ^= dev<<32 | dev>>32
+	}
+	gen := uint64(1)
+	if x.Mask&unix.STATX_BTIME != 0 && (x.Btime.Sec != 0 || x.Btime.Nsec != 0) {
+		gen = uint64(x.Btime.Sec)*1e9 + uint64(x.Btime.Nsec)
+	}
+	return gofs.StableAttr{Mode: uint32(x.Mode) & unix.S_IFMT, Ino: ino, Gen: gen}
+}
+
+// fileKey identifies a backing inode in the open-file table.
+type fileKey struct{ dev, ino uint64 }
+
+func keyOf(x *unix.Statx_t) fileKey {
+	return fileKey{dev: unix.Mkdev(x.Dev_major, x.Dev_minor), ino: x.Ino}
+}
+
+// ---- opening backing files ----
+
+const resolveFlags = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS
+
+// openRel opens rel below the backing root. No component may be a
+// symlink (a symlink swapped in by a racing process gives ELOOP instead of
+// opening its target), and the path cannot leave the backing directory.
+func (r *Root) openRel(rel string, flags int, mode uint32) (int, error) {
+	how := unix.OpenHow{
+		Flags:   uint64(flags | unix.O_CLOEXEC | unix.O_NOFOLLOW),
+		Resolve: resolveFlags,
+	}
+	if flags&(unix.O_CREAT|unix.O_TMPFILE) != 0 {
+		how.Mode = uint64(mode)
+	}
+	for i := 0; ; i++ {
+		fd, err := unix.Openat2(r.rootFd, rel, &how)
+		if (err == unix.EAGAIN || err == unix.EINTR) && i < 16 {
+			continue
+		}
+		return fd, err
+	}
+}
+
+// ---- content classification ----
+
+// contentClass says what the content of a regular backing file is.
+type contentClass uint8
+
+const (
+	classPlain     contentClass = iota
+	classEncrypted              // a valid header and a possible size
+	classBad                    // the magic, but a bad header or size
+)
+
+// statKey is what must stay unchanged for a cached classification to hold.
+type statKey struct {
+	ino          uint64
+	size         uint64
+	mtime, ctime unix.StatxTimestamp
+}
+
+type classCache struct {
+	valid bool
+	key   statKey
+	class contentClass
+	hdr   crypto.Header
+	err   error
+}
+
+// classify returns the content class of n, a file described by x. It
+// reads the header through fd when fd >= 0, else by path; the result is
+// cached until the inode's size, mtime or ctime change.
+func (n *node) classify(x *unix.Statx_t, fd int) (contentClass, crypto.Header, error) {
+	if !isReg(x) || x.Size < crypto.MagicSize {
+		return classPlain, crypto.Header{}, nil
+	}
+	k := statKey{ino: x.Ino, size: x.Size, mtime: x.Mtime, ctime: x.Ctime}
+	n.mu.Lock()
+	if n.cls.valid && n.cls.key == k {
+		c := n.cls
+		n.mu.Unlock()
+		return c.class, c.hdr, c.err
+	}
+	n.mu.Unlock()
+
+	var hb [crypto.HeaderSize]byte
+	m, err := n.readHeader(hb[:], fd)
+	if err != nil {
+		// Unreadable: it cannot be served either way. Do not cache.
+		return classPlain, crypto.Header{}, nil
+	}
+	class, hdr, cerr := classifyHeader(hb[:m], int64(x.Size))
+	n.mu.Lock()
+	n.cls = classCache{valid: true, key: k, class: class, hdr: hdr, err: cerr}
+	n.mu.Unlock()
+	return class, hdr, cerr
+}
+
+// invalidateClass drops the cached classification.
+func (n *node) invalidateClass() {
+	n.mu.Lock()
+	n.cls.valid = false
+	n.mu.Unlock()
+}
+
+func (n *node) readHeader(b []byte, fd int) (int, error) {
+	if fd < 0 {
+		var err error
+		fd, err = n.root.openRel(n.rel(), unix.O_RDONLY|unix.O_NOATIME, 0)
+		if err == unix.EPERM {
+			fd, err = n.root.openRel(n.rel(), unix.O_RDONLY, 0)
+		}
+		if err != nil {
+			return 0, err
+		}
+		defer unix.Close(fd)
+	}
+	return preadFull(fd, b, 0)
+}
+
+// preadFull reads up to len(b) bytes at off; a short result means EOF.
+func preadFull(fd int, b []byte, off int64) (int, error) {
+	done := 0
+	for done < len(b) {
+		m, err := unix.Pread(fd, b[done:], off+int64(done))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return done, err
+		}
+		if m == 0 {
+			break
+		}
+		done += m
+	}
+	return done, nil
+}
+
+// classifyHeader classifies content whose first bytes are b and whose
+// backing size is size.
+func classifyHeader(b []byte, size int64) (contentClass, crypto.Header, error) {
+	if !crypto.HasMagic(b) {
+		return classPlain, crypto.Header{}, nil
+	}
+	h, err := crypto.ParseHeader(b)
+	if err != nil {
+		return classBad, crypto.Header{}, err
+	}
+	if _, err := crypto.PlainSize(size); err != nil {
+		return classBad, h, err
+	}
+	return classEncrypted, h, nil
+}
+
+// fillAttr fills a from x, with the plaintext size for an encrypted file.
+func (n *node) fillAttr(x *unix.Statx_t, fd int, a *fuse.Attr) {
+	attrFromStatx(a, x)
+	if !isReg(x) {
+		return
+	}
+	if class, _, _ := n.classify(x, fd); class == classEncrypted {
+		if ps, err := crypto.PlainSize(int64(x.Size)); err == nil {
+			a.Size = uint64(ps)
+		}
+	}
+}
+
+// errnoOf converts an error from a plain system call.
+func errnoOf(err error) syscall.Errno {
+	return toErrno(err)
+}

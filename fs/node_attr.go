@@ -1,0 +1,220 @@
+package fs
+
+import (
+	"context"
+	"strconv"
+	"syscall"
+	"time"
+	"unsafe"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"mountd/crypto"
+)
+
+// Attribute operations. Sizes of encrypted files are plaintext sizes,
+// computed from the backing size without the key, so stat gives the same
+// answer logged in and out.
+
+// Getattr reports n's attributes, through the open handle f when there
+// is one (the file may have no name any more).
+func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if f != nil {
+		if errno := n.statHandle(f, &out.Attr); errno != syscall.ENOTSUP {
+			return errno
+		}
+	}
+	var x unix.Statx_t
+	if err := n.root.statRel(n.rel(), &x); err != nil {
+		return errnoOf(err)
+	}
+	n.fillAttr(&x, -1, &out.Attr)
+	return 0
+}
+
+// statHandle fills a through the open handle f; ENOTSUP if f is no
+// handle of ours.
+func (n *node) statHandle(f gofs.FileHandle, a *fuse.Attr) syscall.Errno {
+	if cf, ok := f.(*cryptFile); ok {
+		return cf.getattr(a)
+	}
+	fd := fileFd(f)
+	if fd < 0 {
+		return syscall.ENOTSUP
+	}
+	var x unix.Statx_t
+	if err := fstatx(fd, &x); err != nil {
+		return errnoOf(err)
+	}
+	n.fillAttr(&x, fd, a)
+	return 0
+}
+
+// Statx is Getattr for statx(2) callers that ask for more than the basic
+// fields.
+func (n *node) Statx(ctx context.Context, f gofs.FileHandle, flags uint32, mask uint32, out *fuse.StatxOut) syscall.Errno {
+	var x unix.Statx_t
+	req := int(mask) | statxMask
+	sync := int(flags) & (unix.AT_STATX_FORCE_SYNC | unix.AT_STATX_DONT_SYNC)
+	plain := int64(-1)
+	switch h := f.(type) {
+	case *cryptFile:
+		st := h.st
+		st.mu.RLock()
+		if st.file == nil {
+			st.mu.RUnlock()
+			return syscall.EBADF
+		}
+		err := unix.Statx(st.fd, "", unix.AT_EMPTY_PATH|sync, req, &x)
+		if err == nil && st.cf != nil {
+			if ps, perr := crypto.PlainSize(int64(x.Size)); perr == nil {
+				plain = ps
+			}
+		}
+		st.mu.RUnlock()
+		if err != nil {
+			return errnoOf(err)
+		}
+		if st.cf == nil {
+			plain = int64(x.Size)
+		}
+	default:
+		fd, path, fl := fileFd(f), "", unix.AT_EMPTY_PATH
+		if fd < 0 {
+			fd, path, fl = n.root.rootFd, n.rel(), unix.AT_SYMLINK_NOFOLLOW
+			if path == "." {
+				path, fl = "", unix.AT_EMPTY_PATH
+			}
+		}
+		if err := unix.Statx(fd, path, fl|sync, req, &x); err != nil {
+			return errnoOf(err)
+		}
+		if isReg(&x) {
+			hfd := fileFd(f)
+			if class, _, _ := n.classify(&x, hfd); class == classEncrypted {
+				if ps, err := crypto.PlainSize(int64(x.Size)); err == nil {
+					plain = ps
+				}
+			}
+		}
+	}
+	out.Statx.FromStatx(&x)
+	if plain >= 0 {
+		out.Statx.Size = uint64(plain)
+	}
+	return 0
+}
+
+// Setattr changes mode, owner, size and times, in that order (truncating
+// before setting times keeps an explicit mtime).
+func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	r := n.root
+	cf, _ := f.(*cryptFile)
+	fd := fileFd(f)
+	// withFd runs op on a descriptor of n: the handle's, or none (-1).
+	withFd := func(op func(fd int) error) syscall.Errno {
+		if cf != nil {
+			cf.st.mu.RLock()
+			defer cf.st.mu.RUnlock()
+			if cf.st.file == nil {
+				return syscall.EBADF
+			}
+			return errnoOf(op(cf.st.fd))
+		}
+		return errnoOf(op(fd))
+	}
+	rel := n.rel()
+
+	if mode, ok := in.GetMode(); ok {
+		errno := withFd(func(fd int) error {
+			if fd >= 0 {
+				return unix.Fchmod(fd, mode)
+			}
+			return unix.Fchmodat(r.rootFd, rel, mode, 0)
+		})
+		if errno != 0 {
+			return errno
+		}
+	}
+
+	uid, uok := in.GetUID()
+	gid, gok := in.GetGID()
+	if uok || gok {
+		u, g := -1, -1
+		if uok {
+			u = int(uid)
+		}
+		if gok {
+			g = int(gid)
+		}
+		errno := withFd(func(fd int) error {
+			if fd >= 0 {
+				return unix.Fchown(fd, u, g)
+			}
+			return unix.Fchownat(r.rootFd, rel, u, g, unix.AT_SYMLINK_NOFOLLOW)
+		})
+		if errno != 0 {
+			return errno
+		}
+	}
+
+	if size, ok := in.GetSize(); ok {
+		var errno syscall.Errno
+		switch {
+		case cf != nil:
+			errno = cf.truncate(int64(size))
+		case fd >= 0:
+			if _, isPT := f.(*passthroughFile); isPT {
+				errno = errnoOf(unix.Ftruncate(fd, int64(size)))
+			} else {
+				errno = syscall.EISDIR
+			}
+		default:
+			errno = r.truncatePath(n, int64(size))
+		}
+		if errno != 0 {
+			return errno
+		}
+	}
+
+	mtime, mok := in.GetMTime()
+	atime, aok := in.GetATime()
+	if mok || aok {
+		ts := [2]unix.Timespec{{Nsec: unix.UTIME_OMIT}, {Nsec: unix.UTIME_OMIT}}
+		if aok {
+			ts[0] = timespec(atime)
+		}
+		if mok {
+			ts[1] = timespec(mtime)
+		}
+		errno := withFd(func(fd int) error {
+			if fd >= 0 {
+				return futimens(fd, &ts)
+			}
+			if rel == "." {
+				return unix.UtimesNanoAt(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(r.rootFd), ts[:], 0)
+			}
+			return unix.UtimesNanoAt(r.rootFd, rel, ts[:], unix.AT_SYMLINK_NOFOLLOW)
+		})
+		if errno != 0 {
+			return errno
+		}
+	}
+	return n.Getattr(ctx, f, out)
+}
+
+func timespec(t time.Time) unix.Timespec {
+	return unix.Timespec{Sec: t.Unix(), Nsec: int64(t.Nanosecond())}
+}
+
+// futimens sets the times of the file open as fd (utimensat with a NULL
+// path).
+func futimens(fd int, ts *[2]unix.Timespec) error {
+	_, _, e := unix.Syscall6(unix.SYS_UTIMENSAT, uintptr(fd), 0, uintptr(unsafe.Pointer(ts)), 0, 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}

@@ -1,0 +1,385 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"os"
+	"syscall"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"mountd/crypto"
+)
+
+// Opening files. Every open decides, from the content (and, for plaintext,
+// the name), which kind of handle the kernel gets:
+//
+//	content    name           key    handle            kernel I/O
+//	encrypted  any            set    cryptFile         FOPEN_DIRECT_IO
+//	encrypted  any            unset  EACCES
+//	bad magic  any            any    EIO
+//	plaintext  protected      any    cryptFile         page cache (direct I/O while it may turn encrypted)
+//	plaintext  not protected  any    passthroughFile   kernel passthrough on the backing file
+//
+// A plaintext inode that already has cryptFile handles gets another one,
+// whatever the name: the kernel refuses to mix passthrough and cached
+// opens of one inode.
+
+// Open opens file n.
+func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
+	r := n.root
+	name := n.name()
+	bflags := backingFlags(flags, r.protected(name))
+	fh, ff, errno := r.openHandle(ctx, name, flags, false, func() (int, bool, error) {
+		fd, err := openWithFallback(r, n.rel(), bflags, flags)
+		return fd, false, err
+	}, func(*unix.Statx_t) *node { return n })
+	return fh, ff, errno
+}
+
+// Create creates (or opens, if it appeared meanwhile) file name in n.
+func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	if n.hidden(name) {
+		return nil, nil, 0, syscall.EPERM
+	}
+	r := n.root
+	rel := n.childRel(name)
+	bflags := backingFlags(flags, r.protected(name))
+	var child *gofs.Inode
+	fh, ff, errno := r.openHandle(ctx, name, flags, false, func() (int, bool, error) {
+		fd, err := r.openRel(rel, bflags|unix.O_CREAT|unix.O_EXCL, mode)
+		if err == nil {
+			preserveOwnerFd(ctx, fd)
+			return fd, true, nil
+		}
+		if err != unix.EEXIST || flags&unix.O_EXCL != 0 {
+			return -1, false, err
+		}
+		fd, err = openWithFallback(r, rel, bflags, flags)
+		return fd, false, err
+	}, func(x *unix.Statx_t) *node {
+		child = n.NewInode(ctx, r.newNode(), r.stableAttr(x))
+		return nodeOf(child)
+	})
+	if errno != 0 {
+		return nil, nil, 0, errno
+	}
+	if errno := nodeOf(child).statHandle(fh, &out.Attr); errno != 0 {
+		releaseHandle(ctx, fh)
+		return nil, nil, 0, errno
+	}
+	return child, fh, ff, 0
+}
+
+// Tmpfile creates an unnamed file in n (open with O_TMPFILE).
+func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
+	r := n.root
+	bflags := backingFlags(flags, r.protected(""))
+	var child *gofs.Inode
+	fh, ff, errno := r.openHandle(ctx, "", flags, true, func() (int, bool, error) {
+		fd, err := r.openRel(n.rel(), bflags|unix.O_TMPFILE, mode)
+		if err == nil {
+			preserveOwnerFd(ctx, fd)
+		}
+		return fd, true, err
+	}, func(x *unix.Statx_t) *node {
+		child = n.NewInode(ctx, r.newNode(), r.stableAttr(x))
+		return nodeOf(child)
+	})
+	if errno != 0 {
+		return nil, nil, 0, errno
+	}
+	if errno := nodeOf(child).statHandle(fh, &out.Attr); errno != 0 {
+		releaseHandle(ctx, fh)
+		return nil, nil, 0, errno
+	}
+	return child, fh, ff, 0
+}
+
+func releaseHandle(ctx context.Context, fh gofs.FileHandle) {
+	if rel, ok := fh.(gofs.FileReleaser); ok {
+		rel.Release(ctx)
+	}
+}
+
+// backingFlags returns the flags for opening the backing file of a handle
+// opened with FUSE flags: the access mode, with write-only widened to
+// read-write (encryption reads what it rewrites), and the synchronous-I/O
+// flags for files that may be passed through. O_APPEND is the kernel's
+// business; O_DIRECT is applied later, to passthrough handles only.
+func backingFlags(flags uint32, protected bool) int {
+	acc := int(flags) & unix.O_ACCMODE
+	if acc == unix.O_WRONLY {
+		acc = unix.O_RDWR
+	}
+	f := acc | int(flags)&unix.O_NOATIME
+	if !protected {
+		f |= int(flags) & (unix.O_SYNC | unix.O_DSYNC)
+	}
+	return f
+}
+
+// openWithFallback opens rel with bflags; if widening write-only to
+// read-write was refused, it opens write-only as asked.
+func openWithFallback(r *Root, rel string, bflags int, flags uint32) (int, error) {
+	fd, err := r.openRel(rel, bflags, 0)
+	if (err == unix.EACCES || err == unix.EPERM) && int(flags)&unix.O_ACCMODE == unix.O_WRONLY {
+		fd, err = r.openRel(rel, bflags&^unix.O_ACCMODE|unix.O_WRONLY, 0)
+	}
+	return fd, err
+}
+
+// openHandle opens a backing descriptor with open, registers it in the
+// open-file table and binds it to a handle. nodeFor returns the node of
+// the opened file. If a conversion replaced the inode between opening and
+// registering, it opens again.
+func (r *Root) openHandle(ctx context.Context, name string, flags uint32, tmpfile bool,
+	open func() (fd int, created bool, err error), nodeFor func(*unix.Statx_t) *node,
+) (gofs.FileHandle, uint32, syscall.Errno) {
+	for attempt := 0; ; attempt++ {
+		seq := r.convSeq.Load()
+		fd, created, err := open()
+		if err != nil {
+			return nil, 0, errnoOf(err)
+		}
+		var x unix.Statx_t
+		if err := fstatx(fd, &x); err != nil {
+			unix.Close(fd)
+			return nil, 0, errnoOf(err)
+		}
+		st, waited := r.acquire(keyOf(&x))
+		if !tmpfile && attempt < 3 && (waited || r.convSeq.Load() != seq) {
+			var now unix.Statx_t
+			if waited || fstatx(fd, &now) != nil || now.Nlink == 0 {
+				r.release(st)
+				unix.Close(fd)
+				continue
+			}
+		}
+		n := nodeFor(&x)
+		fh, ff, errno := r.bind(st, n, name, flags, fd, &x, created)
+		if errno != 0 {
+			r.release(st)
+		}
+		return fh, ff, errno
+	}
+}
+
+// bind turns fd (consumed) into a handle on st, holding a reference that
+// the handle's Release drops (or the caller, on error).
+func (r *Root) bind(st *inodeState, n *node, name string, flags uint32, fd int, x *unix.Statx_t, created bool) (gofs.FileHandle, uint32, syscall.Errno) {
+	writable := flags&unix.O_ACCMODE != unix.O_RDONLY
+	protected := r.protected(name)
+
+	st.mu.Lock()
+	defer st.mu.Unlock()
+
+	class, hdr, cerr := st.classOf(n, fd, x)
+	switch class {
+	case classBad:
+		unix.Close(fd)
+		return nil, 0, r.errno(cerr, n, "open")
+	case classEncrypted:
+		if errno := r.checkKey(n, hdr); errno != 0 {
+			unix.Close(fd)
+			return nil, 0, errno
+		}
+	case classPlain:
+		if !protected && st.cryptRefs == 0 {
+			return r.bindPassthrough(st, n, flags, fd)
+		}
+	}
+
+	st.adopt(fd, writable)
+	if class == classEncrypted && st.cf == nil {
+		cf, err := crypto.OpenFile(r.kr, st.file)
+		if err != nil {
+			return nil, 0, r.errno(err, n, "open")
+		}
+		st.cf = cf
+	}
+	if created && protected && st.cf == nil && x.Size == 0 {
+		if err := r.maybeEncrypt(st, n, true); err != nil {
+			return nil, 0, r.errno(err, n, "create")
+		}
+	}
+	if flags&unix.O_TRUNC != 0 && writable {
+		if errno := r.truncateLocked(st, n, protected, 0); errno != 0 {
+			return nil, 0, errno
+		}
+	}
+	var ff uint32
+	if st.cf != nil || (protected && r.kr.IsSet() && st.sizeLocked() == 0) {
+		// Encrypted, or may become encrypted on its first write: keep
+		// its plaintext out of the page cache (except for mmap, which
+		// the logout invalidation covers).
+		ff = fuse.FOPEN_DIRECT_IO
+	}
+	st.cryptRefs++
+	return &cryptFile{
+		st:        st,
+		n:         n,
+		root:      r,
+		protected: protected,
+		sync:      flags&(unix.O_SYNC|unix.O_DSYNC) != 0,
+	}, ff, 0
+}
+
+// bindPassthrough makes a passthrough handle for a plaintext file with a
+// non-protected name. Caller holds st.mu.
+func (r *Root) bindPassthrough(st *inodeState, n *node, flags uint32, fd int) (gofs.FileHandle, uint32, syscall.Errno) {
+	if flags&unix.O_DIRECT != 0 {
+		fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+		if err == nil {
+			_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl|unix.O_DIRECT)
+		}
+		if err != nil {
+			unix.Close(fd)
+			return nil, 0, errnoOf(err)
+		}
+	}
+	if flags&unix.O_TRUNC != 0 && flags&unix.O_ACCMODE != unix.O_RDONLY {
+		if err := unix.Ftruncate(fd, 0); err != nil {
+			unix.Close(fd)
+			return nil, 0, errnoOf(err)
+		}
+	}
+	st.passthrough++
+	return &passthroughFile{
+		LoopbackFile: gofs.NewLoopbackFileFromOS(os.NewFile(uintptr(fd), "backing")),
+		fd:           fd,
+		st:           st,
+		root:         r,
+	}, 0, 0
+}
+
+// classOf returns the content class of the inode, from st when it is
+// already open as encrypted. Caller holds st.mu.
+func (st *inodeState) classOf(n *node, fd int, x *unix.Statx_t) (contentClass, crypto.Header, error) {
+	if st.cf != nil {
+		return classEncrypted, st.cf.Header(), nil
+	}
+	return n.classify(x, fd)
+}
+
+// sizeLocked returns the backing size of the shared descriptor (-1 if
+// unknown). Caller holds st.mu.
+func (st *inodeState) sizeLocked() int64 {
+	if st.file == nil {
+		return -1
+	}
+	var x unix.Statx_t
+	if err := fstatx(st.fd, &x); err != nil {
+		return -1
+	}
+	return int64(x.Size)
+}
+
+// checkKey fails with EACCES while logged out and EIO when the file was
+// encrypted under another master key.
+func (r *Root) checkKey(n *node, h crypto.Header) syscall.Errno {
+	kid, err := r.kr.KeyID()
+	if err != nil {
+		return r.errno(err, n, "open")
+	}
+	if h.KeyID != kid {
+		return r.errno(crypto.ErrWrongKey, n, "open")
+	}
+	return 0
+}
+
+// maybeEncrypt gives an empty plaintext file under a protected name an
+// encryption header when the key is set, so the content written next is
+// encrypted. It does nothing to a file with passthrough handles (their
+// writes bypass the daemon) and, if the key was just cleared, leaves the
+// file plaintext. Caller holds st.mu exclusively.
+func (r *Root) maybeEncrypt(st *inodeState, n *node, protected bool) error {
+	if st.cf != nil || !protected || st.passthrough > 0 || !st.writable || !r.kr.IsSet() {
+		return nil
+	}
+	if st.sizeLocked() != 0 {
+		return nil
+	}
+	cf, err := crypto.CreateFile(r.kr, st.file)
+	if errors.Is(err, crypto.ErrLocked) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	st.cf = cf
+	n.invalidateClass()
+	return nil
+}
+
+// truncateLocked sets the (plaintext) size of the inode. Caller holds
+// st.mu exclusively.
+func (r *Root) truncateLocked(st *inodeState, n *node, protected bool, size int64) syscall.Errno {
+	if st.file == nil || !st.writable {
+		return syscall.EBADF
+	}
+	if size > 0 {
+		if err := r.maybeEncrypt(st, n, protected); err != nil {
+			return r.errno(err, n, "truncate")
+		}
+	}
+	if st.cf != nil {
+		return r.errno(st.cf.Truncate(size), n, "truncate")
+	}
+	return errnoOf(unix.Ftruncate(st.fd, size))
+}
+
+// truncatePath truncates n when the kernel sent no handle (truncate(2)).
+// It goes through the open-file table like an open, so it shares the
+// inode's lock and crypto.File with the handles that are open.
+func (r *Root) truncatePath(n *node, size int64) syscall.Errno {
+	for attempt := 0; ; attempt++ {
+		seq := r.convSeq.Load()
+		fd, err := r.openRel(n.rel(), unix.O_RDWR, 0)
+		if err != nil {
+			return errnoOf(err)
+		}
+		var x unix.Statx_t
+		if err := fstatx(fd, &x); err != nil {
+			unix.Close(fd)
+			return errnoOf(err)
+		}
+		st, waited := r.acquire(keyOf(&x))
+		if attempt < 3 && (waited || r.convSeq.Load() != seq) {
+			var now unix.Statx_t
+			if waited || fstatx(fd, &now) != nil || now.Nlink == 0 {
+				r.release(st)
+				unix.Close(fd)
+				continue
+			}
+		}
+		errno := func() syscall.Errno {
+			st.mu.Lock()
+			defer st.mu.Unlock()
+			class, hdr, cerr := st.classOf(n, fd, &x)
+			switch class {
+			case classBad:
+				unix.Close(fd)
+				return r.errno(cerr, n, "truncate")
+			case classEncrypted:
+				if errno := r.checkKey(n, hdr); errno != 0 {
+					unix.Close(fd)
+					return errno
+				}
+			}
+			st.adopt(fd, true)
+			if class == classEncrypted && st.cf == nil {
+				cf, err := crypto.OpenFile(r.kr, st.file)
+				if err != nil {
+					return r.errno(err, n, "truncate")
+				}
+				st.cf = cf
+			}
+			return r.truncateLocked(st, n, r.protected(n.name()), size)
+		}()
+		r.release(st)
+		return errno
+	}
+}
