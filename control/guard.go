@@ -101,7 +101,8 @@ func (s *Server) checkHost(r *http.Request) error {
 
 // checkOrigin refuses, on a state-changing call, a request a browser marks
 // as coming from another site: an Origin other than this server's own
-// (including "null"), or a Sec-Fetch-Site other than none / same-origin.
+// (including "null"), a Sec-Fetch-Site other than none / same-origin, or a
+// Referer from another origin.
 // Tools like curl send neither header and pass. No CORS header is ever sent,
 // so a foreign page can never read a response either.
 func (s *Server) checkOrigin(r *http.Request) error {
@@ -116,6 +117,21 @@ func (s *Server) checkOrigin(r *http.Request) error {
 	}
 	if v := r.Header.Values("Sec-Fetch-Site"); len(v) > 0 {
 		if len(v) != 1 || (v[0] != "none" && v[0] != "same-origin") {
+			return errForbiddenOrigin
+		}
+	}
+	// Older browsers send neither header on a plain GET (<img src=...>),
+	// but usually a Referer: a foreign one is refused too. (A page can
+	// suppress its Referer; the bearer token is the complete answer.)
+	if v := r.Header.Values("Referer"); len(v) > 0 {
+		rest, ok := cutPrefixFold(v[0], "http://")
+		if len(v) != 1 || !ok {
+			return errForbiddenOrigin
+		}
+		if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+			rest = rest[:i]
+		}
+		if !s.hosts.allow(rest) {
 			return errForbiddenOrigin
 		}
 	}

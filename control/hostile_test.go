@@ -119,6 +119,11 @@ func TestHostileInput(t *testing.T) {
 		{"own origin logout", req("POST", PathLogout, "", "Origin", "http://localhost:8080", "Sec-Fetch-Site", "same-origin"), 200, "", "logout"},
 		{"own origin ipv6", req("POST", PathLogout, "", "Origin", "http://[::1]:8080"), 200, "", "logout"},
 		{"address bar logout", req("GET", PathLogout, "", "Sec-Fetch-Site", "none"), 200, "", "logout"},
+		{"old browser img logout", req("GET", PathLogout, "", "Referer", "http://evil.example/page"), 403, CodeForbidden, "logout"},
+		{"https referer", req("GET", PathLogout, "", "Referer", "https://localhost:8080/"), 403, CodeForbidden, "logout"},
+		{"referer userinfo trick", req("GET", PathLogout, "", "Referer", "http://localhost:8080@evil.example/"), 403, CodeForbidden, "logout"},
+		{"own referer", req("GET", PathLogout, "", "Referer", "http://localhost:8080/api/system/encryption-status?x=1"), 200, "", "logout"},
+		{"own referer bare", req("GET", PathLogout, "", "Referer", "http://127.0.0.1:8080"), 200, "", "logout"},
 		// Reads are not state-changing: a foreign page cannot read the
 		// answer anyway (no CORS headers, and the Host check stops rebinding).
 		{"cross-site status", req("GET", PathStatus, "", "Sec-Fetch-Site", "cross-site", "Origin", "http://evil.example"), 200, "", "encryption-status"},

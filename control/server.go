@@ -161,6 +161,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		}
 	}()
 	err := hs.Serve(ln)
+	if !errors.Is(err, http.ErrServerClosed) {
+		hs.Close() // the listener failed: drop the open connections too
+	}
 	close(done)
 	<-stopped
 	if errors.Is(err, http.ErrServerClosed) {
