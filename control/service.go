@@ -10,11 +10,12 @@ import (
 	"mountd/crypto"
 )
 
-// FileScanner looks at the backing tree. The filesystem implements it.
+// FileScanner looks at the backing tree. *fs.Root satisfies it as is (its
+// results are plain ints so that fs need not import control).
 type FileScanner interface {
 	// Scan counts the regular files with a protected name by whether their
 	// content is encrypted.
-	Scan(ctx context.Context) (FileCounts, error)
+	Scan(ctx context.Context) (encrypted, plaintext int, err error)
 	// AnyEncrypted reports whether any backing file is encrypted; it may
 	// stop at the first one.
 	AnyEncrypted(ctx context.Context) (bool, error)
@@ -195,11 +196,11 @@ func (s *Service) Status(ctx context.Context, scan bool) (Status, error) {
 		st.Task = &t
 	}
 	if scan {
-		c, err := s.files.Scan(ctx)
+		enc, plain, err := s.files.Scan(ctx)
 		if err != nil {
 			return Status{}, fmt.Errorf("control: status: scanning files: %w", err)
 		}
-		st.Files = &c
+		st.Files = &FileCounts{Encrypted: int64(enc), Plaintext: int64(plain)}
 	}
 	return st, nil
 }

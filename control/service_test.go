@@ -26,7 +26,9 @@ type fakeFiles struct {
 	err       error
 }
 
-func (f *fakeFiles) Scan(context.Context) (FileCounts, error)   { return f.counts, f.err }
+func (f *fakeFiles) Scan(context.Context) (int, int, error) {
+	return int(f.counts.Encrypted), int(f.counts.Plaintext), f.err
+}
 func (f *fakeFiles) AnyEncrypted(context.Context) (bool, error) { return f.encrypted, f.err }
 
 type fakeTasks struct {
