@@ -165,6 +165,15 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 		size = int(r.ContentLength) + 1
 	}
 	buf := make([]byte, size)
+	// The innermost writer, so that an oversized body also closes the
+	// connection (net/http's hook for that is unexported).
+	for {
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			break
+		}
+		w = u.Unwrap()
+	}
 	n, err := io.ReadFull(http.MaxBytesReader(w, r.Body, maxBody), buf)
 	switch {
 	case err == nil:
