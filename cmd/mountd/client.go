@@ -1,0 +1,411 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"golang.org/x/term"
+
+	"mountd/control"
+)
+
+// client talks to the control plane for a person at a terminal.
+type client struct {
+	base  string
+	http  *http.Client
+	token []byte
+}
+
+// clientFlags declares the flags every client subcommand takes.
+func clientFlags(name string, stderr io.Writer) (*flag.FlagSet, *string, *string) {
+	fs := flag.NewFlagSet("mountd "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", control.DefaultAddr, "control plane address: host:port or unix:/path")
+	token := fs.String("token-file", "", "file holding the bearer token, when the daemon uses one")
+	return fs, addr, token
+}
+
+func newClient(addr, tokenFile string) (*client, error) {
+	c := &client{http: &http.Client{Timeout: 3 * time.Minute}}
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		c.base = "http://localhost"
+		c.http.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		}}
+	} else {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return nil, usageError{fmt.Errorf("--addr %q: %w", addr, err)}
+		}
+		c.base = "http://" + addr
+	}
+	if tokenFile != "" {
+		b, err := os.ReadFile(tokenFile)
+		if err != nil {
+			return nil, err
+		}
+		c.token = bytes.TrimSpace(b)
+	}
+	return c, nil
+}
+
+// reply is the JSON envelope plus the fields the client shows.
+type reply struct {
+	Command string              `json:"command"`
+	Success bool                `json:"success"`
+	Message string              `json:"message"`
+	Error   string              `json:"error"`
+	KeySet  *bool               `json:"key_set"`
+	Created bool                `json:"created"`
+	Task    *control.Task       `json:"task"`
+	Status  *control.Status     `json:"-"`
+	Raw     json.RawMessage     `json:"-"`
+	Files   *control.FileCounts `json:"files"`
+}
+
+// call sends a request; body, when not nil, is JSON and is zeroed after
+// sending (it may hold a password).
+func (c *client) call(method, path string, body []byte) (*reply, int, error) {
+	defer clear(body)
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequest(method, c.base+path, rd)
+	if err != nil {
+		return nil, 0, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if len(c.token) > 0 {
+		req.Header.Set("Authorization", "Bearer "+string(c.token))
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w at %s: %v", errUnreachable, c.base, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, resp.StatusCode, err
+	}
+	var r reply
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return nil, resp.StatusCode, fmt.Errorf("unexpected reply (HTTP %d) from %s", resp.StatusCode, c.base)
+	}
+	r.Raw = raw
+	if !r.Success {
+		err := fmt.Errorf("%s (%s)", r.Message, r.Error)
+		switch resp.StatusCode {
+		case http.StatusUnauthorized, http.StatusForbidden, http.StatusTooManyRequests:
+			err = fmt.Errorf("%w: %s (%s)", errDenied, r.Message, r.Error)
+		}
+		return &r, resp.StatusCode, err
+	}
+	return &r, resp.StatusCode, nil
+}
+
+func (c *client) status() (*control.Status, error) {
+	r, _, err := c.call(http.MethodGet, "/api/system/encryption-status", nil)
+	if err != nil {
+		return nil, err
+	}
+	var st control.Status
+	if err := json.Unmarshal(r.Raw, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// readPassword reads one password: without echo from a terminal, else one
+// line from stdin (for scripts). The caller zeroes the result.
+func readPassword(prompt string, stdin io.Reader, stderr io.Writer, br **bufio.Reader) ([]byte, error) {
+	if f, ok := stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		fmt.Fprint(stderr, prompt)
+		pw, err := term.ReadPassword(int(f.Fd()))
+		fmt.Fprintln(stderr)
+		return pw, err
+	}
+	if *br == nil {
+		*br = bufio.NewReader(stdin)
+	}
+	line, err := (*br).ReadSlice('\n')
+	if err != nil && !(errors.Is(err, io.EOF) && len(line) > 0) {
+		return nil, fmt.Errorf("reading password from stdin: %w", err)
+	}
+	pw := append([]byte(nil), bytes.TrimRight(line, "\r\n")...)
+	clear(line)
+	return pw, nil
+}
+
+// jsonObject encodes {"k1": v1, ...} with byte-slice values, without
+// making strings of them.
+func jsonObject(kv ...any) []byte {
+	var b bytes.Buffer
+	b.WriteByte('{')
+	for i := 0; i < len(kv); i += 2 {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		writeJSONString(&b, []byte(kv[i].(string)))
+		b.WriteByte(':')
+		writeJSONString(&b, kv[i+1].([]byte))
+	}
+	b.WriteByte('}')
+	return b.Bytes()
+}
+
+func writeJSONString(b *bytes.Buffer, s []byte) {
+	const hex = "0123456789abcdef"
+	b.WriteByte('"')
+	for len(s) > 0 {
+		r, n := utf8.DecodeRune(s)
+		switch {
+		case r == '"' || r == '\\':
+			b.WriteByte('\\')
+			b.WriteByte(byte(r))
+		case r < 0x20:
+			b.WriteString(`\u00`)
+			b.WriteByte(hex[r>>4])
+			b.WriteByte(hex[r&0xf])
+		default:
+			b.Write(s[:n])
+		}
+		s = s[n:]
+	}
+	b.WriteByte('"')
+}
+
+func clientLogin(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs, addr, tok := clientFlags("login", stderr)
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	c, err := newClient(*addr, *tok)
+	if err != nil {
+		return err
+	}
+	st, err := c.status()
+	if err != nil {
+		return err
+	}
+	var br *bufio.Reader
+	pw, err := readPassword("Password: ", stdin, stderr, &br)
+	if err != nil {
+		return err
+	}
+	defer clear(pw)
+	if !st.PasswordSet {
+		again, err := readPassword("No password is set yet. Repeat it: ", stdin, stderr, &br)
+		if err != nil {
+			return err
+		}
+		same := bytes.Equal(pw, again)
+		clear(again)
+		if !same {
+			return fmt.Errorf("%w: the passwords differ", errDenied)
+		}
+	}
+	r, _, err := c.call(http.MethodPost, "/api/system/login", jsonObject("password", pw))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, r.Message)
+	return nil
+}
+
+func clientLogout(args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	fs, addr, tok := clientFlags("logout", stderr)
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	c, err := newClient(*addr, *tok)
+	if err != nil {
+		return err
+	}
+	r, _, err := c.call(http.MethodPost, "/api/system/logout", nil)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, r.Message)
+	return nil
+}
+
+func clientStatus(args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	fs, addr, tok := clientFlags("status", stderr)
+	scan := fs.Bool("scan", false, "also count encrypted and plaintext protected files")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	c, err := newClient(*addr, *tok)
+	if err != nil {
+		return err
+	}
+	path := "/api/system/encryption-status"
+	if *scan {
+		path += "?scan=true"
+	}
+	r, _, err := c.call(http.MethodGet, path, nil)
+	if err != nil {
+		return err
+	}
+	var st control.Status
+	if err := json.Unmarshal(r.Raw, &st); err != nil {
+		return err
+	}
+	yesno := map[bool]string{true: "yes", false: "no"}
+	fmt.Fprintf(stdout, "key set:      %s\n", yesno[st.KeySet])
+	fmt.Fprintf(stdout, "password set: %s\n", yesno[st.PasswordSet])
+	fmt.Fprintf(stdout, "cipher:       %s\n", st.Cipher)
+	fmt.Fprintf(stdout, "kdf:          %s t=%d m=%d MiB p=%d\n", st.KDF.Name, st.KDF.Time, st.KDF.MemoryKiB/1024, st.KDF.Threads)
+	fmt.Fprintf(stdout, "protect:      %s\n", strings.Join(st.Protect, " "))
+	if st.Files != nil {
+		fmt.Fprintf(stdout, "files:        %d encrypted, %d plaintext\n", st.Files.Encrypted, st.Files.Plaintext)
+	}
+	if t := st.Task; t != nil {
+		fmt.Fprintf(stdout, "task:         %s %s %s\n", t.ID, t.Kind, describeTask(t))
+	}
+	return nil
+}
+
+func clientPasswd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs, addr, tok := clientFlags("passwd", stderr)
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	c, err := newClient(*addr, *tok)
+	if err != nil {
+		return err
+	}
+	var br *bufio.Reader
+	old, err := readPassword("Current password: ", stdin, stderr, &br)
+	if err != nil {
+		return err
+	}
+	defer clear(old)
+	nw, err := readPassword("New password: ", stdin, stderr, &br)
+	if err != nil {
+		return err
+	}
+	defer clear(nw)
+	again, err := readPassword("Repeat the new password: ", stdin, stderr, &br)
+	if err != nil {
+		return err
+	}
+	same := bytes.Equal(nw, again)
+	clear(again)
+	if !same {
+		return fmt.Errorf("%w: the new passwords differ", errDenied)
+	}
+	r, _, err := c.call(http.MethodPost, "/api/system/change_password", jsonObject("old_password", old, "new_password", nw))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, r.Message)
+	return nil
+}
+
+func clientEncryptExisting(args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	fs, addr, tok := clientFlags("encrypt-existing", stderr)
+	noWait := fs.Bool("no-wait", false, "start the task and return at once")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	c, err := newClient(*addr, *tok)
+	if err != nil {
+		return err
+	}
+	r, _, err := c.call(http.MethodPost, "/api/system/encrypt_existing_files", nil)
+	if err != nil {
+		return err
+	}
+	if r.Task == nil {
+		return fmt.Errorf("no task in the reply")
+	}
+	t := r.Task
+	fmt.Fprintf(stdout, "task %s: %s\n", t.ID, r.Message)
+	if *noWait {
+		return nil
+	}
+	tty := false
+	if f, ok := stdout.(*os.File); ok {
+		tty = term.IsTerminal(int(f.Fd()))
+	}
+	last := time.Time{}
+	for {
+		if tty {
+			fmt.Fprintf(stdout, "\r%s", progressLine(t))
+		} else if time.Since(last) > 5*time.Second || t.State != control.TaskRunning {
+			fmt.Fprintln(stdout, progressLine(t))
+			last = time.Now()
+		}
+		if t.State != control.TaskRunning {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+		r, _, err := c.call(http.MethodGet, "/api/system/tasks/"+t.ID, nil)
+		if err != nil {
+			return err
+		}
+		t = r.Task
+	}
+	if tty {
+		fmt.Fprintln(stdout)
+	}
+	fmt.Fprintf(stdout, "%s\n", describeTask(t))
+	if t.State != control.TaskSucceeded {
+		return fmt.Errorf("task %s %s: %s", t.ID, t.State, t.Error)
+	}
+	return nil
+}
+
+func progressLine(t *control.Task) string {
+	const width = 30
+	frac := 1.0
+	if t.BytesTotal > 0 {
+		frac = float64(t.BytesDone) / float64(t.BytesTotal)
+	} else if t.FilesTotal > 0 {
+		frac = float64(t.FilesDone+t.FilesSkipped+t.FilesFailed) / float64(t.FilesTotal)
+	}
+	frac = min(max(frac, 0), 1)
+	n := int(frac * width)
+	return fmt.Sprintf("[%s%s] %3.0f%% %d/%d files %s/%s",
+		strings.Repeat("#", n), strings.Repeat(".", width-n), frac*100,
+		t.FilesDone, t.FilesTotal, humanBytes(t.BytesDone), humanBytes(t.BytesTotal))
+}
+
+func describeTask(t *control.Task) string {
+	s := fmt.Sprintf("%s: %d/%d files done, %d skipped, %d busy, %d failed, %s of %s",
+		t.State, t.FilesDone, t.FilesTotal, t.FilesSkipped, t.FilesBusy, t.FilesFailed,
+		humanBytes(t.BytesDone), humanBytes(t.BytesTotal))
+	if t.Error != "" {
+		s += " (" + t.Error + ")"
+	}
+	return s
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

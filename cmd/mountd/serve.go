@@ -1,0 +1,241 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"mountd/control"
+	"mountd/crypto"
+	"mountd/fs"
+)
+
+// serveConfig is the daemon's command line.
+type serveConfig struct {
+	data, mount, listen string
+	protect             []string
+	logFormat, logLevel string
+	allowOther          bool
+	tokenFile           string
+}
+
+func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
+	c := &serveConfig{}
+	f := flag.NewFlagSet("mountd serve", flag.ContinueOnError)
+	f.SetOutput(stderr)
+	f.StringVar(&c.data, "data", "./Client_Data", "backing directory holding the data (created if missing)")
+	f.StringVar(&c.mount, "mount", "./mnt", "mountpoint: an empty directory (created if missing)")
+	f.StringVar(&c.listen, "listen", control.DefaultAddr, "control plane address: host:port or unix:/path")
+	f.Func("protect", "glob of base names whose new content is encrypted (repeatable; default *.bin; '*' = every file)", func(s string) error {
+		if _, err := filepath.Match(s, ""); err != nil || s == "" {
+			return fmt.Errorf("bad glob %q", s)
+		}
+		c.protect = append(c.protect, s)
+		return nil
+	})
+	f.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
+	f.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	f.BoolVar(&c.allowOther, "allow-other", false, "let other users use the mount (the kernel then enforces file permissions)")
+	f.StringVar(&c.tokenFile, "token-file", "", "require 'Authorization: Bearer <token>' on every control call; the token is read from this file, which is created (0600) with a random token if missing")
+	if err := f.Parse(args); err != nil {
+		return nil, usageError{err}
+	}
+	if f.NArg() > 0 {
+		return nil, usageError{fmt.Errorf("unexpected argument %q", f.Arg(0))}
+	}
+	if c.protect == nil {
+		c.protect = fs.DefaultProtect
+	}
+	if c.logFormat != "text" && c.logFormat != "json" {
+		return nil, usageError{fmt.Errorf("--log-format %q: want text or json", c.logFormat)}
+	}
+	return c, nil
+}
+
+func newLogger(c *serveConfig, out io.Writer) (*logrus.Entry, error) {
+	l := logrus.New()
+	l.SetOutput(out)
+	lvl, err := logrus.ParseLevel(c.logLevel)
+	if err != nil {
+		return nil, usageError{fmt.Errorf("--log-level: %w", err)}
+	}
+	l.SetLevel(lvl)
+	if c.logFormat == "json" {
+		l.SetFormatter(&logrus.JSONFormatter{TimestampFormat: time.RFC3339Nano})
+	} else {
+		l.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: time.RFC3339Nano, DisableColors: true})
+	}
+	return logrus.NewEntry(l), nil
+}
+
+// readOrCreateToken returns the bearer token in path, creating the file
+// with a random token when it does not exist.
+func readOrCreateToken(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		tok := []byte(strings.TrimSpace(string(b)))
+		if len(tok) < 16 {
+			return nil, fmt.Errorf("token file %s: token shorter than 16 characters", path)
+		}
+		return tok, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	var raw [32]byte
+	rand.Read(raw[:])
+	tok := []byte(hex.EncodeToString(raw[:]))
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	_, err = f.Write(append(tok, '\n'))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return tok, err
+}
+
+// prepareMountpoint makes sure dir is an empty directory, creating it, and
+// clearing a stale FUSE mount a killed daemon left behind.
+func prepareMountpoint(dir string) error {
+	var st unix.Stat_t
+	err := unix.Stat(dir, &st)
+	if errors.Is(err, unix.ENOTCONN) {
+		// "Transport endpoint is not connected": a dead FUSE mount.
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+			return fmt.Errorf("mountpoint %s is a stale FUSE mount and unmounting it failed: %w", dir, err)
+		}
+		err = unix.Stat(dir, &st)
+	}
+	if errors.Is(err, unix.ENOENT) {
+		return os.MkdirAll(dir, 0o755)
+	}
+	if err != nil {
+		return fmt.Errorf("mountpoint %s: %w", dir, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return fmt.Errorf("mountpoint %s is not a directory", dir)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("mountpoint %s: %w", dir, err)
+	}
+	if len(entries) > 0 {
+		return fmt.Errorf("mountpoint %s is not empty (%d entries); mountd mounts only on an empty directory", dir, len(entries))
+	}
+	return nil
+}
+
+// prepareData makes sure the backing directory exists and is usable.
+func prepareData(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("data directory %s: %w", dir, err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("data directory %s: %w", dir, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("data directory %s is not a directory", dir)
+	}
+	if err := unix.Access(dir, unix.R_OK|unix.W_OK|unix.X_OK); err != nil {
+		return fmt.Errorf("data directory %s is not readable and writable: %w", dir, err)
+	}
+	return nil
+}
+
+func serve(args []string, _ io.Reader, _, stderr io.Writer) error {
+	c, err := parseServe(args, stderr)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(c, stderr)
+	if err != nil {
+		return err
+	}
+	if err := harden(); err != nil {
+		log.WithError(err).Warn("could not disable core dumps")
+	}
+	if c.data, err = filepath.Abs(c.data); err != nil {
+		return err
+	}
+	if c.mount, err = filepath.Abs(c.mount); err != nil {
+		return err
+	}
+	if err := prepareData(c.data); err != nil {
+		return err
+	}
+	if err := prepareMountpoint(c.mount); err != nil {
+		return err
+	}
+	if strings.HasPrefix(c.mount+"/", c.data+"/") || strings.HasPrefix(c.data+"/", c.mount+"/") {
+		return usageError{fmt.Errorf("--mount %s and --data %s must not contain each other", c.mount, c.data)}
+	}
+	var token []byte
+	if c.tokenFile != "" {
+		if token, err = readOrCreateToken(c.tokenFile); err != nil {
+			return err
+		}
+	}
+
+	ln, err := control.Listen(c.listen)
+	if err != nil {
+		return fmt.Errorf("control plane: %w", err)
+	}
+	defer ln.Close()
+
+	kr := crypto.NewKeyring()
+	if !kr.MemoryLocked() {
+		log.Warn("could not mlock the key page; the key may be swapped out")
+	}
+	d, err := startDaemon(c, kr, log)
+	if err != nil {
+		return err
+	}
+	srv, err := control.New(control.Options{
+		Backend: d.backend,
+		Log:     log,
+		Addr:    c.listen,
+		Token:   token,
+	})
+	if err != nil {
+		d.stop(log)
+		return err
+	}
+
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer cancel()
+	log.WithFields(logrus.Fields{"data": c.data, "mount": c.mount, "listen": c.listen, "protect": strings.Join(c.protect, ",")}).Info("mountd started")
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ctx, ln) }()
+
+	select {
+	case <-ctx.Done():
+		log.Info("signal received, shutting down")
+		err = <-serveErr
+	case err = <-serveErr:
+		log.WithError(err).Error("control plane stopped")
+	case <-d.unmounted:
+		err = errors.New("the filesystem was unmounted from outside")
+		cancel()
+		<-serveErr
+	}
+	kr.Clear()
+	d.stop(log)
+	log.Info("mountd stopped")
+	return err
+}

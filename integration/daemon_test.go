@@ -1,0 +1,281 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var mountdBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "mountd-integration-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	mountdBin = filepath.Join(dir, "mountd")
+	build := exec.Command("go", "build", "-race", "-o", mountdBin, "mountd/cmd/mountd")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building mountd:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// requireFUSE skips (or, under CI=true, fails) when this machine cannot
+// mount FUSE filesystems as this user.
+func requireFUSE(t *testing.T) {
+	t.Helper()
+	_, err := os.Stat("/dev/fuse")
+	if err == nil && os.Geteuid() != 0 {
+		if _, lerr := exec.LookPath("fusermount3"); lerr != nil {
+			err = lerr
+		}
+	}
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("FUSE unavailable under CI=true: %v", err)
+		}
+		t.Skipf("FUSE unavailable: %v", err)
+	}
+}
+
+// daemon is one running mountd process.
+type daemon struct {
+	t          *testing.T
+	data, mnt  string
+	addr       string
+	args       []string
+	cmd        *exec.Cmd
+	out        *syncBuffer
+	exited     chan struct{}
+	exitErr    error
+	client     *http.Client
+	stopOnce   sync.Once
+	extraFlags []string
+}
+
+// syncBuffer collects the daemon's output.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// newDaemon prepares (but does not start) a daemon on fresh temp dirs.
+func newDaemon(t *testing.T, extra ...string) *daemon {
+	t.Helper()
+	requireFUSE(t)
+	root := t.TempDir()
+	d := &daemon{
+		t:          t,
+		data:       filepath.Join(root, "Client_Data"),
+		mnt:        filepath.Join(root, "mnt"),
+		addr:       fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		client:     &http.Client{Timeout: 60 * time.Second},
+		extraFlags: extra,
+	}
+	return d
+}
+
+// start runs the daemon and waits until both the mount and the control
+// plane answer. It registers a cleanup that stops it and checks that no
+// mount is left behind.
+func (d *daemon) start() {
+	t := d.t
+	t.Helper()
+	d.out = &syncBuffer{}
+	d.exited = make(chan struct{})
+	d.stopOnce = sync.Once{}
+	args := append([]string{"--data", d.data, "--mount", d.mnt, "--listen", d.addr, "--log-level", "debug"}, d.extraFlags...)
+	d.cmd = exec.Command(mountdBin, args...)
+	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		d.exitErr = d.cmd.Wait()
+		close(d.exited)
+	}()
+	t.Cleanup(func() {
+		d.stop()
+		if isMounted(d.mnt) {
+			exec.Command("umount", "-l", d.mnt).Run()
+			t.Errorf("mount %s left behind after the daemon stopped", d.mnt)
+		}
+		if t.Failed() {
+			t.Logf("daemon output:\n%s", d.out.String())
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case <-d.exited:
+			t.Fatalf("daemon exited during start-up: %v\n%s", d.exitErr, d.out.String())
+		default:
+		}
+		if isMounted(d.mnt) {
+			if resp, err := d.client.Get("http://" + d.addr + "/api/system/encryption-status"); err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					return
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon not ready after 30s:\n%s", d.out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stop sends SIGTERM and waits for exit; it kills after a timeout.
+func (d *daemon) stop() error {
+	var err error
+	d.stopOnce.Do(func() {
+		if d.cmd == nil || d.cmd.Process == nil {
+			return
+		}
+		d.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-d.exited:
+			err = d.exitErr
+		case <-time.After(30 * time.Second):
+			d.cmd.Process.Kill()
+			<-d.exited
+			err = fmt.Errorf("daemon did not exit within 30s of SIGTERM")
+		}
+	})
+	return err
+}
+
+// kill sends SIGKILL (a crash) and waits for the process to go. The
+// stale mount stays, as after a real crash.
+func (d *daemon) kill() {
+	d.stopOnce.Do(func() {
+		d.cmd.Process.Kill()
+		<-d.exited
+	})
+}
+
+func isMounted(dir string) bool {
+	f, err := os.Open("/proc/self/mounts")
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		fields := strings.Fields(s.Text())
+		if len(fields) > 2 && fields[1] == dir {
+			return true
+		}
+	}
+	return false
+}
+
+// apiReply is a decoded response plus its raw body and status.
+type apiReply struct {
+	Status int
+	Header http.Header
+	Raw    []byte
+	JSON   map[string]any
+}
+
+func (d *daemon) do(method, path, contentType, body string, hdr ...string) apiReply {
+	d.t.Helper()
+	req, err := http.NewRequestWithContext(context.Background(), method, "http://"+d.addr+path, strings.NewReader(body))
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		if strings.EqualFold(hdr[i], "Host") {
+			req.Host = hdr[i+1]
+		} else {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+	}
+	resp, err := d.client.Do(req)
+	if err != nil {
+		d.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	r := apiReply{Status: resp.StatusCode, Header: resp.Header, Raw: raw}
+	if err := json.Unmarshal(raw, &r.JSON); err != nil {
+		d.t.Fatalf("%s %s: status %d, body is not JSON: %q", method, path, resp.StatusCode, raw)
+	}
+	return r
+}
+
+func (d *daemon) login(password string) apiReply {
+	d.t.Helper()
+	body, _ := json.Marshal(map[string]string{"password": password})
+	return d.do("POST", "/api/system/login", "application/json", string(body))
+}
+
+func (d *daemon) mustLogin(password string) {
+	d.t.Helper()
+	if r := d.login(password); r.Status != 200 {
+		d.t.Fatalf("login: %d %s", r.Status, r.Raw)
+	}
+}
+
+func (d *daemon) logout() apiReply {
+	d.t.Helper()
+	return d.do("GET", "/api/system/logout", "", "")
+}
+
+func (d *daemon) status(scan bool) map[string]any {
+	d.t.Helper()
+	p := "/api/system/encryption-status"
+	if scan {
+		p += "?scan=true"
+	}
+	r := d.do("GET", p, "", "")
+	if r.Status != 200 {
+		d.t.Fatalf("status: %d %s", r.Status, r.Raw)
+	}
+	return r.JSON
+}
