@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -25,7 +26,11 @@ type cryptFile struct {
 	n         *node
 	root      *Root
 	protected bool // opened under a protected name: its first write into an empty file encrypts
+	writable  bool // opened for writing
 	sync      bool // O_SYNC or O_DSYNC: write through to the disk
+
+	lmu sync.Mutex
+	lfd int // descriptor for file locks (-1 until needed); see file_lock.go
 }
 
 // Read reads plaintext. An encrypted file needs the key on every call:
@@ -105,6 +110,7 @@ func (f *cryptFile) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 
 // Release drops the handle's reference on the inode state.
 func (f *cryptFile) Release(ctx context.Context) syscall.Errno {
+	f.closeLockFd()
 	f.st.mu.Lock()
 	f.st.cryptRefs--
 	f.st.mu.Unlock()

@@ -24,7 +24,8 @@ type Server struct {
 // may be nil; whatever it holds, Mount asks for 1 MiB requests (unless it
 // sets MaxWrite), mounts with mount(2) when it can (falling back to
 // fusermount), names the filesystem "mountd", lets the kernel check
-// permissions (default_permissions) and allows mmap of direct-I/O files
+// permissions (default_permissions), forwards file locks, and allows mmap
+// of direct-I/O files
 // (CAP_DIRECT_IO_ALLOW_MMAP), which encrypted files are.
 func Mount(mountpoint string, opts Options, mountOpts *fuse.MountOptions) (*Server, error) {
 	root, err := NewRoot(opts)
@@ -59,6 +60,7 @@ func (r *Root) nodeOptions(mountOpts *fuse.MountOptions) *gofs.Options {
 		mo.DirectMount = true
 	}
 	mo.ExtraCapabilities |= fuse.CAP_DIRECT_IO_ALLOW_MMAP
+	mo.EnableLocks = true
 	mo.Options = slices.Clone(mo.Options)
 	if !slices.Contains(mo.Options, "default_permissions") {
 		mo.Options = append(mo.Options, "default_permissions")

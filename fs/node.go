@@ -118,6 +118,9 @@ func fstatx(fd int, x *unix.Statx_t) error {
 
 func isReg(x *unix.Statx_t) bool { return uint32(x.Mode)&unix.S_IFMT == unix.S_IFREG }
 
+// needsHeader reports whether x is a file whose header decides its class.
+func needsHeader(x *unix.Statx_t) bool { return isReg(x) && x.Size >= crypto.MagicSize }
+
 // attrFromStatx fills a from x the way fuse.Attr.FromStat does from a
 // Stat_t.
 func attrFromStatx(a *fuse.Attr, x *unix.Statx_t) {
@@ -174,7 +177,7 @@ func (r *Root) openRel(rel string, flags int, mode uint32) (int, error) {
 		Resolve: resolveFlags,
 	}
 	if flags&(unix.O_CREAT|unix.O_TMPFILE) != 0 {
-		how.Mode = uint64(mode)
+		how.Mode = uint64(mode & 0o7777)
 	}
 	for i := 0; ; i++ {
 		fd, err := unix.Openat2(r.rootFd, rel, &how)
@@ -182,6 +185,50 @@ func (r *Root) openRel(rel string, flags int, mode uint32) (int, error) {
 			continue
 		}
 		return fd, err
+	}
+}
+
+// openNoatime opens rel like openRel, without updating its access time
+// where the kernel allows that (the daemon's own header reads must not
+// look like reads by a user).
+func (r *Root) openNoatime(rel string, flags int, mode uint32) (int, error) {
+	fd, err := r.openRel(rel, flags|unix.O_NOATIME, mode)
+	if err == unix.EPERM && flags&unix.O_NOATIME == 0 {
+		fd, err = r.openRel(rel, flags, mode)
+	}
+	return fd, err
+}
+
+// statForAttr stats rel into x. For a regular file that may be encrypted
+// and whose class n does not have cached (n may be nil), it opens the file
+// and stats the descriptor instead, so that the header that classify then
+// reads through fd belongs to the inode whose attributes are reported: a
+// name swapped between the stat and the read cannot make an encrypted
+// file show its raw size. The caller closes fd if it is >= 0.
+func (r *Root) statForAttr(rel string, n *node, x *unix.Statx_t) (fd int, err error) {
+	for attempt := 0; ; attempt++ {
+		if err := r.statRel(rel, x); err != nil {
+			return -1, err
+		}
+		if !needsHeader(x) || (n != nil && n.classCached(x)) {
+			return -1, nil
+		}
+		fd, err := r.openNoatime(rel, unix.O_RDONLY, 0)
+		if err != nil {
+			if attempt < 5 && (err == unix.ELOOP || err == unix.ENOENT || err == unix.ENXIO || err == unix.EISDIR) {
+				continue // replaced under us: stat again
+			}
+			return -1, nil
+		}
+		if err := fstatx(fd, x); err != nil {
+			unix.Close(fd)
+			return -1, err
+		}
+		if !isReg(x) {
+			unix.Close(fd)
+			continue
+		}
+		return fd, nil
 	}
 }
 
@@ -198,9 +245,13 @@ const (
 
 // statKey is what must stay unchanged for a cached classification to hold.
 type statKey struct {
-	ino          uint64
-	size         uint64
-	mtime, ctime unix.StatxTimestamp
+	ino                 uint64
+	size                uint64
+	btime, mtime, ctime unix.StatxTimestamp
+}
+
+func keyOfStat(x *unix.Statx_t) statKey {
+	return statKey{ino: x.Ino, size: x.Size, btime: x.Btime, mtime: x.Mtime, ctime: x.Ctime}
 }
 
 type classCache struct {
@@ -215,10 +266,10 @@ type classCache struct {
 // reads the header through fd when fd >= 0, else by path; the result is
 // cached until the inode's size, mtime or ctime change.
 func (n *node) classify(x *unix.Statx_t, fd int) (contentClass, crypto.Header, error) {
-	if !isReg(x) || x.Size < crypto.MagicSize {
+	if !needsHeader(x) {
 		return classPlain, crypto.Header{}, nil
 	}
-	k := statKey{ino: x.Ino, size: x.Size, mtime: x.Mtime, ctime: x.Ctime}
+	k := keyOfStat(x)
 	n.mu.Lock()
 	if n.cls.valid && n.cls.key == k {
 		c := n.cls
@@ -228,7 +279,7 @@ func (n *node) classify(x *unix.Statx_t, fd int) (contentClass, crypto.Header, e
 	n.mu.Unlock()
 
 	var hb [crypto.HeaderSize]byte
-	m, err := n.readHeader(hb[:], fd)
+	m, err := n.readHeader(hb[:], fd, k)
 	if err != nil {
 		// Unreadable: it cannot be served either way. Do not cache.
 		return classPlain, crypto.Header{}, nil
@@ -240,6 +291,14 @@ func (n *node) classify(x *unix.Statx_t, fd int) (contentClass, crypto.Header, e
 	return class, hdr, cerr
 }
 
+// classCached reports whether n has a classification for x's state.
+func (n *node) classCached(x *unix.Statx_t) bool {
+	k := keyOfStat(x)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.cls.valid && n.cls.key == k
+}
+
 // invalidateClass drops the cached classification.
 func (n *node) invalidateClass() {
 	n.mu.Lock()
@@ -247,17 +306,23 @@ func (n *node) invalidateClass() {
 	n.mu.Unlock()
 }
 
-func (n *node) readHeader(b []byte, fd int) (int, error) {
+// readHeader reads the first bytes of n through fd, or else by path,
+// checking that the path still names the file whose state is k.
+func (n *node) readHeader(b []byte, fd int, k statKey) (int, error) {
 	if fd < 0 {
 		var err error
-		fd, err = n.root.openRel(n.rel(), unix.O_RDONLY|unix.O_NOATIME, 0)
-		if err == unix.EPERM {
-			fd, err = n.root.openRel(n.rel(), unix.O_RDONLY, 0)
-		}
+		fd, err = n.root.openNoatime(n.rel(), unix.O_RDONLY, 0)
 		if err != nil {
 			return 0, err
 		}
 		defer unix.Close(fd)
+		var x unix.Statx_t
+		if err := fstatx(fd, &x); err != nil {
+			return 0, err
+		}
+		if keyOfStat(&x) != k {
+			return 0, errChanged
+		}
 	}
 	return preadFull(fd, b, 0)
 }

@@ -46,6 +46,9 @@ var _ = (gofs.FileFsyncer)((*cryptFile)(nil))
 var _ = (gofs.FileReleaser)((*cryptFile)(nil))
 var _ = (gofs.FileLseeker)((*cryptFile)(nil))
 var _ = (gofs.FileAllocater)((*cryptFile)(nil))
+var _ = (gofs.FileGetlker)((*cryptFile)(nil))
+var _ = (gofs.FileSetlker)((*cryptFile)(nil))
+var _ = (gofs.FileSetlkwer)((*cryptFile)(nil))
 
 // Plaintext files with non-protected names (file.go).
 var _ = (gofs.FilePassthroughFder)((*passthroughFile)(nil))

@@ -27,10 +27,14 @@ func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut
 		}
 	}
 	var x unix.Statx_t
-	if err := n.root.statRel(n.rel(), &x); err != nil {
+	fd, err := n.root.statForAttr(n.rel(), n, &x)
+	if err != nil {
 		return errnoOf(err)
 	}
-	n.fillAttr(&x, -1, &out.Attr)
+	if fd >= 0 {
+		defer unix.Close(fd)
+	}
+	n.fillAttr(&x, fd, &out.Attr)
 	return 0
 }
 
@@ -81,23 +85,43 @@ func (n *node) Statx(ctx context.Context, f gofs.FileHandle, flags uint32, mask 
 			plain = int64(x.Size)
 		}
 	default:
-		fd, path, fl := fileFd(f), "", unix.AT_EMPTY_PATH
-		if fd < 0 {
-			fd, path, fl = n.root.rootFd, n.rel(), unix.AT_SYMLINK_NOFOLLOW
-			if path == "." {
-				path, fl = "", unix.AT_EMPTY_PATH
-			}
-		}
-		if err := unix.Statx(fd, path, fl|sync, req, &x); err != nil {
-			return errnoOf(err)
-		}
-		if isReg(&x) {
-			hfd := fileFd(f)
-			if class, _, _ := n.classify(&x, hfd); class == classEncrypted {
-				if ps, err := crypto.PlainSize(int64(x.Size)); err == nil {
-					plain = ps
+		fd := fileFd(f)
+		for attempt := 0; ; attempt++ {
+			own := -1
+			if fd < 0 {
+				var probe unix.Statx_t
+				var err error
+				if own, err = n.root.statForAttr(n.rel(), n, &probe); err != nil {
+					return errnoOf(err)
 				}
 			}
+			sfd := max(fd, own)
+			var err error
+			switch {
+			case sfd >= 0:
+				err = unix.Statx(sfd, "", unix.AT_EMPTY_PATH|sync, req, &x)
+			case n.isRoot():
+				err = unix.Statx(n.root.rootFd, "", unix.AT_EMPTY_PATH|sync, req, &x)
+			default:
+				err = unix.Statx(n.root.rootFd, n.rel(), unix.AT_SYMLINK_NOFOLLOW|sync, req, &x)
+			}
+			if err == nil && sfd < 0 && needsHeader(&x) && !n.classCached(&x) && attempt < 3 {
+				continue // changed since statForAttr looked
+			}
+			if err == nil && needsHeader(&x) {
+				if class, _, _ := n.classify(&x, sfd); class == classEncrypted {
+					if ps, perr := crypto.PlainSize(int64(x.Size)); perr == nil {
+						plain = ps
+					}
+				}
+			}
+			if own >= 0 {
+				unix.Close(own)
+			}
+			if err != nil {
+				return errnoOf(err)
+			}
+			break
 		}
 	}
 	out.Statx.FromStatx(&x)

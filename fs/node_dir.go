@@ -2,6 +2,7 @@ package fs
 
 import (
 	"context"
+	"path"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -26,13 +27,28 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 // newChild makes (or finds) the node for the backing file at rel, a child
 // of n, and fills out with its attributes.
 func (n *node) newChild(ctx context.Context, rel string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	var x unix.Statx_t
-	if err := n.root.statRel(rel, &x); err != nil {
-		return nil, errnoOf(err)
+	_, name := path.Split(rel)
+	hint := nodeOf(n.GetChild(name))
+	for attempt := 0; ; attempt++ {
+		var x unix.Statx_t
+		fd, err := n.root.statForAttr(rel, hint, &x)
+		if err != nil {
+			return nil, errnoOf(err)
+		}
+		ch := n.NewInode(ctx, n.root.newNode(), n.root.stableAttr(&x))
+		cn := nodeOf(ch)
+		if fd < 0 && needsHeader(&x) && !cn.classCached(&x) && attempt < 3 {
+			// The class was cached in another node than the one
+			// for this inode: classify through a descriptor.
+			hint = cn
+			continue
+		}
+		cn.fillAttr(&x, fd, &out.Attr)
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		return ch, 0
 	}
-	ch := n.NewInode(ctx, n.root.newNode(), n.root.stableAttr(&x))
-	nodeOf(ch).fillAttr(&x, -1, &out.Attr)
-	return ch, 0
 }
 
 // OpendirHandle opens directory n for reading.

@@ -49,7 +49,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	bflags := backingFlags(flags, r.protected(name))
 	var child *gofs.Inode
 	fh, ff, errno := r.openHandle(ctx, name, flags, false, func() (int, bool, error) {
-		fd, err := r.openRel(rel, bflags|unix.O_CREAT|unix.O_EXCL, mode)
+		fd, err := r.openNoatime(rel, bflags|unix.O_CREAT|unix.O_EXCL, mode)
 		if err == nil {
 			preserveOwnerFd(ctx, fd)
 			return fd, true, nil
@@ -79,7 +79,7 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	bflags := backingFlags(flags, r.protected(""))
 	var child *gofs.Inode
 	fh, ff, errno := r.openHandle(ctx, "", flags, true, func() (int, bool, error) {
-		fd, err := r.openRel(n.rel(), bflags|unix.O_TMPFILE, mode)
+		fd, err := r.openNoatime(n.rel(), bflags|unix.O_TMPFILE, mode)
 		if err == nil {
 			preserveOwnerFd(ctx, fd)
 		}
@@ -114,7 +114,7 @@ func backingFlags(flags uint32, protected bool) int {
 	if acc == unix.O_WRONLY {
 		acc = unix.O_RDWR
 	}
-	f := acc | int(flags)&unix.O_NOATIME
+	f := acc
 	if !protected {
 		f |= int(flags) & (unix.O_SYNC | unix.O_DSYNC)
 	}
@@ -124,11 +124,19 @@ func backingFlags(flags uint32, protected bool) int {
 // openWithFallback opens rel with bflags; if widening write-only to
 // read-write was refused, it opens write-only as asked.
 func openWithFallback(r *Root, rel string, bflags int, flags uint32) (int, error) {
-	fd, err := r.openRel(rel, bflags, 0)
+	fd, err := r.openNoatime(rel, bflags, 0)
 	if (err == unix.EACCES || err == unix.EPERM) && int(flags)&unix.O_ACCMODE == unix.O_WRONLY {
-		fd, err = r.openRel(rel, bflags&^unix.O_ACCMODE|unix.O_WRONLY, 0)
+		fd, err = r.openNoatime(rel, bflags&^unix.O_ACCMODE|unix.O_WRONLY, 0)
 	}
 	return fd, err
+}
+
+// restoreAtime clears O_NOATIME on fd once the daemon's own reads (the
+// header) are done, so reads through the mount update atime as usual.
+func restoreAtime(fd int) {
+	if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil && fl&unix.O_NOATIME != 0 {
+		_, _ = unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_NOATIME)
+	}
 }
 
 // openHandle opens a backing descriptor with open, registers it in the
@@ -188,6 +196,9 @@ func (r *Root) bind(st *inodeState, n *node, name string, flags uint32, fd int, 
 		}
 	case classPlain:
 		if !protected && st.cryptRefs == 0 {
+			if flags&unix.O_NOATIME == 0 {
+				restoreAtime(fd)
+			}
 			return r.bindPassthrough(st, n, flags, fd)
 		}
 	}
@@ -217,13 +228,18 @@ func (r *Root) bind(st *inodeState, n *node, name string, flags uint32, fd int, 
 		// the logout invalidation covers).
 		ff = fuse.FOPEN_DIRECT_IO
 	}
+	if st.fd == fd && flags&unix.O_NOATIME == 0 {
+		restoreAtime(fd)
+	}
 	st.cryptRefs++
 	return &cryptFile{
 		st:        st,
 		n:         n,
 		root:      r,
 		protected: protected,
+		writable:  writable,
 		sync:      flags&(unix.O_SYNC|unix.O_DSYNC) != 0,
+		lfd:       -1,
 	}, ff, 0
 }
 
@@ -337,7 +353,7 @@ func (r *Root) truncateLocked(st *inodeState, n *node, protected bool, size int6
 func (r *Root) truncatePath(n *node, size int64) syscall.Errno {
 	for attempt := 0; ; attempt++ {
 		seq := r.convSeq.Load()
-		fd, err := r.openRel(n.rel(), unix.O_RDWR, 0)
+		fd, err := r.openNoatime(n.rel(), unix.O_RDWR, 0)
 		if err != nil {
 			return errnoOf(err)
 		}
