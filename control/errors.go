@@ -28,6 +28,7 @@ const (
 	CodeConflict                      = "RESULT_CONFLICT"
 	CodeEncryptedFilesWithoutVerifier = "RESULT_ENCRYPTED_FILES_WITHOUT_VERIFIER"
 	CodeBusy                          = "RESULT_BUSY"
+	CodeBadVerifier                   = "RESULT_BAD_VERIFIER"
 	CodeInternal                      = "RESULT_INTERNAL"
 )
 
@@ -131,6 +132,12 @@ func classify(err error) *apiError {
 	case errors.Is(err, crypto.ErrVerifierExists):
 		return &apiError{status: http.StatusConflict, code: CodeConflict,
 			msg: "A password was set concurrently; try again"}
+	case errors.Is(err, crypto.ErrBadVerifier):
+		// A server-side data problem, but one the operator must act on, so
+		// it gets its own code and a message that says what to do.
+		return &apiError{status: http.StatusInternalServerError, code: CodeBadVerifier,
+			msg: "The password verifier (auth/verifier.bin) is corrupt or records unsupported KDF parameters; " +
+				"restore it from a backup", cause: err}
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return &apiError{status: http.StatusServiceUnavailable, code: CodeBusy,
 			msg: "Request cancelled or timed out", retryAfter: time.Second}
