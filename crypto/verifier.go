@@ -13,6 +13,7 @@ import (
 	iofs "io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"golang.org/x/crypto/argon2"
@@ -295,7 +296,7 @@ func writeVerifier(path string, v *Verifier, replace bool) error {
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return err
 	}
-	tmp := filepath.Join(dir, ".verifier.tmp-"+hex.EncodeToString(rnd[:]))
+	tmp := filepath.Join(dir, verifierTempPrefix+hex.EncodeToString(rnd[:]))
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
@@ -329,4 +330,31 @@ func syncDir(dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// verifierTempPrefix starts the names of the temp files writeVerifier uses.
+const verifierTempPrefix = ".verifier.tmp-"
+
+// RemoveStaleTemps deletes temp files a crash left in the verifier's
+// directory (dir is the data directory). Call it only at start-up, before
+// anything can be writing a verifier. It returns the names it removed.
+func RemoveStaleTemps(dataDir string) ([]string, error) {
+	dir := filepath.Join(dataDir, VerifierDir)
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, iofs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	for _, e := range entries {
+		if e.Type().IsRegular() && strings.HasPrefix(e.Name(), verifierTempPrefix) {
+			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, iofs.ErrNotExist) {
+				return removed, err
+			}
+			removed = append(removed, filepath.Join(VerifierDir, e.Name()))
+		}
+	}
+	return removed, nil
 }

@@ -196,3 +196,25 @@ func TestDefaultKDFValid(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestRemoveStaleTemps(t *testing.T) {
+	data := t.TempDir()
+	if got, err := RemoveStaleTemps(data); err != nil || len(got) != 0 {
+		t.Fatalf("no auth dir: %v %v", got, err)
+	}
+	if err := NewKeyring().Create(VerifierPath(data), []byte("pw"), testKDF); err != nil {
+		t.Fatal(err)
+	}
+	stale := filepath.Join(data, VerifierDir, verifierTempPrefix+"0011223344556677")
+	os.WriteFile(stale, []byte("half"), 0o600)
+	got, err := RemoveStaleTemps(data)
+	if err != nil || len(got) != 1 {
+		t.Fatalf("RemoveStaleTemps = %v, %v", got, err)
+	}
+	if _, err := os.Stat(stale); !errors.Is(err, iofs.ErrNotExist) {
+		t.Fatal("stale temp not removed")
+	}
+	if _, err := ReadVerifier(VerifierPath(data)); err != nil {
+		t.Fatal("verifier damaged:", err)
+	}
+}

@@ -182,6 +182,11 @@ func serve(args []string, _ io.Reader, _, stderr io.Writer) error {
 	if err := prepareMountpoint(c.mount); err != nil {
 		return err
 	}
+	if removed, err := crypto.RemoveStaleTemps(c.data); err != nil {
+		return fmt.Errorf("removing stale verifier temp files: %w", err)
+	} else if len(removed) > 0 {
+		log.WithField("files", strings.Join(removed, ",")).Warn("removed verifier temp files left by a crash")
+	}
 	if strings.HasPrefix(c.mount+"/", c.data+"/") || strings.HasPrefix(c.data+"/", c.mount+"/") {
 		return usageError{fmt.Errorf("--mount %s and --data %s must not contain each other", c.mount, c.data)}
 	}
