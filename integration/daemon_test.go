@@ -279,3 +279,12 @@ func (d *daemon) status(scan bool) map[string]any {
 	}
 	return r.JSON
 }
+
+func newJSONRequest(addr, path string, body []byte) (*http.Request, error) {
+	req, err := http.NewRequest("POST", "http://"+addr+path, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	return req, nil
+}
