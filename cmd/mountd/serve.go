@@ -30,6 +30,7 @@ type serveConfig struct {
 	logFormat, logLevel string
 	allowOther          bool
 	tokenFile           string
+	kdf                 crypto.KDFParams
 }
 
 func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
@@ -50,8 +51,19 @@ func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
 	f.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	f.BoolVar(&c.allowOther, "allow-other", false, "let other users use the mount (the kernel then enforces file permissions)")
 	f.StringVar(&c.tokenFile, "token-file", "", "require 'Authorization: Bearer <token>' on every control call; the token is read from this file, which is created (0600) with a random token if missing")
+	var kdfTime, kdfMiB, kdfThreads uint
+	f.UintVar(&kdfTime, "kdf-time", uint(crypto.DefaultKDFParams.Time), "Argon2id passes for a new password (first login, passwd)")
+	f.UintVar(&kdfMiB, "kdf-memory", uint(crypto.DefaultKDFParams.MemoryKiB/1024), "Argon2id memory in MiB for a new password")
+	f.UintVar(&kdfThreads, "kdf-threads", uint(crypto.DefaultKDFParams.Threads), "Argon2id parallelism for a new password")
 	if err := f.Parse(args); err != nil {
 		return nil, usageError{err}
+	}
+	if kdfTime > 1<<20 || kdfMiB > 1<<20 || kdfThreads > 255 {
+		return nil, usageError{fmt.Errorf("KDF parameters out of range")}
+	}
+	c.kdf = crypto.KDFParams{Time: uint32(kdfTime), MemoryKiB: uint32(kdfMiB * 1024), Threads: uint8(kdfThreads)}
+	if err := c.kdf.Validate(); err != nil {
+		return nil, usageError{fmt.Errorf("--kdf-*: %w", err)}
 	}
 	if f.NArg() > 0 {
 		return nil, usageError{fmt.Errorf("unexpected argument %q", f.Arg(0))}
