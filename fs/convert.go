@@ -61,6 +61,20 @@ var chunkPool = sync.Pool{New: func() any { b := make([]byte, 2*convertChunk); r
 // errChanged if the file was modified during the copy. It needs the key
 // (crypto.ErrLocked otherwise) and must not be called from a FUSE handler.
 func (r *Root) encryptInPlace(ctx context.Context, rel string) (convertResult, error) {
+	return r.convertInPlace(ctx, rel, convertOpts{})
+}
+
+// convertOpts tune encryptInPlace for the migration task (migrate.go).
+type convertOpts struct {
+	// progress, if set, is called with the bytes copied or verified since
+	// its last call (each byte of the file counts twice: copy, verify).
+	progress func(n int64)
+	// quiet logs a converted file at Debug instead of Info.
+	quiet bool
+}
+
+// convertInPlace is encryptInPlace with options.
+func (r *Root) convertInPlace(ctx context.Context, rel string, o convertOpts) (convertResult, error) {
 	rel = filepath.Clean(rel)
 	if rel == "." || filepath.IsAbs(rel) || rel == ".." || strings.HasPrefix(rel, "../") {
 		return convSkipped, fmt.Errorf("fs: encryptInPlace: bad path %q", rel)
@@ -88,9 +102,10 @@ func (r *Root) encryptInPlace(ctx context.Context, rel string) (convertResult, e
 	}
 	defer unix.Close(dirfd)
 
-	src, err := unix.Openat(dirfd, base, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NOATIME, 0)
+	// O_NONBLOCK: a FIFO swapped in under the name must not block us.
+	src, err := unix.Openat(dirfd, base, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOATIME, 0)
 	if err == unix.EPERM {
-		src, err = unix.Openat(dirfd, base, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		src, err = unix.Openat(dirfd, base, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	}
 	if err != nil {
 		if err == unix.ENOENT || err == unix.ELOOP {
@@ -132,18 +147,22 @@ func (r *Root) encryptInPlace(ctx context.Context, rel string) (convertResult, e
 		r.tableMu.Unlock()
 	}()
 
-	res, err := r.replaceEncrypted(ctx, dirfd, base, src, &sx)
+	res, err := r.replaceEncrypted(ctx, dirfd, base, src, &sx, o.progress)
 	if err != nil {
 		return res, err
 	}
 	r.convSeq.Add(1)
 	r.notifyReplaced(rel)
-	r.log.WithField(fieldPath, rel).Info("encrypted file in place")
+	if o.quiet {
+		r.log.WithField(fieldPath, rel).Debug("encrypted file in place")
+	} else {
+		r.log.WithField(fieldPath, rel).Info("encrypted file in place")
+	}
 	return convDone, nil
 }
 
 // replaceEncrypted does the copy and the exchange for encryptInPlace.
-func (r *Root) replaceEncrypted(ctx context.Context, dirfd int, base string, src int, sx *unix.Statx_t) (convertResult, error) {
+func (r *Root) replaceEncrypted(ctx context.Context, dirfd int, base string, src int, sx *unix.Statx_t, progress func(int64)) (convertResult, error) {
 	var rnd [8]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return convSkipped, err
@@ -187,6 +206,9 @@ func (r *Root) replaceEncrypted(ctx context.Context, dirfd int, base string, src
 			return convBusy, err
 		}
 		off += int64(m)
+		if progress != nil {
+			progress(int64(m))
+		}
 	}
 	// Check the copy decrypts to the original.
 	for off := int64(0); off < size; {
@@ -203,6 +225,9 @@ func (r *Root) replaceEncrypted(ctx context.Context, dirfd int, base string, src
 			return convBusy, errChanged
 		}
 		off += want
+		if progress != nil {
+			progress(want)
+		}
 	}
 
 	// Owner, mode, xattrs, times.

@@ -1,0 +1,747 @@
+package fs
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	iofs "io/fs"
+	"maps"
+	"math"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"mountd/crypto"
+)
+
+// The encrypt_existing_files migration: a task that walks the backing tree
+// and encrypts, in place and one file at a time, every plaintext regular
+// file with a protected name outside auth/. Each file goes through
+// encryptInPlace (convert.go), so a crash at any moment leaves it whole,
+// old plaintext or new ciphertext, and at worst a temp file that
+// RemoveStaleTemps deletes on the next start. Files open through the mount
+// are not touched: they are retried a few times at the end, then counted as
+// busy. Re-running the task resumes: what is encrypted is skipped.
+//
+// A task runs in two phases. It first walks the tree and counts (files and
+// bytes, reading four bytes of each candidate to skip what is already
+// encrypted), keeping only the paths still to convert; then a few workers
+// convert them. Memory is bounded by the number of paths, never by file
+// sizes: each worker copies through one pooled 2 MiB buffer.
+
+// MigrationState is the state of a migration task. Running is the only
+// state that changes.
+type MigrationState string
+
+// Migration states.
+const (
+	MigrationRunning   MigrationState = "running"
+	MigrationSucceeded MigrationState = "succeeded"
+	MigrationFailed    MigrationState = "failed"
+	MigrationCancelled MigrationState = "cancelled"
+)
+
+// Reasons a protected file was skipped, the keys of
+// MigrationStatus.SkippedReasons.
+const (
+	SkipAlreadyEncrypted = "already_encrypted" // carries the crypto magic
+	SkipHardLinks        = "hard_links"        // nlink > 1: the other names would keep the plaintext
+	SkipEmpty            = "empty"             // nothing to encrypt; encrypted on its first write
+	SkipNotRegular       = "not_regular"       // a symlink, FIFO, socket or device with a protected name
+	SkipGone             = "gone"              // removed or renamed before its turn
+	SkipOther            = "other"             // changed into something not to convert
+)
+
+var (
+	// ErrNoSuchMigration: Get or Cancel with an id no task has (or had,
+	// before it was forgotten; see maxMigrations).
+	ErrNoSuchMigration = errors.New("fs: no such migration task")
+	// ErrMigratorClosed: Start after Close.
+	ErrMigratorClosed = errors.New("fs: migrator closed")
+
+	errKeyCleared = errors.New("file encryption key was cleared")
+	errCancelled  = errors.New("cancelled")
+	errShutdown   = errors.New("mountd is shutting down")
+)
+
+// keyClearedMsg is the error of a task stopped by a logout.
+const keyClearedMsg = "file encryption key was cleared; the files encrypted so far stay encrypted: log in and start the task again to finish"
+
+// MigrationStatus is a snapshot of a migration task.
+//
+// FilesTotal counts the protected files found (regular or not, outside
+// auth/); at the end of a task that ran to completion it equals FilesDone +
+// FilesSkipped + FilesFailed + FilesBusy. BytesTotal is the size of the
+// plaintext files that were to be encrypted; BytesDone the part of it that
+// the task has finished with (encrypted, or found skipped, failed or busy),
+// plus the progress inside the files being converted. Every counter only
+// grows.
+type MigrationStatus struct {
+	ID             string
+	State          MigrationState
+	FilesTotal     int64
+	FilesDone      int64
+	FilesSkipped   int64
+	FilesFailed    int64
+	FilesBusy      int64
+	BytesTotal     int64
+	BytesDone      int64
+	StartedAt      time.Time
+	FinishedAt     time.Time // zero while running
+	Error          string    // why it failed; "" otherwise
+	SkippedReasons map[string]int64
+}
+
+// MigrationOptions tune a Migrator. The zero value is fine.
+type MigrationOptions struct {
+	// Workers is how many files are converted at once (default 4): more
+	// than one hides the fsync latency of small files.
+	Workers int
+	// RetryRounds is how many times files that were busy (open through
+	// the mount, or changed during their copy) are tried again after the
+	// first pass (default 3), waiting RetryDelay before the first round
+	// (default 500ms) and twice as long before each next one.
+	RetryRounds int
+	RetryDelay  time.Duration
+	// Log receives the task's log lines; nil means the Root's.
+	Log *logrus.Entry
+}
+
+// Migrator runs migration tasks on a Root, one at a time, and remembers
+// the finished ones. Close it before the Root.
+type Migrator struct {
+	r           *Root
+	log         *logrus.Entry
+	workers     int
+	retryRounds int
+	retryDelay  time.Duration
+	hooks       migrateHooks
+
+	mu     sync.Mutex
+	tasks  map[string]*migration
+	order  []string   // ids, oldest first
+	cur    *migration // running, or nil
+	last   *migration // the latest task
+	closed bool
+}
+
+// migrateHooks let tests act at precise moments. They run in the task's
+// goroutines.
+type migrateHooks struct {
+	// progress runs after each chunk of rel is copied or verified; work
+	// is the bytes processed so far (twice the file size at the end).
+	progress func(ctx context.Context, rel string, work int64)
+	// busy runs when rel was found busy in round (0: the first pass).
+	busy func(rel string, round int)
+}
+
+// maxMigrations bounds how many tasks a Migrator remembers; the oldest
+// finished ones are forgotten first.
+const maxMigrations = 256
+
+// cancelWait is how long Cancel waits for the task to stop.
+const cancelWait = 2 * time.Second
+
+const fieldTaskID = "task_id"
+
+// NewMigrator returns a Migrator for r.
+func NewMigrator(r *Root, o MigrationOptions) *Migrator {
+	if o.Workers <= 0 {
+		o.Workers = 4
+	}
+	if o.RetryRounds < 0 {
+		o.RetryRounds = 0
+	} else if o.RetryRounds == 0 {
+		o.RetryRounds = 3
+	}
+	if o.RetryDelay <= 0 {
+		o.RetryDelay = 500 * time.Millisecond
+	}
+	log := o.Log
+	if log == nil {
+		log = r.log
+	}
+	return &Migrator{
+		r:           r,
+		log:         log.WithField(fieldComponent, "migrate"),
+		workers:     o.Workers,
+		retryRounds: o.RetryRounds,
+		retryDelay:  o.RetryDelay,
+		tasks:       map[string]*migration{},
+	}
+}
+
+// Start starts a task and returns its first snapshot with started true,
+// or the running task with started false. It needs the key: without it
+// the error wraps crypto.ErrLocked. ctx bounds the call only.
+func (m *Migrator) Start(ctx context.Context) (MigrationStatus, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return MigrationStatus{}, false, ErrMigratorClosed
+	}
+	if m.cur != nil {
+		return m.cur.snapshotLocked(), false, nil
+	}
+	if !m.r.kr.IsSet() {
+		return MigrationStatus{}, false, fmt.Errorf("fs: start migration: %w", crypto.ErrLocked)
+	}
+	var rnd [8]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return MigrationStatus{}, false, err
+	}
+	tctx, cancel := context.WithCancelCause(context.Background())
+	t := &migration{
+		m:      m,
+		id:     "encrypt-" + hex.EncodeToString(rnd[:]),
+		cancel: cancel,
+		done:   make(chan struct{}),
+		st: MigrationStatus{
+			State:          MigrationRunning,
+			StartedAt:      time.Now(),
+			SkippedReasons: map[string]int64{},
+		},
+	}
+	t.st.ID = t.id
+	// A logout stops the task: its listener runs once the key is marked
+	// cleared and the crypto calls in flight have returned.
+	removeListener := m.r.kr.OnClear(func() { cancel(errKeyCleared) })
+	if !m.r.kr.IsSet() { // cleared before the listener was in place
+		removeListener()
+		cancel(errKeyCleared)
+		return MigrationStatus{}, false, fmt.Errorf("fs: start migration: %w", crypto.ErrLocked)
+	}
+	m.tasks[t.id] = t
+	m.order = append(m.order, t.id)
+	m.forgetOldLocked()
+	m.cur, m.last = t, t
+	go t.run(tctx, removeListener)
+	return t.snapshotLocked(), true, nil
+}
+
+// forgetOldLocked drops the oldest finished tasks beyond maxMigrations.
+func (m *Migrator) forgetOldLocked() {
+	for len(m.order) > maxMigrations {
+		id := m.order[0]
+		if t := m.tasks[id]; t == m.cur || t == m.last {
+			return
+		}
+		delete(m.tasks, id)
+		m.order = m.order[1:]
+	}
+}
+
+// Get returns the task with this id, running or finished.
+func (m *Migrator) Get(id string) (MigrationStatus, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	t := m.tasks[id]
+	if t == nil {
+		return MigrationStatus{}, false
+	}
+	return t.snapshotLocked(), true
+}
+
+// Last returns the running task, else the latest one.
+func (m *Migrator) Last() (MigrationStatus, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.last == nil {
+		return MigrationStatus{}, false
+	}
+	return m.last.snapshotLocked(), true
+}
+
+// Cancel asks the task to stop and waits a little for it to do so: the
+// file in progress is abandoned (its temp file removed, the original
+// untouched) and the task ends cancelled. A finished task is returned
+// unchanged; an unknown id gives ErrNoSuchMigration.
+func (m *Migrator) Cancel(id string) (MigrationStatus, error) {
+	m.mu.Lock()
+	t := m.tasks[id]
+	m.mu.Unlock()
+	if t == nil {
+		return MigrationStatus{}, fmt.Errorf("%w: %q", ErrNoSuchMigration, id)
+	}
+	t.cancel(errCancelled)
+	select {
+	case <-t.done:
+	case <-time.After(cancelWait):
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return t.snapshotLocked(), nil
+}
+
+// Close stops the running task, if any, and waits for it; later Starts
+// fail. Call it before closing the Root.
+func (m *Migrator) Close() {
+	m.mu.Lock()
+	m.closed = true
+	t := m.cur
+	m.mu.Unlock()
+	if t != nil {
+		t.cancel(errShutdown)
+		<-t.done
+	}
+}
+
+// wait blocks until the task ends (tests).
+func (m *Migrator) wait(id string) MigrationStatus {
+	m.mu.Lock()
+	t := m.tasks[id]
+	m.mu.Unlock()
+	if t == nil {
+		return MigrationStatus{}
+	}
+	<-t.done
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return t.snapshotLocked()
+}
+
+// migration is one task.
+type migration struct {
+	m      *Migrator
+	id     string
+	cancel context.CancelCauseFunc
+	done   chan struct{} // closed when the task has ended
+
+	// Guarded by m.mu.
+	st        MigrationStatus
+	finished  int64 // planned bytes of the files the task is done with
+	inflight  int64 // progress inside the files being converted
+	converted int64 // bytes of the files actually encrypted
+}
+
+// migItem is a file still to convert.
+type migItem struct {
+	rel  string
+	size int64 // at counting time
+}
+
+func (t *migration) snapshotLocked() MigrationStatus {
+	s := t.st
+	s.SkippedReasons = maps.Clone(t.st.SkippedReasons)
+	return s
+}
+
+// update runs fn on the status under the lock.
+func (t *migration) update(fn func(st *MigrationStatus)) {
+	t.m.mu.Lock()
+	fn(&t.st)
+	t.m.mu.Unlock()
+}
+
+func (t *migration) run(ctx context.Context, removeListener func()) {
+	defer close(t.done)
+	defer removeListener()
+	m := t.m
+	log := m.log.WithField(fieldTaskID, t.id)
+	log.WithField("backing", m.r.backing).Info("encrypt_existing_files: started")
+
+	items, err := t.count(ctx)
+	var stop error
+	if err != nil {
+		stop = err
+	} else {
+		m.mu.Lock()
+		st := t.snapshotLocked()
+		m.mu.Unlock()
+		log.WithFields(logrus.Fields{
+			"files_total": st.FilesTotal, "to_encrypt": len(items),
+			"bytes_total": st.BytesTotal, "files_skipped": st.FilesSkipped,
+		}).Info("encrypt_existing_files: counted")
+		stop = t.convert(ctx, items)
+	}
+	t.finish(ctx, stop, log)
+}
+
+// finish records the final state and logs it.
+func (t *migration) finish(ctx context.Context, stop error, log *logrus.Entry) {
+	m := t.m
+	if stop != nil && ctx.Err() != nil {
+		stop = context.Cause(ctx)
+	}
+	m.mu.Lock()
+	st := &t.st
+	switch {
+	case stop == nil && st.FilesFailed == 0:
+		st.State = MigrationSucceeded
+	case stop == nil:
+		st.State = MigrationFailed
+		st.Error = fmt.Sprintf("%d of %d files could not be read or encrypted (see the daemon log); they stay as they were", st.FilesFailed, st.FilesTotal)
+	case errors.Is(stop, errCancelled):
+		st.State = MigrationCancelled
+	case errors.Is(stop, errShutdown):
+		st.State = MigrationCancelled
+		st.Error = stop.Error()
+	case errors.Is(stop, errKeyCleared), errors.Is(stop, crypto.ErrLocked):
+		st.State = MigrationFailed
+		st.Error = keyClearedMsg
+	default:
+		st.State = MigrationFailed
+		st.Error = stop.Error()
+	}
+	st.FinishedAt = time.Now()
+	dur := st.FinishedAt.Sub(st.StartedAt)
+	final := t.snapshotLocked()
+	converted := t.converted
+	if m.cur == t {
+		m.cur = nil
+	}
+	m.mu.Unlock()
+
+	rate := 0.0
+	if s := dur.Seconds(); s > 0 {
+		rate = math.Round(float64(converted)/(1<<20)/s*10) / 10
+	}
+	f := logrus.Fields{
+		"state": final.State, "files_total": final.FilesTotal, "files_done": final.FilesDone,
+		"files_skipped": final.FilesSkipped, "files_busy": final.FilesBusy, "files_failed": final.FilesFailed,
+		"bytes_total": final.BytesTotal, "bytes_done": final.BytesDone, "bytes_encrypted": converted,
+		"dur_ms": dur.Milliseconds(), "rate_mib_s": rate,
+	}
+	if len(final.SkippedReasons) > 0 {
+		f["skipped_reasons"] = final.SkippedReasons
+	}
+	if final.Error != "" {
+		f["error"] = final.Error
+	}
+	log.WithFields(f).Info("encrypt_existing_files: finished")
+}
+
+// count walks the backing tree, counts the protected files and returns
+// the ones to convert. Files not to convert are counted as skipped now.
+func (t *migration) count(ctx context.Context) ([]migItem, error) {
+	r := t.m.r
+	var items []migItem
+	err := filepath.WalkDir(r.backing, func(path string, d iofs.DirEntry, err error) error {
+		if cerr := ctx.Err(); cerr != nil {
+			return cerr
+		}
+		if err != nil {
+			if path == r.backing {
+				return err
+			}
+			if errors.Is(err, iofs.ErrNotExist) {
+				return nil // removed while we walked
+			}
+			rel, _ := filepath.Rel(r.backing, path)
+			t.m.log.WithField(fieldTaskID, t.id).WithField(fieldPath, rel).WithError(err).
+				Warn("encrypt_existing_files: cannot read; its protected files stay as they are")
+			t.update(func(st *MigrationStatus) { st.FilesTotal++; st.FilesFailed++ })
+			if d != nil && d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		rel, err := filepath.Rel(r.backing, path)
+		if err != nil {
+			return err
+		}
+		name := d.Name()
+		if d.IsDir() {
+			if rel == reservedDir {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if strings.HasPrefix(name, tempPrefix) || !r.protected(name) {
+			return nil
+		}
+		reason := ""
+		var size int64
+		if !d.Type().IsRegular() {
+			reason = SkipNotRegular
+		} else {
+			var x unix.Statx_t
+			switch err := r.statRel(rel, &x); {
+			case err == unix.ENOENT:
+				return nil
+			case err != nil:
+				// Let the conversion report it.
+			case !isReg(&x):
+				reason = SkipNotRegular
+			case x.Nlink > 1:
+				reason = SkipHardLinks
+			case x.Size == 0:
+				reason = SkipEmpty
+			default:
+				size = int64(x.Size)
+				if enc, err := t.peekMagic(rel); err == nil && enc {
+					reason = SkipAlreadyEncrypted
+				}
+			}
+		}
+		t.update(func(st *MigrationStatus) {
+			st.FilesTotal++
+			if reason != "" {
+				st.FilesSkipped++
+				st.SkippedReasons[reason]++
+			} else {
+				st.BytesTotal += size
+			}
+		})
+		if reason == "" {
+			items = append(items, migItem{rel: rel, size: size})
+		}
+		return nil
+	})
+	return items, err
+}
+
+// peekMagic reports whether the backing file rel starts with the magic.
+// Unlike hasMagic it does not block on a FIFO swapped in under the name.
+func (t *migration) peekMagic(rel string) (bool, error) {
+	fd, err := t.m.r.openNoatime(rel, unix.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return false, err
+	}
+	defer unix.Close(fd)
+	var b [crypto.MagicSize]byte
+	n, err := preadFull(fd, b[:], 0)
+	if err != nil {
+		return false, err
+	}
+	return crypto.HasMagic(b[:n]), nil
+}
+
+// convert converts items with the workers, retrying busy ones, and
+// counts busy what is still busy at the end. It returns why it stopped
+// early, or nil.
+func (t *migration) convert(ctx context.Context, items []migItem) error {
+	m := t.m
+	pending := items
+	for round := 0; len(pending) > 0 && round <= m.retryRounds; round++ {
+		if round > 0 {
+			delay := m.retryDelay << (round - 1)
+			m.log.WithFields(logrus.Fields{fieldTaskID: t.id, "files": len(pending), "round": round, "delay_ms": delay.Milliseconds()}).
+				Debug("encrypt_existing_files: retrying busy files")
+			select {
+			case <-ctx.Done():
+				return context.Cause(ctx)
+			case <-time.After(delay):
+			}
+		}
+		var stop error
+		pending, stop = t.pass(ctx, pending, round)
+		if stop != nil {
+			return stop
+		}
+	}
+	for _, it := range pending {
+		m.log.WithFields(logrus.Fields{fieldTaskID: t.id, fieldPath: it.rel}).
+			Info("encrypt_existing_files: file still in use; it stays plaintext until the task runs again")
+		t.update(func(st *MigrationStatus) {
+			st.FilesBusy++
+			t.finishBytesLocked(it.size)
+		})
+	}
+	return nil
+}
+
+// pass tries each item once, on m.workers goroutines. It returns the
+// items that were busy and, if the task must stop, why.
+func (t *migration) pass(ctx context.Context, items []migItem, round int) (busy []migItem, stop error) {
+	m := t.m
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var (
+		mu    sync.Mutex
+		first error
+		wg    sync.WaitGroup
+	)
+	work := make(chan migItem)
+	for range min(m.workers, len(items)) {
+		wg.Go(func() {
+			for it := range work {
+				retry, err := t.one(ctx, it)
+				mu.Lock()
+				if retry {
+					busy = append(busy, it)
+					if m.hooks.busy != nil {
+						m.hooks.busy(it.rel, round)
+					}
+				}
+				if err != nil && first == nil {
+					first = err
+					cancel(err)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+feed:
+	for _, it := range items {
+		select {
+		case work <- it:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(work)
+	wg.Wait()
+	if first == nil && ctx.Err() != nil {
+		first = context.Cause(ctx)
+	}
+	return busy, first
+}
+
+// one converts one file and counts the outcome. It returns retry for a
+// file to try again later, and an error when the whole task must stop.
+func (t *migration) one(ctx context.Context, it migItem) (retry bool, stop error) {
+	m, r := t.m, t.m.r
+	if err := ctx.Err(); err != nil {
+		return false, context.Cause(ctx)
+	}
+	var work, reported int64 // work: bytes copied + verified
+	progress := func(n int64) {
+		work += n
+		now := min(work/2, it.size)
+		m.mu.Lock()
+		t.inflight += now - reported
+		reported = now
+		t.st.BytesDone = max(t.st.BytesDone, t.finished+t.inflight)
+		m.mu.Unlock()
+		if m.hooks.progress != nil {
+			m.hooks.progress(ctx, it.rel, work)
+		}
+	}
+	res, err := r.convertInPlace(ctx, it.rel, convertOpts{progress: progress, quiet: true})
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	t.inflight -= reported
+	st := &t.st
+	switch {
+	case err == nil && res == convDone:
+		st.FilesDone++
+		t.converted += it.size
+	case err == nil:
+		reason := t.skipReason(it.rel)
+		st.FilesSkipped++
+		st.SkippedReasons[reason]++
+	case errors.Is(err, errBusy) || errors.Is(err, errChanged):
+		return true, nil
+	case ctx.Err() != nil:
+		return false, context.Cause(ctx)
+	case errors.Is(err, crypto.ErrLocked):
+		return false, errKeyCleared
+	case errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || errors.Is(err, syscall.EROFS):
+		return false, fmt.Errorf("%s: %w", it.rel, err)
+	default:
+		st.FilesFailed++
+		m.log.WithFields(logrus.Fields{fieldTaskID: t.id, fieldPath: it.rel}).WithError(err).
+			Warn("encrypt_existing_files: cannot encrypt file; it stays plaintext")
+	}
+	t.finishBytesLocked(it.size)
+	return false, nil
+}
+
+// finishBytesLocked moves a file's planned bytes to finished. Caller
+// holds m.mu.
+func (t *migration) finishBytesLocked(size int64) {
+	t.finished += size
+	t.st.BytesDone = max(t.st.BytesDone, t.finished+t.inflight)
+}
+
+// skipReason says why encryptInPlace skipped rel.
+func (t *migration) skipReason(rel string) string {
+	var x unix.Statx_t
+	if err := t.m.r.statRel(rel, &x); err != nil {
+		if err == unix.ENOENT || err == unix.ENOTDIR {
+			return SkipGone
+		}
+		return SkipOther
+	}
+	switch {
+	case !isReg(&x):
+		return SkipNotRegular
+	case x.Nlink > 1:
+		return SkipHardLinks
+	case x.Size == 0:
+		return SkipEmpty
+	}
+	if enc, err := t.peekMagic(rel); err == nil && enc {
+		return SkipAlreadyEncrypted
+	}
+	return SkipOther
+}
+
+// isStaleTemp reports whether name is one of encryptInPlace's temp files:
+// the prefix and 16 lowercase hex digits.
+func isStaleTemp(name string) bool {
+	h, ok := strings.CutPrefix(name, tempPrefix)
+	if !ok || len(h) != 16 {
+		return false
+	}
+	for _, c := range h {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// RemoveStaleTemps deletes the temp files that in-place encryption leaves
+// behind when mountd is killed in the middle of a file: a regular file
+// named .mountd-tmp-<16 hex digits> anywhere under backing except auth/.
+// Such a file holds either the encrypted copy not yet renamed into place
+// (the original is still whole) or the old plaintext just replaced by its
+// encrypted copy; neither is needed. Call it before mounting, while no
+// conversion can run. It logs each file it removes and returns how many.
+func RemoveStaleTemps(backing string, log *logrus.Entry) (int, error) {
+	if log == nil {
+		l := logrus.New()
+		l.SetOutput(io.Discard)
+		log = logrus.NewEntry(l)
+	}
+	log = log.WithField(fieldComponent, "fs")
+	removed := 0
+	err := filepath.WalkDir(backing, func(path string, d iofs.DirEntry, err error) error {
+		if err != nil {
+			if path == backing {
+				return err
+			}
+			if !errors.Is(err, iofs.ErrNotExist) {
+				log.WithField(fieldPath, path).WithError(err).Warn("cannot look for stale temp files here")
+			}
+			if d != nil && d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if d.IsDir() {
+			if filepath.Dir(path) == filepath.Clean(backing) && d.Name() == reservedDir {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !d.Type().IsRegular() || !isStaleTemp(d.Name()) {
+			return nil
+		}
+		rel, _ := filepath.Rel(backing, path)
+		if err := unix.Unlink(path); err != nil {
+			if err != unix.ENOENT {
+				log.WithField(fieldPath, rel).WithError(err).Warn("cannot remove stale temp file")
+			}
+			return nil
+		}
+		removed++
+		log.WithField(fieldPath, rel).Info("removed stale temp file of an interrupted encryption")
+		return nil
+	})
+	if removed > 0 {
+		log.WithField("files", removed).Info("removed stale temp files")
+	}
+	return removed, err
+}
