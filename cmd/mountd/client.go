@@ -63,16 +63,14 @@ func newClient(addr, tokenFile string) (*client, error) {
 
 // reply is the JSON envelope plus the fields the client shows.
 type reply struct {
-	Command string              `json:"command"`
-	Success bool                `json:"success"`
-	Message string              `json:"message"`
-	Error   string              `json:"error"`
-	KeySet  *bool               `json:"key_set"`
-	Created bool                `json:"created"`
-	Task    *control.Task       `json:"task"`
-	Status  *control.Status     `json:"-"`
-	Raw     json.RawMessage     `json:"-"`
-	Files   *control.FileCounts `json:"files"`
+	Command string          `json:"command"`
+	Success bool            `json:"success"`
+	Message string          `json:"message"`
+	Error   string          `json:"error"`
+	KeySet  *bool           `json:"key_set"`
+	Created bool            `json:"created"`
+	Task    *control.Task   `json:"task"`
+	Raw     json.RawMessage `json:"-"`
 }
 
 // call sends a request; body, when not nil, is JSON and is zeroed after
@@ -132,10 +130,15 @@ func (c *client) status() (*control.Status, error) {
 
 // readPassword reads one password: without echo from a terminal, else one
 // line from stdin (for scripts). The caller zeroes the result.
+func isTerminal(r io.Reader) bool {
+	f, ok := r.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
 func readPassword(prompt string, stdin io.Reader, stderr io.Writer, br **bufio.Reader) ([]byte, error) {
-	if f, ok := stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+	if isTerminal(stdin) {
 		fmt.Fprint(stderr, prompt)
-		pw, err := term.ReadPassword(int(f.Fd()))
+		pw, err := term.ReadPassword(int(stdin.(*os.File).Fd()))
 		fmt.Fprintln(stderr)
 		return pw, err
 	}
@@ -208,7 +211,9 @@ func clientLogin(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 		return err
 	}
 	defer clear(pw)
-	if !st.PasswordSet {
+	if !st.PasswordSet && isTerminal(stdin) {
+		// Confirm a new password typed by a person; a script piping one
+		// line gets no second prompt.
 		again, err := readPassword("No password is set yet. Repeat it: ", stdin, stderr, &br)
 		if err != nil {
 			return err
