@@ -380,10 +380,13 @@ func clientEncryptExisting(args []string, _ io.Reader, stdout, stderr io.Writer)
 func progressLine(t *control.Task) string {
 	const width = 30
 	frac := 1.0
+	if t.State == control.TaskRunning {
+		frac = 0 // not counted yet
+	}
 	if t.BytesTotal > 0 {
 		frac = float64(t.BytesDone) / float64(t.BytesTotal)
 	} else if t.FilesTotal > 0 {
-		frac = float64(t.FilesDone+t.FilesSkipped+t.FilesFailed) / float64(t.FilesTotal)
+		frac = float64(t.FilesDone+t.FilesSkipped+t.FilesFailed+t.FilesBusy) / float64(t.FilesTotal)
 	}
 	frac = min(max(frac, 0), 1)
 	n := int(frac * width)
