@@ -71,6 +71,10 @@ type convertOpts struct {
 	progress func(n int64)
 	// quiet logs a converted file at Debug instead of Info.
 	quiet bool
+	// noDirSync skips the fsync of the directory after the rename; the
+	// caller fsyncs it later (once for many files). Each file is whole
+	// after a crash either way; only the rename may not have lasted.
+	noDirSync bool
 }
 
 // convertInPlace is encryptInPlace with options.
@@ -147,7 +151,7 @@ func (r *Root) convertInPlace(ctx context.Context, rel string, o convertOpts) (c
 		r.tableMu.Unlock()
 	}()
 
-	res, err := r.replaceEncrypted(ctx, dirfd, base, src, &sx, o.progress)
+	res, err := r.replaceEncrypted(ctx, dirfd, base, src, &sx, o)
 	if err != nil {
 		return res, err
 	}
@@ -162,7 +166,7 @@ func (r *Root) convertInPlace(ctx context.Context, rel string, o convertOpts) (c
 }
 
 // replaceEncrypted does the copy and the exchange for encryptInPlace.
-func (r *Root) replaceEncrypted(ctx context.Context, dirfd int, base string, src int, sx *unix.Statx_t, progress func(int64)) (convertResult, error) {
+func (r *Root) replaceEncrypted(ctx context.Context, dirfd int, base string, src int, sx *unix.Statx_t, o convertOpts) (convertResult, error) {
 	var rnd [8]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return convSkipped, err
@@ -206,8 +210,8 @@ func (r *Root) replaceEncrypted(ctx context.Context, dirfd int, base string, src
 			return convBusy, err
 		}
 		off += int64(m)
-		if progress != nil {
-			progress(int64(m))
+		if o.progress != nil {
+			o.progress(int64(m))
 		}
 	}
 	// Check the copy decrypts to the original.
@@ -225,8 +229,8 @@ func (r *Root) replaceEncrypted(ctx context.Context, dirfd int, base string, src
 			return convBusy, errChanged
 		}
 		off += want
-		if progress != nil {
-			progress(want)
+		if o.progress != nil {
+			o.progress(want)
 		}
 	}
 
@@ -272,6 +276,9 @@ func (r *Root) replaceEncrypted(ctx context.Context, dirfd int, base string, src
 		return convBusy, errChanged
 	}
 	// tmpName now names the old plaintext; the deferred unlink removes it.
+	if o.noDirSync {
+		return convDone, nil
+	}
 	if err := unix.Fsync(dirfd); err != nil {
 		return convSkipped, err
 	}

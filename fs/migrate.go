@@ -320,7 +320,14 @@ type migration struct {
 	finished  int64 // planned bytes of the files the task is done with
 	inflight  int64 // progress inside the files being converted
 	converted int64 // bytes of the files actually encrypted
+	// dirs holds the directories with renames not yet fsynced: the
+	// conversions skip the per-file directory fsync and the task fsyncs
+	// each directory once per batch (syncDirs).
+	dirs map[string]struct{}
 }
+
+// dirSyncBatch is how many directories may wait for their fsync.
+const dirSyncBatch = 64
 
 // migItem is a file still to convert.
 type migItem struct {
@@ -534,6 +541,9 @@ func (t *migration) convert(ctx context.Context, items []migItem) error {
 		}
 		var stop error
 		pending, stop = t.pass(ctx, pending, round)
+		if err := t.syncDirs(false); err != nil && stop == nil {
+			stop = err
+		}
 		if stop != nil {
 			return stop
 		}
@@ -616,7 +626,11 @@ func (t *migration) one(ctx context.Context, it migItem) (retry bool, stop error
 			m.hooks.progress(ctx, it.rel, work)
 		}
 	}
-	res, err := r.convertInPlace(ctx, it.rel, convertOpts{progress: progress, quiet: true})
+	res, err := r.convertInPlace(ctx, it.rel, convertOpts{progress: progress, quiet: true, noDirSync: true})
+	var serr error // a failed directory fsync stops the task
+	if err == nil && res == convDone {
+		serr = t.dirDone(filepath.Dir(it.rel))
+	}
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -644,7 +658,49 @@ func (t *migration) one(ctx context.Context, it migItem) (retry bool, stop error
 			Warn("encrypt_existing_files: cannot encrypt file; it stays plaintext")
 	}
 	t.finishBytesLocked(it.size)
-	return false, nil
+	return false, serr
+}
+
+// dirDone records that dir got a rename to fsync, and fsyncs the
+// waiting directories when there are many.
+func (t *migration) dirDone(dir string) error {
+	t.m.mu.Lock()
+	if t.dirs == nil {
+		t.dirs = map[string]struct{}{}
+	}
+	t.dirs[dir] = struct{}{}
+	full := len(t.dirs) >= dirSyncBatch
+	t.m.mu.Unlock()
+	if full {
+		return t.syncDirs(true)
+	}
+	return nil
+}
+
+// syncDirs fsyncs the directories with renames not yet durable. With
+// onlyIfFull it does nothing unless a batch is waiting (another worker
+// may just have taken it).
+func (t *migration) syncDirs(onlyIfFull bool) error {
+	t.m.mu.Lock()
+	dirs := t.dirs
+	if onlyIfFull && len(dirs) < dirSyncBatch {
+		t.m.mu.Unlock()
+		return nil
+	}
+	t.dirs = nil
+	t.m.mu.Unlock()
+	var first error
+	for dir := range dirs {
+		fd, err := t.m.r.openRel(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		if err == nil {
+			err = unix.Fsync(fd)
+			unix.Close(fd)
+		}
+		if err != nil && err != unix.ENOENT && err != unix.ENOTDIR && first == nil {
+			first = fmt.Errorf("fsync directory %s: %w", dir, err)
+		}
+	}
+	return first
 }
 
 // finishBytesLocked moves a file's planned bytes to finished. Caller
