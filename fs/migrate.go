@@ -147,9 +147,6 @@ type migrateHooks struct {
 // finished ones are forgotten first.
 const maxMigrations = 256
 
-// cancelWait is how long Cancel waits for the task to stop.
-const cancelWait = 2 * time.Second
-
 const fieldTaskID = "task_id"
 
 // NewMigrator returns a Migrator for r.
@@ -260,24 +257,19 @@ func (m *Migrator) Last() (MigrationStatus, bool) {
 	return m.last.snapshotLocked(), true
 }
 
-// Cancel asks the task to stop and waits a little for it to do so: the
-// file in progress is abandoned (its temp file removed, the original
-// untouched) and the task ends cancelled. A finished task is returned
-// unchanged; an unknown id gives ErrNoSuchMigration.
+// Cancel asks the task to stop and returns at once, so the snapshot may
+// still say running: the workers abandon the files in progress at their
+// next chunk (temp files removed, originals untouched) and the task ends
+// cancelled. A finished task is returned unchanged; an unknown id gives
+// ErrNoSuchMigration.
 func (m *Migrator) Cancel(id string) (MigrationStatus, error) {
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	t := m.tasks[id]
-	m.mu.Unlock()
 	if t == nil {
 		return MigrationStatus{}, fmt.Errorf("%w: %q", ErrNoSuchMigration, id)
 	}
 	t.cancel(errCancelled)
-	select {
-	case <-t.done:
-	case <-time.After(cancelWait):
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	return t.snapshotLocked(), nil
 }
 

@@ -469,10 +469,10 @@ func TestMigrateCancel(t *testing.T) {
 	if again, started, err := m.Start(context.Background()); err != nil || started || again.ID != s0.ID || again.State != MigrationRunning {
 		t.Fatalf("second start: %+v %v %v", again, started, err)
 	}
-	s, err := m.Cancel(s0.ID)
-	if err != nil {
+	if _, err := m.Cancel(s0.ID); err != nil {
 		t.Fatal(err)
 	}
+	s := m.wait(s0.ID)
 	if s.State != MigrationCancelled || s.Error != "" || s.FilesDone != 1 {
 		t.Fatalf("after cancel: %+v", s)
 	}
