@@ -275,7 +275,12 @@ func (r *Root) replaceEncrypted(ctx context.Context, dirfd int, base string, src
 		}
 		return convBusy, errChanged
 	}
-	// tmpName now names the old plaintext; the deferred unlink removes it.
+	// tmpName now names the old plaintext: remove it before the directory
+	// is synced, so the removal lasts with the exchange.
+	keep = true
+	if err := unix.Unlinkat(dirfd, tmpName, 0); err != nil {
+		r.log.WithField(fieldPath, tmpName).WithError(err).Warn("cannot remove the plaintext left by a conversion")
+	}
 	if o.noDirSync {
 		return convDone, nil
 	}

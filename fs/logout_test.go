@@ -1,11 +1,18 @@
 package fs
 
 import (
+	"bufio"
 	"bytes"
+	"crypto/sha256"
 	"errors"
+	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"runtime/debug"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -85,40 +92,130 @@ func touch(b []byte, off int) (v byte, faulted bool) {
 	return b[off], false
 }
 
+// mmapHelper runs in a child process (see TestMain): it maps the file at
+// path MAP_SHARED (read-write) and MAP_PRIVATE (read-only) and answers
+// commands on stdin. A process must not touch an mmap of a FUSE mount it
+// serves itself: the faulting thread holds its P, and a garbage
+// collection stopping the world then waits for it forever while the
+// request it waits for is never served (go-fuse fs/api.go, "Deadlocks").
+//
+//	sum                  print "<sha256 of shared> <sha256 of private>"
+//	write OFF TEXT       copy TEXT into the shared mapping at OFF, msync
+//	probe OFF            print "<shared byte or FAULT> <private byte or FAULT>"
+func mmapHelper(path string, size int) int {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		fmt.Println("error", err)
+		return 1
+	}
+	shared, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		fmt.Println("error mmap shared:", err)
+		return 1
+	}
+	private, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ, unix.MAP_PRIVATE)
+	if err != nil {
+		fmt.Println("error mmap private:", err)
+		return 1
+	}
+	show := func(b []byte, off int) string {
+		if v, faulted := touch(b, off); !faulted {
+			return strconv.Itoa(int(v))
+		}
+		return "FAULT"
+	}
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		w := strings.Fields(in.Text())
+		switch w[0] {
+		case "sum":
+			fmt.Printf("%x %x\n", sha256.Sum256(shared), sha256.Sum256(private))
+		case "write":
+			off, _ := strconv.Atoi(w[1])
+			copy(shared[off:], w[2])
+			if err := unix.Msync(shared, unix.MS_SYNC); err != nil {
+				fmt.Println("error msync:", err)
+				continue
+			}
+			fmt.Println("ok")
+		case "probe":
+			off, _ := strconv.Atoi(w[1])
+			fmt.Println(show(shared, off), show(private, off))
+		}
+	}
+	return 0
+}
+
+// mapper talks to an mmapHelper process.
+type mapper struct {
+	t   *testing.T
+	in  io.WriteCloser
+	out *bufio.Scanner
+	cmd *exec.Cmd
+}
+
+func startMapper(t *testing.T, path string, size int) *mapper {
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "MOUNTD_MMAP_HELPER="+path, "MOUNTD_MMAP_SIZE="+strconv.Itoa(size))
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	outp, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	m := &mapper{t: t, in: in, out: bufio.NewScanner(outp), cmd: cmd}
+	t.Cleanup(func() {
+		in.Close()
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	return m
+}
+
+func (m *mapper) do(cmd string) string {
+	m.t.Helper()
+	if _, err := fmt.Fprintln(m.in, cmd); err != nil {
+		m.t.Fatalf("mmap helper: %v", err)
+	}
+	if !m.out.Scan() {
+		m.t.Fatalf("mmap helper: no answer to %q: %v", cmd, m.out.Err())
+	}
+	reply := m.out.Text()
+	if strings.HasPrefix(reply, "error") {
+		m.t.Fatalf("mmap helper: %s", reply)
+	}
+	return reply
+}
+
 // TestLogoutMmap: MAP_SHARED and MAP_PRIVATE mappings of an encrypted
 // file work while logged in (reads and shared writes); after logout,
 // touching them faults instead of yielding cached plaintext; after a new
-// login they work again.
+// login they work again. The mappings live in a child process.
 func TestLogoutMmap(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	const size = 5 * 4096
 	data := markerData(size)
 	mustWrite(t, e.m("m.bin"), data)
 
-	f, err := os.OpenFile(e.m("m.bin"), os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	shared, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatalf("mmap MAP_SHARED: %v", err)
-	}
-	defer unix.Munmap(shared)
-	private, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ, unix.MAP_PRIVATE)
-	if err != nil {
-		t.Fatalf("mmap MAP_PRIVATE: %v", err)
-	}
-	defer unix.Munmap(private)
-
-	if !bytes.Equal(shared, data) || !bytes.Equal(private, data) {
-		t.Fatal("mapping content differs")
+	m := startMapper(t, e.m("m.bin"), size)
+	sum := fmt.Sprintf("%x", sha256.Sum256(data))
+	if got := m.do("sum"); got != sum+" "+sum {
+		t.Fatalf("mapping content differs: %s", got)
 	}
 	// Write through the shared mapping; it must reach the file encrypted.
-	copy(shared[4096+10:], "WRITTEN-THROUGH-MMAP")
-	if err := unix.Msync(shared, unix.MS_SYNC); err != nil {
-		t.Fatalf("msync: %v", err)
-	}
+	m.do("write 4106 WRITTEN-THROUGH-MMAP")
 	want := append([]byte(nil), data...)
 	copy(want[4096+10:], "WRITTEN-THROUGH-MMAP")
 	if got := mustRead(t, e.m("m.bin")); !bytes.Equal(got, want) {
@@ -132,28 +229,24 @@ func TestLogoutMmap(t *testing.T) {
 	// Fault every page in right before logout, so both mappings hold
 	// plaintext pages that only the logout invalidation can take away.
 	time.Sleep(50 * time.Millisecond)
-	if !bytes.Equal(shared, want) || !bytes.Equal(private, want) {
-		t.Fatal("mappings differ before logout")
+	wsum := fmt.Sprintf("%x", sha256.Sum256(want))
+	if got := m.do("sum"); got != wsum+" "+wsum {
+		t.Fatalf("mappings differ before logout: %s", got)
 	}
 
 	e.logout()
-	for _, m := range []struct {
-		name string
-		b    []byte
-	}{{"MAP_SHARED", shared}, {"MAP_PRIVATE", private}} {
-		for _, off := range []int{0, 4096 + 10, size - 1} {
-			if v, faulted := touch(m.b, off); !faulted {
-				t.Errorf("%s: touching offset %d after logout gave %q, want a fault", m.name, off, v)
-			}
+	for _, off := range []int{0, 4096 + 10, size - 1} {
+		if got := m.do(fmt.Sprintf("probe %d", off)); got != "FAULT FAULT" {
+			t.Errorf("offset %d after logout: shared, private = %s; want faults", off, got)
 		}
 	}
 
 	e.login()
-	if v, faulted := touch(shared, 4096+10); faulted || v != 'W' {
-		t.Errorf("MAP_SHARED after re-login: %q faulted=%v", v, faulted)
+	if got, w := m.do("probe 4106"), fmt.Sprintf("%d %d", 'W', 'W'); got != w {
+		t.Errorf("after re-login: %s, want %s", got, w)
 	}
-	if v, faulted := touch(private, 0); faulted || v != data[0] {
-		t.Errorf("MAP_PRIVATE after re-login: %q faulted=%v", v, faulted)
+	if got, w := m.do("probe 0"), fmt.Sprintf("%d %d", data[0], data[0]); got != w {
+		t.Errorf("after re-login: %s, want %s", got, w)
 	}
 }
 

@@ -1,0 +1,270 @@
+package fs
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"mountd/crypto"
+)
+
+func (e *testEnv) noTempFiles(dir string) {
+	e.t.Helper()
+	ents, err := os.ReadDir(e.b(dir))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, en := range ents {
+		if strings.HasPrefix(en.Name(), tempPrefix) {
+			e.t.Errorf("temp file left behind: %s", en.Name())
+		}
+	}
+}
+
+// TestAtomicSave: a plaintext file renamed onto a protected name while the
+// key is set ends up encrypted, keeping its content and metadata.
+func TestAtomicSave(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	data := markerData(20000)
+	mustWrite(t, e.m("doc.bin.tmp"), data)
+	if err := os.Chmod(e.m("doc.bin.tmp"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	mtime := time.Unix(1700000000, 123456789)
+	if err := os.Chtimes(e.m("doc.bin.tmp"), mtime, mtime); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Setxattr(e.m("doc.bin.tmp"), "user.tag", []byte("kept"), 0); err != nil {
+		t.Logf("no xattrs here: %v", err)
+	}
+	if e.isEncrypted("doc.bin.tmp") {
+		t.Fatal("temp file already encrypted")
+	}
+	if err := os.Rename(e.m("doc.bin.tmp"), e.m("doc.bin")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "doc.bin to be encrypted", func() bool { return e.isEncrypted("doc.bin") })
+	waitFor(t, 10*time.Second, "the converter to go idle", e.root.conv.idle)
+	if bytes.Contains(e.backingBytes("doc.bin"), marker) {
+		t.Error("plaintext left in doc.bin")
+	}
+	if got := mustRead(t, e.m("doc.bin")); !bytes.Equal(got, data) {
+		t.Error("doc.bin content differs after conversion")
+	}
+	fi, err := os.Stat(e.m("doc.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o640 || !fi.ModTime().Equal(mtime) || fi.Size() != int64(len(data)) {
+		t.Errorf("metadata not kept: mode %v mtime %v size %d", fi.Mode(), fi.ModTime(), fi.Size())
+	}
+	buf := make([]byte, 16)
+	if n, err := unix.Getxattr(e.m("doc.bin"), "user.tag", buf); err == nil && string(buf[:n]) != "kept" {
+		t.Errorf("xattr %q", buf[:n])
+	}
+	e.noTempFiles(".")
+}
+
+// TestAtomicSaveBusy: a file still open through the mount is converted
+// only after it is closed, and no write made meanwhile is lost.
+func TestAtomicSaveBusy(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	first, second := markerData(5000), bytes.Repeat([]byte("second-half."), 500)
+	f, err := os.Create(e.m("held.tmp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write(first)
+	if err := os.Rename(e.m("held.tmp"), e.m("held.bin")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if e.isEncrypted("held.bin") {
+		t.Fatal("converted while open")
+	}
+	f.Write(second)
+	f.Close()
+	waitFor(t, 10*time.Second, "held.bin to be encrypted", func() bool { return e.isEncrypted("held.bin") })
+	if got := mustRead(t, e.m("held.bin")); !bytes.Equal(got, append(first, second...)) {
+		t.Error("content differs: a write was lost")
+	}
+}
+
+// TestAtomicSaveNotConverted: renames while logged out, hard-linked files
+// and non-protected names stay plaintext.
+func TestAtomicSaveNotConverted(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	mustWrite(t, e.m("hl.tmp"), marker)
+	if err := os.Link(e.m("hl.tmp"), e.m("hl.other")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(e.m("hl.tmp"), e.m("hl.bin")); err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, e.m("x.tmp"), marker)
+	if err := os.Rename(e.m("x.tmp"), e.m("x.txt")); err != nil {
+		t.Fatal(err)
+	}
+	e.logout()
+	mustWrite(t, e.m("lo.tmp"), marker)
+	if err := os.Rename(e.m("lo.tmp"), e.m("lo.bin")); err != nil {
+		t.Fatal(err)
+	}
+	e.login()
+	time.Sleep(300 * time.Millisecond)
+	waitFor(t, 5*time.Second, "the converter to go idle", e.root.conv.idle)
+	for _, n := range []string{"hl.bin", "x.txt", "lo.bin"} {
+		if e.isEncrypted(n) {
+			t.Errorf("%s was encrypted", n)
+		}
+	}
+}
+
+// TestConvertWhileReading: conversions of files that a reader keeps
+// opening never make it read wrong data.
+func TestConvertWhileReading(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	const files = 12
+	content := func(i int) []byte { return markerData(3000 + 4096*i) }
+	for i := 0; i < files; i++ {
+		mustWrite(t, e.m(fmt.Sprintf("c%d.tmp", i)), content(i))
+	}
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			for i := 0; i < files; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				name := fmt.Sprintf("c%d.bin", i)
+				got, err := os.ReadFile(e.m(name))
+				if errors.Is(err, os.ErrNotExist) {
+					continue
+				}
+				if err != nil || !bytes.Equal(got, content(i)) {
+					t.Errorf("%s: %v (%d bytes)", name, err, len(got))
+					return
+				}
+			}
+		}
+	}()
+	for i := 0; i < files; i++ {
+		if err := os.Rename(e.m(fmt.Sprintf("c%d.tmp", i)), e.m(fmt.Sprintf("c%d.bin", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 30*time.Second, "all files to be encrypted", func() bool {
+		for i := 0; i < files; i++ {
+			if !e.isEncrypted(fmt.Sprintf("c%d.bin", i)) {
+				return false
+			}
+		}
+		return true
+	})
+	close(stop)
+	wg.Wait()
+	waitFor(t, 10*time.Second, "the converter to go idle", e.root.conv.idle)
+	e.noTempFiles(".")
+}
+
+// TestEncryptInPlace exercises the conversion hook directly.
+func TestEncryptInPlace(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	ctx := context.Background()
+	data := markerData(70000)
+	if err := os.Mkdir(e.b("d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, e.b("d/a.bin"), data)
+	mustWrite(t, e.b("empty.bin"), nil)
+
+	// Open through the mount: busy.
+	f, err := os.Open(e.m("d/a.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err := e.root.encryptInPlace(ctx, "d/a.bin"); res != convBusy || !errors.Is(err, errBusy) {
+		t.Errorf("open file: %v %v, want busy", res, err)
+	}
+	f.Close()
+	e.waitIdle()
+
+	if res, err := e.root.encryptInPlace(ctx, "d/a.bin"); res != convDone || err != nil {
+		t.Fatalf("convert: %v %v", res, err)
+	}
+	if !e.isEncrypted("d/a.bin") || bytes.Contains(e.backingBytes("d/a.bin"), marker) {
+		t.Fatal("not encrypted")
+	}
+	if got := mustRead(t, e.m("d/a.bin")); !bytes.Equal(got, data) {
+		t.Fatal("content differs")
+	}
+	// Already encrypted, empty, missing, auth/: skipped.
+	for _, rel := range []string{"d/a.bin", "empty.bin", "nope.bin", "auth/verifier.bin"} {
+		if res, err := e.root.encryptInPlace(ctx, rel); res != convSkipped || err != nil {
+			t.Errorf("%s: %v %v, want skipped", rel, res, err)
+		}
+	}
+	// Cancelled: nothing changes, no temp file.
+	mustWrite(t, e.b("d/c.bin"), data)
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := e.root.encryptInPlace(cctx, "d/c.bin"); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled: %v", err)
+	}
+	if e.isEncrypted("d/c.bin") {
+		t.Error("cancelled conversion changed the file")
+	}
+	// Logged out: ErrLocked.
+	e.logout()
+	if _, err := e.root.encryptInPlace(ctx, "d/c.bin"); !errors.Is(err, crypto.ErrLocked) {
+		t.Errorf("logged out: %v", err)
+	}
+	e.noTempFiles("d")
+}
+
+// TestScan counts protected files by content, outside auth/.
+func TestScan(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	ctx := context.Background()
+	if any, err := e.root.AnyEncrypted(ctx); err != nil || any {
+		t.Errorf("AnyEncrypted on a fresh dir = %v, %v", any, err)
+	}
+	mustWrite(t, e.m("a.bin"), marker)
+	if err := os.MkdirAll(e.m("sub/deeper"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, e.m("sub/deeper/d.bin"), marker)
+	mustWrite(t, e.m("c.txt"), marker)
+	e.logout()
+	mustWrite(t, e.m("b.bin"), marker)
+	mustWrite(t, e.m("sub/e.bin"), nil)
+
+	enc, plain, err := e.root.Scan(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if enc != 2 || plain != 2 {
+		t.Errorf("Scan = %d encrypted, %d plaintext; want 2, 2", enc, plain)
+	}
+	if any, err := e.root.AnyEncrypted(ctx); err != nil || !any {
+		t.Errorf("AnyEncrypted = %v, %v", any, err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, _, err := e.root.Scan(cctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled scan: %v", err)
+	}
+}
