@@ -301,4 +301,3 @@ func pattern(seed byte, n int) []byte {
 	}
 	return b
 }
-
