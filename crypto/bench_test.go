@@ -85,3 +85,20 @@ func BenchmarkRandomWrite4K(b *testing.B) {
 		i++
 	}
 }
+
+// BenchmarkRandomRead4K reads aligned 4 KiB blocks of a 64 MiB file.
+func BenchmarkRandomRead4K(b *testing.B) {
+	f, buf := benchFile(b, chunkPlain)
+	for i := 0; i < 64; i++ {
+		f.WriteAt(buf, int64(i)*int64(len(buf)))
+	}
+	b.SetBytes(BlockSize)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if _, err := f.ReadAt(buf[:BlockSize], int64((i*7919)%(64*256))*BlockSize); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}

@@ -29,7 +29,6 @@ const (
 	// 256 blocks = 1 MiB of plaintext, the largest FUSE request.
 	chunkBlocks = 256
 	chunkPlain  = chunkBlocks * BlockSize
-	chunkCipher = chunkBlocks * CipherBlockSize
 
 	// parallelMin is the number of blocks from which a chunk is sealed or
 	// opened by several goroutines.
@@ -41,16 +40,49 @@ const (
 var zeroChunk [chunkPlain]byte
 
 // scratch is the per-call working memory, pooled so the steady state
-// allocates nothing per block.
+// allocates nothing per block. Small requests (a few blocks, the common
+// random-I/O case) take a small one, so they neither allocate nor pin a
+// megabyte each.
 type scratch struct {
-	cbuf   [chunkCipher]byte
-	nonces [chunkBlocks * NonceSize]byte
+	cbuf   []byte // blocks * CipherBlockSize
+	nonces []byte // blocks * NonceSize
 	aad    [maxWorkers][aadSize]byte
 	head   [BlockSize]byte // first block of a read-modify-write
 	tail   [BlockSize]byte // last block of a read-modify-write
 }
 
-var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+// smallBlocks is the capacity of a small scratch.
+const smallBlocks = 16
+
+func newScratch(blocks int) *scratch {
+	return &scratch{cbuf: make([]byte, blocks*CipherBlockSize), nonces: make([]byte, blocks*NonceSize)}
+}
+
+var (
+	smallPool = sync.Pool{New: func() any { return newScratch(smallBlocks) }}
+	largePool = sync.Pool{New: func() any { return newScratch(chunkBlocks) }}
+)
+
+// getScratch returns a scratch for n bytes at off (a large one when they
+// span more than smallBlocks blocks; callers loop over chunks of
+// s.chunk() bytes either way).
+func getScratch(off int64, n int64) *scratch {
+	if off%BlockSize+n <= smallBlocks*BlockSize {
+		return smallPool.Get().(*scratch)
+	}
+	return largePool.Get().(*scratch)
+}
+
+func putScratch(s *scratch) {
+	if len(s.cbuf) == smallBlocks*CipherBlockSize {
+		smallPool.Put(s)
+	} else {
+		largePool.Put(s)
+	}
+}
+
+// chunk is the most plaintext one pass over s covers.
+func (s *scratch) chunk() int { return len(s.cbuf) / CipherBlockSize * BlockSize }
 
 // File is random access to the plaintext of an encrypted file.
 //
@@ -150,12 +182,12 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	s := scratchPool.Get().(*scratch)
-	defer scratchPool.Put(s)
+	s := getScratch(off, int64(len(p)))
+	defer putScratch(s)
 
 	done := 0
 	for done < len(p) {
-		want := min(len(p)-done, chunkPlain-int((off+int64(done))%BlockSize))
+		want := min(len(p)-done, s.chunk()-int((off+int64(done))%BlockSize))
 		n, err := f.readChunk(s, aead, p[done:done+want], off+int64(done))
 		done += n
 		if err != nil {
@@ -300,8 +332,13 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	s := scratchPool.Get().(*scratch)
-	defer scratchPool.Put(s)
+	var s *scratch
+	if off > size {
+		s = getScratch(size, off+int64(len(p))-size)
+	} else {
+		s = getScratch(off, int64(len(p)))
+	}
+	defer putScratch(s)
 	if err := f.fill(s, aead, &size, off); err != nil {
 		return 0, err
 	}
@@ -325,7 +362,7 @@ func (f *File) rehead() error {
 // fill extends the file with encrypted zeros from *size up to end.
 func (f *File) fill(s *scratch, aead cipher.AEAD, size *int64, end int64) error {
 	for *size < end {
-		n := min(end-*size, int64(chunkPlain)-*size%BlockSize)
+		n := min(end-*size, int64(s.chunk())-*size%BlockSize)
 		if _, err := f.write(s, aead, size, zeroChunk[:n], *size); err != nil {
 			return err
 		}
@@ -338,7 +375,7 @@ func (f *File) write(s *scratch, aead cipher.AEAD, size *int64, p []byte, off in
 	done := 0
 	for done < len(p) {
 		o := off + int64(done)
-		n := min(len(p)-done, chunkPlain-int(o%BlockSize))
+		n := min(len(p)-done, s.chunk()-int(o%BlockSize))
 		if err := f.writeChunk(s, aead, *size, p[done:done+n], o); err != nil {
 			return done, err
 		}
@@ -489,16 +526,16 @@ func (f *File) Truncate(size int64) error {
 				return err
 			}
 		}
-		s := scratchPool.Get().(*scratch)
-		defer scratchPool.Put(s)
+		s := getScratch(cur, size-cur)
+		defer putScratch(s)
 		return f.fill(s, aead, &cur, size)
 	}
 	r := size % BlockSize
 	if r == 0 {
 		return f.b.Truncate(CipherSize(size))
 	}
-	s := scratchPool.Get().(*scratch)
-	defer scratchPool.Put(s)
+	s := getScratch(0, BlockSize)
+	defer putScratch(s)
 	blk := size / BlockSize
 	if _, err := f.oldBlock(aead, s, &s.head, cur, blk); err != nil {
 		return err
