@@ -105,6 +105,14 @@ func TestProtectedContentOnDisk(t *testing.T) {
 		if fi.Size() != int64(len(data)) {
 			t.Errorf("%s: stat size %d, want %d", name, fi.Size(), len(data))
 		}
+		// statx asking for more than the basic fields (FUSE_STATX).
+		var x unix.Statx_t
+		if err := unix.Statx(unix.AT_FDCWD, e.m(name), unix.AT_STATX_FORCE_SYNC, unix.STATX_BASIC_STATS|unix.STATX_BTIME, &x); err != nil {
+			t.Fatal(err)
+		}
+		if x.Size != uint64(len(data)) {
+			t.Errorf("%s: statx size %d, want %d", name, x.Size, len(data))
+		}
 	}
 	if raw := e.backingBytes("plain.txt"); !bytes.Equal(raw, data) {
 		t.Error("plain.txt: backing file differs from what was written")
