@@ -34,6 +34,12 @@
 //     inside a FUSE request handler: both can deadlock.
 //   - Import the control package, or log key material or plaintext.
 //
+// Known limits: pages of a shared writable mapping of an encrypted file
+// that were dirtied but not synced before logout are dropped (the next
+// read reports the lost write once as EIO); a backing file whose magic
+// was destroyed reads as plaintext, since content decides; an O_TMPFILE
+// file cannot be linked into the tree (EXDEV, as go-fuse's loopback).
+//
 // Locking order: Root.tableMu, then inodeState.mu, then Root.gate (read),
 // then node.mu and Root.servedMu (leaves). Root.tableMu is never held
 // across I/O.

@@ -101,6 +101,7 @@ func touch(b []byte, off int) (v byte, faulted bool) {
 //
 //	sum                  print "<sha256 of shared> <sha256 of private>"
 //	write OFF TEXT       copy TEXT into the shared mapping at OFF, msync
+//	dirty OFF TEXT       copy TEXT into the shared mapping at OFF, no msync
 //	probe OFF            print "<shared byte or FAULT> <private byte or FAULT>"
 func mmapHelper(path string, size int) int {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
@@ -137,6 +138,10 @@ func mmapHelper(path string, size int) int {
 				fmt.Println("error msync:", err)
 				continue
 			}
+			fmt.Println("ok")
+		case "dirty":
+			off, _ := strconv.Atoi(w[1])
+			copy(shared[off:], w[2])
 			fmt.Println("ok")
 		case "probe":
 			off, _ := strconv.Atoi(w[1])
@@ -394,5 +399,42 @@ func TestLogoutRace(t *testing.T) {
 	wg.Wait()
 	if got := mustRead(t, e.m("a.bin")); !bytes.Equal(got, data) {
 		t.Error("final content differs")
+	}
+}
+
+// TestLogoutDirtyMmap: pages of a shared mapping dirtied and not synced
+// before logout cannot be written after it (no key). They are dropped,
+// not served: the mapping faults, the backing file is unchanged, the
+// next read reports the lost write once (EIO, the kernel's writeback
+// error), and the file keeps its old content.
+func TestLogoutDirtyMmap(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	const size = 5 * 4096
+	data := markerData(size)
+	mustWrite(t, e.m("m.bin"), data)
+	m := startMapper(t, e.m("m.bin"), size)
+	m.do("sum")
+	m.do("dirty 8200 DIRTY-UNSYNCED")
+	before := e.backingBytes("m.bin")
+
+	e.logout()
+	if got := m.do("probe 8200"); got != "FAULT FAULT" {
+		t.Errorf("dirty page after logout: %s, want faults", got)
+	}
+	if !bytes.Equal(e.backingBytes("m.bin"), before) {
+		t.Error("backing file changed at logout")
+	}
+
+	e.login()
+	var got []byte
+	var err error
+	for i := 0; i < 2; i++ {
+		if got, err = os.ReadFile(e.m("m.bin")); err == nil {
+			break
+		}
+		wantErrno(t, err, syscall.EIO, "first read after a lost writeback")
+	}
+	if err != nil || !bytes.Equal(got, data) {
+		t.Errorf("content after re-login: %v", err)
 	}
 }
