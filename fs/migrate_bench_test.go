@@ -155,6 +155,7 @@ func BenchmarkMigrate(b *testing.B) {
 		timeCmd(b, "cp", "-a", src, e.b(rel))
 		unix.Sync()
 		m := NewMigrator(e.root, MigrationOptions{})
+		runtime.GC()
 		stop := heapPeak()
 		b.StartTimer()
 		t0 = time.Now()
