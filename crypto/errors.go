@@ -1,6 +1,9 @@
 package crypto
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors. They are the contract with the fs and control packages:
 // callers match them with errors.Is. Wrapped errors carry context (an offset,
@@ -43,3 +46,15 @@ var (
 	// one is set.
 	ErrKeyAlreadySet = errors.New("crypto: a different key is already set")
 )
+
+// BlockError locates a content error: the block whose ciphertext failed.
+// It wraps ErrUnauthenticated or ErrBadSize.
+type BlockError struct {
+	Block int64
+	Err   error
+}
+
+func (e *BlockError) Error() string { return fmt.Sprintf("%v: block %d", e.Err, e.Block) }
+
+// Unwrap returns the sentinel.
+func (e *BlockError) Unwrap() error { return e.Err }

@@ -212,7 +212,7 @@ func (f *File) readChunk(s *scratch, aead cipher.AEAD, p []byte, off int64) (int
 	}
 	full, rem := n/CipherBlockSize, n%CipherBlockSize
 	if rem != 0 && rem <= BlockOverhead {
-		return 0, fmt.Errorf("%w: trailing fragment of %d bytes at block %d", ErrBadSize, rem, first+int64(full))
+		return 0, &BlockError{Block: first + int64(full), Err: ErrBadSize}
 	}
 	avail := full
 	if rem != 0 {
@@ -250,7 +250,7 @@ func (f *File) readChunk(s *scratch, aead cipher.AEAD, p []byte, off int64) (int
 		}
 		pt, err := aead.Open(dst, ct[:NonceSize], ct[NonceSize:], s.aad[w][:])
 		if err != nil {
-			return fmt.Errorf("%w: block %d", ErrUnauthenticated, blk)
+			return &BlockError{Block: blk, Err: ErrUnauthenticated}
 		}
 		if !direct {
 			copy(p[lo-off:hi-off], pt[lo-bstart:hi-bstart])
@@ -395,13 +395,13 @@ func (f *File) oldBlock(aead cipher.AEAD, s *scratch, dst *[BlockSize]byte, size
 	ct := s.cbuf[:plen+BlockOverhead]
 	if _, err := f.b.ReadAt(ct, blockOffset(blk)); err != nil {
 		if errors.Is(err, io.EOF) {
-			return 0, fmt.Errorf("%w: block %d is short", ErrBadSize, blk)
+			return 0, &BlockError{Block: blk, Err: ErrBadSize}
 		}
 		return 0, err
 	}
 	f.h.aad(&s.aad[0], uint64(blk))
 	if _, err := aead.Open(dst[:0], ct[:NonceSize], ct[NonceSize:], s.aad[0][:]); err != nil {
-		return 0, fmt.Errorf("%w: block %d", ErrUnauthenticated, blk)
+		return 0, &BlockError{Block: blk, Err: ErrUnauthenticated}
 	}
 	return int(plen), nil
 }

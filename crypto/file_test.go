@@ -346,3 +346,18 @@ func TestOpenFileErrors(t *testing.T) {
 		b.Close()
 	}
 }
+
+func TestBlockErrorLocates(t *testing.T) {
+	k := newTestKeyring(t, 12)
+	f, b := newTestFile(t, k)
+	f.WriteAt(make([]byte, 5*BlockSize), 0)
+	var c [1]byte
+	b.ReadAt(c[:], blockOffset(3)+50)
+	c[0] ^= 1
+	b.WriteAt(c[:], blockOffset(3)+50)
+	_, err := f.ReadAt(make([]byte, 5*BlockSize), 0)
+	var be *BlockError
+	if !errors.As(err, &be) || be.Block != 3 || !errors.Is(err, ErrUnauthenticated) {
+		t.Fatalf("err = %v, want a BlockError for block 3", err)
+	}
+}

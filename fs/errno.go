@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	iofs "io/fs"
-	"regexp"
-	"strconv"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -69,15 +67,11 @@ func (r *Root) errno(err error, n *node, op string) syscall.Errno {
 	return e
 }
 
-var blockRE = regexp.MustCompile(`block (\d+)`)
-
-// blockOf extracts the block number that crypto puts into its
-// authentication errors ("...: block 7").
+// blockOf returns the block number of a content error.
 func blockOf(err error) (int64, bool) {
-	m := blockRE.FindStringSubmatch(err.Error())
-	if m == nil {
-		return 0, false
+	var be *crypto.BlockError
+	if errors.As(err, &be) {
+		return be.Block, true
 	}
-	b, perr := strconv.ParseInt(m[1], 10, 64)
-	return b, perr == nil
+	return 0, false
 }

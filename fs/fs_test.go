@@ -2,6 +2,7 @@ package fs
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -55,20 +56,10 @@ func TestToErrno(t *testing.T) {
 			t.Errorf("toErrno(%v) = %v, want %v", c.err, got, c.want)
 		}
 	}
-	if b, ok := blockOf(errWrap(crypto.ErrUnauthenticated, "block 17")); !ok || b != 17 {
+	if b, ok := blockOf(fmt.Errorf("read: %w", &crypto.BlockError{Block: 17, Err: crypto.ErrUnauthenticated})); !ok || b != 17 {
 		t.Errorf("blockOf = %d, %v; want 17", b, ok)
 	}
 }
-
-type wrapped struct {
-	err error
-	msg string
-}
-
-func (w wrapped) Error() string { return w.err.Error() + ": " + w.msg }
-func (w wrapped) Unwrap() error { return w.err }
-
-func errWrap(err error, msg string) error { return wrapped{err, msg} }
 
 // TestProtectedContentOnDisk checks by behaviour that protected files are
 // encrypted on disk (so no passthrough handle ever wrote them) and that
