@@ -8,11 +8,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -133,42 +135,40 @@ func TestKillDuringSmallWrites(t *testing.T) {
 // changed back and forth; after restart exactly one of them works and the
 // verifier is whole.
 func TestKillDuringPasswordChange(t *testing.T) {
-	d := newDaemon(t)
+	d := newDaemon(t, "--kdf-time", "2", "--kdf-memory", "19", "--kdf-threads", "1")
 	d.start()
 	d.mustLogin("pw-A")
 	os.WriteFile(filepath.Join(d.mnt, "keep.bin"), []byte("kept across password changes"), 0o600)
-	stop := make(chan struct{})
-	done := make(chan int)
+	var changes atomic.Int64
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		pws := [2]string{"pw-A", "pw-B"}
-		i := 0
-		for {
-			select {
-			case <-stop:
-				done <- i
-				return
-			default:
-			}
+		for i := 0; ; {
 			body, _ := json.Marshal(map[string]string{"old_password": pws[i%2], "new_password": pws[(i+1)%2]})
 			req, _ := newJSONRequest(d.addr, "/api/system/change_password", body)
 			resp, err := d.client.Do(req)
 			if err != nil {
-				done <- i
-				return
+				return // the daemon is gone
 			}
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
 				i++
+				changes.Add(1)
 			}
 		}
 	}()
-	time.Sleep(2 * time.Second)
-	d.kill()
-	close(stop)
-	changes := <-done
-	if changes == 0 {
-		t.Fatal("no password change completed before the kill")
+	// Let a few changes complete, then kill at a random moment.
+	deadline := time.Now().Add(2 * time.Minute)
+	for changes.Load() < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
 	}
+	if changes.Load() < 2 {
+		t.Fatal("fewer than 2 password changes completed in 2 minutes")
+	}
+	time.Sleep(time.Duration(rand.IntN(400)) * time.Millisecond)
+	d.kill()
+	<-done
 	d.start()
 	a, b := d.login("pw-A"), d.login("pw-B")
 	if (a.Status == 200) == (b.Status == 200) {
