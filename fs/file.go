@@ -243,6 +243,7 @@ type stats struct {
 	cryptReads  atomic.Int64 // reads of encrypted content
 	cryptWrites atomic.Int64 // writes of encrypted content
 	plainReads  atomic.Int64 // plaintext reads that reached the daemon
+	headerReads atomic.Int64 // header reads to classify a file
 }
 
 // fileFd returns a descriptor of the open file f (-1 if none).

@@ -400,3 +400,47 @@ func TestStatfsAndXattr(t *testing.T) {
 	}
 	_ = filepath.Join
 }
+
+// TestUnprobedNames: attribute lookups read the header only of protected
+// names (so a cold "ls -l" does not read every file's data). An encrypted
+// file renamed through the mount keeps its plaintext size; one placed
+// under a plain name behind the mount's back shows its stored size until
+// it is opened, and is decrypted either way.
+func TestUnprobedNames(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	data := pattern(3, 3*4096+100)
+	mustWrite(t, e.m("a.bin"), data)
+	if err := os.Rename(e.m("a.bin"), e.m("a.dat")); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(e.m("a.dat")); err != nil || fi.Size() != int64(len(data)) {
+		t.Fatalf("renamed encrypted file: size %v, %v; want %d", fi.Size(), err, len(data))
+	}
+
+	// Behind the mount's back: an encrypted file under a plain name.
+	raw := e.backingBytes("a.dat")
+	if err := os.WriteFile(e.b("b.dat"), raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	reads := e.root.stats.headerReads.Load()
+	fi, err := os.Stat(e.m("b.dat"))
+	if err != nil || fi.Size() != int64(len(raw)) {
+		t.Fatalf("unopened b.dat: size %v, %v; want the stored %d", fi.Size(), err, len(raw))
+	}
+	if n := e.root.stats.headerReads.Load() - reads; n != 0 {
+		t.Fatalf("stat of a plain name read %d headers", n)
+	}
+	if got := mustRead(t, e.m("b.dat")); !bytes.Equal(got, data) {
+		t.Fatal("b.dat not decrypted on open")
+	}
+	if fi, err := os.Stat(e.m("b.dat")); err != nil || fi.Size() != int64(len(data)) {
+		t.Fatalf("opened b.dat: size %v, %v; want %d", fi.Size(), err, len(data))
+	}
+	// Protected names are always probed.
+	if err := os.WriteFile(e.b("c.bin"), raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(e.m("c.bin")); err != nil || fi.Size() != int64(len(data)) {
+		t.Fatalf("c.bin: size %v, %v; want %d", fi.Size(), err, len(data))
+	}
+}

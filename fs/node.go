@@ -3,6 +3,7 @@ package fs
 import (
 	"context"
 	"os"
+	"path"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -121,6 +122,16 @@ func isReg(x *unix.Statx_t) bool { return uint32(x.Mode)&unix.S_IFMT == unix.S_I
 // needsHeader reports whether x is a file whose header decides its class.
 func needsHeader(x *unix.Statx_t) bool { return isReg(x) && x.Size >= crypto.MagicSize }
 
+// probes reports whether attribute lookups read the header of the file at
+// rel (whose state is x) to report its plaintext size. Only protected
+// names are probed: reading the first block of every file would make a
+// cold "ls -l" read the data of the whole tree. Open always classifies by
+// content, and its result is cached, so an encrypted file under another
+// name shows its plaintext size once opened (and stays readable either way).
+func (r *Root) probes(rel string, x *unix.Statx_t) bool {
+	return needsHeader(x) && r.protected(path.Base(rel))
+}
+
 // attrFromStatx fills a from x the way fuse.Attr.FromStat does from a
 // Stat_t.
 func attrFromStatx(a *fuse.Attr, x *unix.Statx_t) {
@@ -210,7 +221,7 @@ func (r *Root) statForAttr(rel string, n *node, x *unix.Statx_t) (fd int, err er
 		if err := r.statRel(rel, x); err != nil {
 			return -1, err
 		}
-		if !needsHeader(x) || (n != nil && n.classCached(x)) {
+		if !r.probes(rel, x) || (n != nil && n.classCached(x)) {
 			return -1, nil
 		}
 		fd, err := r.openNoatime(rel, unix.O_RDONLY, 0)
@@ -279,6 +290,7 @@ func (n *node) classify(x *unix.Statx_t, fd int) (contentClass, crypto.Header, e
 	n.mu.Unlock()
 
 	var hb [crypto.HeaderSize]byte
+	n.root.stats.headerReads.Add(1)
 	m, err := n.readHeader(hb[:], fd, k)
 	if err != nil {
 		// Unreadable: it cannot be served either way. Do not cache.
@@ -297,6 +309,19 @@ func (n *node) classCached(x *unix.Statx_t) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.cls.valid && n.cls.key == k
+}
+
+// classifyAt caches the class of n, a regular file now at rel.
+func (r *Root) classifyAt(n *node, rel string) {
+	fd, err := r.openNoatime(rel, unix.O_RDONLY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(fd)
+	var x unix.Statx_t
+	if fstatx(fd, &x) == nil && isReg(&x) {
+		n.classify(&x, fd)
+	}
 }
 
 // invalidateClass drops the cached classification.
@@ -362,13 +387,23 @@ func classifyHeader(b []byte, size int64) (contentClass, crypto.Header, error) {
 	return classEncrypted, h, nil
 }
 
+// classifyAttr is classify for attribute lookups: without a descriptor it
+// reads the header only of files that probes says to.
+func (n *node) classifyAttr(x *unix.Statx_t, fd int) contentClass {
+	if fd < 0 && !n.classCached(x) && !n.root.protected(n.name()) {
+		return classPlain
+	}
+	class, _, _ := n.classify(x, fd)
+	return class
+}
+
 // fillAttr fills a from x, with the plaintext size for an encrypted file.
 func (n *node) fillAttr(x *unix.Statx_t, fd int, a *fuse.Attr) {
 	attrFromStatx(a, x)
 	if !isReg(x) {
 		return
 	}
-	if class, _, _ := n.classify(x, fd); class == classEncrypted {
+	if n.classifyAttr(x, fd) == classEncrypted {
 		if ps, err := crypto.PlainSize(int64(x.Size)); err == nil {
 			a.Size = uint64(ps)
 		}

@@ -105,11 +105,11 @@ func (n *node) Statx(ctx context.Context, f gofs.FileHandle, flags uint32, mask 
 			default:
 				err = unix.Statx(n.root.rootFd, n.rel(), unix.AT_SYMLINK_NOFOLLOW|sync, req, &x)
 			}
-			if err == nil && sfd < 0 && needsHeader(&x) && !n.classCached(&x) && attempt < 3 {
+			if err == nil && sfd < 0 && n.root.probes(n.rel(), &x) && !n.classCached(&x) && attempt < 3 {
 				continue // changed since statForAttr looked
 			}
 			if err == nil && needsHeader(&x) {
-				if class, _, _ := n.classify(&x, sfd); class == classEncrypted {
+				if n.classifyAttr(&x, sfd) == classEncrypted {
 					if ps, perr := crypto.PlainSize(int64(x.Size)); perr == nil {
 						plain = ps
 					}

@@ -37,7 +37,7 @@ func (n *node) newChild(ctx context.Context, rel string, out *fuse.EntryOut) (*g
 		}
 		ch := n.NewInode(ctx, n.root.newNode(), n.root.stableAttr(&x))
 		cn := nodeOf(ch)
-		if fd < 0 && needsHeader(&x) && !cn.classCached(&x) && attempt < 3 {
+		if fd < 0 && n.root.probes(rel, &x) && !cn.classCached(&x) && attempt < 3 {
 			// The class was cached in another node than the one
 			// for this inode: classify through a descriptor.
 			hint = cn
@@ -212,8 +212,14 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	}
 	r := n.root
 	from, to := n.childRel(name), np.childRel(newName)
+	moved := nodeOf(n.GetChild(name))
 	if err := unix.Renameat2(r.rootFd, from, r.rootFd, to, uint(flags)); err != nil {
 		return errnoOf(err)
+	}
+	if moved != nil && !r.protected(newName) {
+		// Classify now, so an encrypted file renamed to a name that
+		// lookups do not probe keeps showing its plaintext size.
+		r.classifyAt(moved, to)
 	}
 	if r.kr.IsSet() {
 		if r.protected(newName) {

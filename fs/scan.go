@@ -98,7 +98,7 @@ func (r *Root) walk(ctx context.Context, fn func(rel, name string) (bool, error)
 
 // hasMagic reports whether the backing file rel starts with the magic.
 func (r *Root) hasMagic(rel string) (bool, error) {
-	fd, err := r.openNoatime(rel, unix.O_RDONLY, 0)
+	fd, err := r.openNoatime(rel, unix.O_RDONLY|unix.O_NONBLOCK, 0)
 	if err != nil {
 		if err == unix.ENOENT || err == unix.ELOOP {
 			return false, nil // gone, or replaced by a symlink
