@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -22,6 +23,10 @@ import (
 	"mountd/crypto"
 	"mountd/fs"
 )
+
+// defaultMemoryLimit is the Go runtime's soft memory limit unless
+// GOMEMLIMIT overrides it.
+const defaultMemoryLimit = 96 << 20
 
 // serveConfig is the daemon's command line.
 type serveConfig struct {
@@ -181,6 +186,11 @@ func serve(args []string, _ io.Reader, _, stderr io.Writer) error {
 	}
 	if err := harden(); err != nil {
 		log.WithError(err).Warn("could not disable core dumps")
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		// Keep the daemon's footprint small and flat: Argon2 needs its
+		// 64 MiB briefly at login, everything else a few MiB.
+		debug.SetMemoryLimit(defaultMemoryLimit)
 	}
 	if c.data, err = filepath.Abs(c.data); err != nil {
 		return err
