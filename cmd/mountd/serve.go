@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -187,6 +188,14 @@ func serve(args []string, _ io.Reader, _, stderr io.Writer) error {
 	if err := harden(); err != nil {
 		log.WithError(err).Warn("could not disable core dumps")
 	}
+	if path := os.Getenv("MOUNTD_CPUPROFILE"); path != "" {
+		// For profiling under a benchmark: a CPU profile until exit.
+		stop, err := startCPUProfile(path)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	if os.Getenv("GOMEMLIMIT") == "" {
 		// Keep the daemon's footprint small and flat: Argon2 needs its
 		// 64 MiB briefly at login, everything else a few MiB.
@@ -265,4 +274,16 @@ func serve(args []string, _ io.Reader, _, stderr io.Writer) error {
 	d.stop(log)
 	log.Info("mountd stopped")
 	return err
+}
+
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
