@@ -27,7 +27,7 @@ import (
 
 // defaultMemoryLimit is the Go runtime's soft memory limit unless
 // GOMEMLIMIT overrides it.
-const defaultMemoryLimit = 96 << 20
+const defaultMemoryLimit = 48 << 20
 
 // serveConfig is the daemon's command line.
 type serveConfig struct {
@@ -197,8 +197,9 @@ func serve(args []string, _ io.Reader, _, stderr io.Writer) error {
 		defer stop()
 	}
 	if os.Getenv("GOMEMLIMIT") == "" {
-		// Keep the daemon's footprint small and flat: Argon2 needs its
-		// 64 MiB briefly at login, everything else a few MiB.
+		// Keep the daemon's footprint small and flat. Argon2 needs its
+		// 64 MiB briefly at login (the limit is soft: the GC just works
+		// harder for those 0.2 s); everything else needs a few MiB.
 		debug.SetMemoryLimit(defaultMemoryLimit)
 	}
 	if c.data, err = filepath.Abs(c.data); err != nil {
