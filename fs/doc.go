@@ -26,8 +26,8 @@
 //     plaintext files get passthrough handles (passthroughFile); everything
 //     else gets a cryptFile, which does not implement FilePassthroughFder.
 //   - Let the kernel keep plaintext of an encrypted file after logout: those
-//     files use the page cache only while the key is set (never KEEP_CACHE),
-//     every inode that served plaintext is recorded, and a Keyring.OnClear listener calls
+//     files are opened with FOPEN_DIRECT_IO (never KEEP_CACHE), every inode
+//     that served plaintext is recorded, and a Keyring.OnClear listener calls
 //     NotifyContent(0, 0) on each of them, which drops page-cache pages and
 //     unmaps mmaps, before the key is zeroed.
 //   - Call a kernel notification while holding a filesystem lock, or from

@@ -17,10 +17,10 @@ import (
 // the name), which kind of handle the kernel gets:
 //
 //	content    name           key    handle            kernel I/O
-//	encrypted  any            set    cryptFile         page cache, dropped at logout
+//	encrypted  any            set    cryptFile         FOPEN_DIRECT_IO
 //	encrypted  any            unset  EACCES
 //	bad magic  any            any    EIO
-//	plaintext  protected      any    cryptFile         page cache
+//	plaintext  protected      any    cryptFile         page cache (direct I/O while it may turn encrypted)
 //	plaintext  not protected  any    passthroughFile   kernel passthrough on the backing file
 //
 // A plaintext inode that already has cryptFile handles gets another one,
@@ -221,12 +221,17 @@ func (r *Root) bind(st *inodeState, n *node, name string, flags uint32, fd int, 
 			return nil, 0, errno
 		}
 	}
-	// Encrypted files use the page cache while the key is set (readahead,
-	// cached rereads): every read or write that hands their plaintext to
-	// the kernel records the inode, and logout drops those pages and
-	// mappings before the key is zeroed (logout.go). No FOPEN_KEEP_CACHE:
-	// each open starts from what is on disk.
 	var ff uint32
+	if st.cf != nil || (protected && r.kr.IsSet() && st.sizeLocked() == 0) {
+		// Encrypted, or may become encrypted on its first write: keep
+		// its plaintext out of the page cache (except for mmap, which
+		// the logout invalidation covers). With the page cache, the
+		// kernel splits a buffered write at partial pages and keeps the
+		// bytes of a write that failed (EACCES at logout) in its pages;
+		// integration's TestLogoutLoginUnderLoad found such bytes on
+		// disk later. Direct I/O keeps every write exact.
+		ff = fuse.FOPEN_DIRECT_IO
+	}
 	if st.fd == fd && flags&unix.O_NOATIME == 0 {
 		restoreAtime(fd)
 	}

@@ -159,9 +159,17 @@ func TestLogoutLoginUnderLoad(t *testing.T) {
 	}
 
 	// Writers: each owns a file and a model of it.
+	type write struct {
+		off, n      int
+		data        []byte
+		before, aft uint64 // phase around the write
+		reopened    bool
+	}
 	type model struct {
-		path string
-		want []byte
+		path   string
+		hist   []write
+		failed []write
+		want   []byte
 	}
 	models := make([]*model, 2)
 	for w := range models {
@@ -189,17 +197,20 @@ func TestLogoutLoginUnderLoad(t *testing.T) {
 					for j := range data {
 						data[j] = byte(rng.Uint32())
 					}
+					before := ph.v.Load()
 					n, err := f.WriteAt(data, int64(off))
 					if err != nil {
 						if !errors.Is(err, syscall.EACCES) || n != 0 {
 							fail("writer: %d, %v", n, err)
 						}
+						m.failed = append(m.failed, write{off: off, n: len(data), data: data, before: before, aft: ph.v.Load()})
 						break
 					}
 					if end := off + n; end > len(m.want) {
 						m.want = append(m.want, make([]byte, end-len(m.want))...)
 					}
 					copy(m.want[off:], data)
+					m.hist = append(m.hist, write{off: off, n: n, data: data, before: before, aft: ph.v.Load(), reopened: i == 0})
 				}
 				f.Close()
 			}
@@ -236,7 +247,64 @@ func TestLogoutLoginUnderLoad(t *testing.T) {
 	for _, m := range models {
 		got, err := os.ReadFile(m.path)
 		if err != nil || !bytes.Equal(got, m.want) {
-			t.Fatalf("%s: %d bytes, want %d (err %v): a successful write was lost", m.path, len(got), len(m.want), err)
+			first, last := -1, -1
+			for i := 0; i < min(len(got), len(m.want)); i++ {
+				if got[i] != m.want[i] {
+					if first < 0 {
+						first = i
+					}
+					last = i
+				}
+			}
+			// Differing runs, and which earlier write (if any) each run's
+			// bytes come from.
+			for i := first; i <= last; {
+				if got[i] == m.want[i] {
+					i++
+					continue
+				}
+				j := i
+				for j <= last && got[j] != m.want[j] {
+					j++
+				}
+				src := "none"
+				for k := len(m.hist) - 1; k >= 0; k-- {
+					w := m.hist[k]
+					if w.off <= i && w.off+w.n >= j && bytes.Equal(got[i:j], w.data[i-w.off:j-w.off]) {
+						src = fmt.Sprintf("write #%d [%d,%d) phase %x->%x", k, w.off, w.off+w.n, w.before, w.aft)
+						break
+					}
+				}
+				lastw := "none"
+				for k := len(m.hist) - 1; k >= 0; k-- {
+					w := m.hist[k]
+					if w.off <= i && w.off+w.n > i {
+						lastw = fmt.Sprintf("write #%d [%d,%d) phase %x->%x", k, w.off, w.off+w.n, w.before, w.aft)
+						break
+					}
+				}
+				other := "nowhere"
+				if j-i >= 16 {
+					for _, om := range models {
+						for k, w := range om.hist {
+							if p := bytes.Index(w.data, got[i:i+16]); p >= 0 {
+								other = fmt.Sprintf("%s write #%d at data offset %d (file offset %d)", filepath.Base(om.path), k, p, w.off+p)
+							}
+						}
+						for k, w := range om.failed {
+							if p := bytes.Index(w.data, got[i:i+16]); p >= 0 {
+								other = fmt.Sprintf("%s FAILED write #%d [%d,%d) phase %x->%x at data offset %d (file offset %d)", filepath.Base(om.path), k, w.off, w.off+w.n, w.before, w.aft, p, w.off+p)
+							}
+						}
+					}
+				}
+				t.Logf("run [%d,%d) (block %d..%d): holds %s; last write there %s; zeros %d; first 16 bytes found in %s", i, j, i/4096, (j-1)/4096, src, lastw, bytes.Count(got[i:j], []byte{0}), other)
+				i = j
+			}
+			os.WriteFile("/proc/sys/vm/drop_caches", []byte("3"), 0)
+			again, _ := os.ReadFile(m.path)
+			t.Fatalf("%s: %d bytes, want %d (err %v): a successful write was lost (bytes %d..%d differ); after drop_caches equal=%v",
+				m.path, len(got), len(m.want), err, first, last, bytes.Equal(again, m.want))
 		}
 	}
 	t.Logf("%d cycles: %d plaintext reads, %d EACCES reads, %d mmap faults, %d violations",
