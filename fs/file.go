@@ -50,6 +50,7 @@ func (f *cryptFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 		r.markServed(f.n)
 		m, err = st.cf.ReadAt(dest, off)
 		r.gate.RUnlock()
+		st.readAhead(off, len(dest))
 	} else {
 		r.stats.plainReads.Add(1)
 		m, err = st.file.ReadAt(dest, off)

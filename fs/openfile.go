@@ -3,6 +3,7 @@ package fs
 import (
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -32,6 +33,8 @@ type inodeState struct {
 	cf          *crypto.File // set once the content is known to be encrypted
 	cryptRefs   int          // open cryptFile handles
 	passthrough int          // open passthroughFile handles
+
+	nextRead atomic.Int64 // where a sequential read would continue (readahead.go)
 }
 
 // acquire returns the table entry of key with a reference taken,
