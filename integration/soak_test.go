@@ -21,7 +21,10 @@ import (
 // plaintext files, and samples the daemon's memory. Every operation that
 // succeeded must be reflected in the files; memory must stay flat.
 //
-//	MOUNTD_SOAK=10m go test -run TestSoak -timeout 30m -v ./integration
+//	MOUNTD_SOAK=10m MOUNTD_INTEGRATION_RACE=false go test -run TestSoak -timeout 30m -v ./integration
+//
+// (without MOUNTD_INTEGRATION_RACE=false the daemon carries the race
+// detector, which multiplies its memory).
 func TestSoak(t *testing.T) {
 	dur, err := time.ParseDuration(os.Getenv("MOUNTD_SOAK"))
 	if err != nil || dur <= 0 {
