@@ -456,3 +456,62 @@ func TestTamperThroughMount(t *testing.T) {
 		t.Fatal("authentication failure not logged as a warning")
 	}
 }
+
+// TestMigrateDiskFull: the migration on a nearly full backing filesystem
+// fails cleanly (every file whole, no temp left), and a re-run after space
+// is freed finishes the job.
+func TestMigrateDiskFull(t *testing.T) {
+	d := newDaemon(t, migFastKDF...)
+	if err := os.MkdirAll(d.data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", d.data).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", d.data).Run() })
+	// 6 plaintext files of 1.5 MiB before the first login, then a filler
+	// that leaves room for only a few encrypted copies.
+	want := map[string][]byte{}
+	for i := 0; i < 6; i++ {
+		name := fmt.Sprintf("f%d.bin", i)
+		want[name] = pattern(int64(i)<<32, 3<<19)
+		if err := os.WriteFile(filepath.Join(d.data, name), want[name], 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	filler := filepath.Join(d.data, "filler.dat")
+	if err := os.WriteFile(filler, make([]byte, 4<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.start()
+	d.mustLogin(password)
+	tk := migWait(t, d, migStart(t, d).ID, nil)
+	if tk.State == "succeeded" && tk.FilesFailed == 0 {
+		t.Fatalf("the migration did not run out of space: %v", tk.raw)
+	}
+	migNoTemps(t, d.data)
+	check := func() {
+		for name, data := range want {
+			got, err := os.ReadFile(filepath.Join(d.mnt, name))
+			if err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("%s after the full-disk migration: %v", name, err)
+			}
+		}
+	}
+	check()
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	tk = migWait(t, d, migStart(t, d).ID, nil)
+	if tk.State != "succeeded" || tk.FilesFailed != 0 {
+		t.Fatalf("re-run after freeing space: %v", tk.raw)
+	}
+	migNoTemps(t, d.data)
+	check()
+	for name := range want {
+		raw, _ := os.ReadFile(filepath.Join(d.data, name))
+		if !bytes.HasPrefix(raw, []byte("MTDENC")) {
+			t.Fatalf("%s not encrypted after the re-run", name)
+		}
+	}
+}
