@@ -271,6 +271,10 @@ func serve(args []string, _ io.Reader, _, stderr io.Writer) error {
 		cancel()
 		<-serveErr
 	}
+	// Stop the migration first, so a running task ends "cancelled"
+	// rather than failing on the cleared key, then zero the key (dropping
+	// cached plaintext) before unmounting.
+	d.migrator.Close()
 	kr.Clear()
 	d.stop(log)
 	log.Info("mountd stopped")
