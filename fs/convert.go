@@ -79,32 +79,70 @@ type convertOpts struct {
 
 // convertInPlace is encryptInPlace with options.
 func (r *Root) convertInPlace(ctx context.Context, rel string, o convertOpts) (convertResult, error) {
+	p, res, err := r.prepareConvert(ctx, rel, o)
+	if p == nil {
+		return res, err
+	}
+	if err := p.tmp.Sync(); err != nil {
+		p.abort()
+		return convSkipped, err
+	}
+	return p.commit(o)
+}
+
+// pendingConv is a file whose encrypted copy is written, checked and
+// given the original's attributes, but not yet fsynced nor exchanged: the
+// state between prepareConvert and commit or abort. It holds the inode's
+// claim, so opens through the mount wait until it is committed or
+// aborted. The migration task commits many at once after one syncfs.
+type pendingConv struct {
+	r       *Root
+	rel     string
+	dirfd   int
+	base    string
+	tmpName string
+	tmp     *os.File
+	sx      unix.Statx_t
+	release func() // drops the claim
+	swapped bool   // the copy is in place
+}
+
+// prepareConvert does the first half of encryptInPlace: checks, claim,
+// copy, verification, attributes. It returns a pendingConv to commit or
+// abort, or nil with what encryptInPlace would return.
+func (r *Root) prepareConvert(ctx context.Context, rel string, o convertOpts) (*pendingConv, convertResult, error) {
 	rel = filepath.Clean(rel)
 	if rel == "." || filepath.IsAbs(rel) || rel == ".." || strings.HasPrefix(rel, "../") {
-		return convSkipped, fmt.Errorf("fs: encryptInPlace: bad path %q", rel)
+		return nil, convSkipped, fmt.Errorf("fs: encryptInPlace: bad path %q", rel)
 	}
 	if first, _, _ := strings.Cut(rel, "/"); first == reservedDir {
-		return convSkipped, nil
+		return nil, convSkipped, nil
 	}
 	dirRel, base := filepath.Split(rel)
 	if dirRel == "" {
 		dirRel = "."
 	}
 	if strings.HasPrefix(base, tempPrefix) {
-		return convSkipped, nil
+		return nil, convSkipped, nil
 	}
 	if !r.kr.IsSet() {
-		return convBusy, crypto.ErrLocked
+		return nil, convBusy, crypto.ErrLocked
 	}
 
 	dirfd, err := r.openRel(filepath.Clean(dirRel), unix.O_RDONLY|unix.O_DIRECTORY, 0)
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
-			return convSkipped, nil
+			return nil, convSkipped, nil
 		}
-		return convSkipped, err
+		return nil, convSkipped, err
 	}
-	defer unix.Close(dirfd)
+	p := &pendingConv{r: r, rel: rel, dirfd: dirfd, base: base}
+	ok := false
+	defer func() {
+		if !ok {
+			p.abort()
+		}
+	}()
 
 	// O_NONBLOCK: a FIFO swapped in under the name must not block us.
 	src, err := unix.Openat(dirfd, base, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOATIME, 0)
@@ -113,85 +151,73 @@ func (r *Root) convertInPlace(ctx context.Context, rel string, o convertOpts) (c
 	}
 	if err != nil {
 		if err == unix.ENOENT || err == unix.ELOOP {
-			return convSkipped, nil
+			return nil, convSkipped, nil
 		}
-		return convSkipped, err
+		return nil, convSkipped, err
 	}
 	defer unix.Close(src)
-	var sx unix.Statx_t
-	if err := fstatx(src, &sx); err != nil {
-		return convSkipped, err
+	sx := &p.sx
+	if err := fstatx(src, sx); err != nil {
+		return nil, convSkipped, err
 	}
-	if !isReg(&sx) || sx.Nlink != 1 || sx.Size == 0 {
-		return convSkipped, nil
+	if !isReg(sx) || sx.Nlink != 1 || sx.Size == 0 {
+		return nil, convSkipped, nil
 	}
 	var magic [crypto.MagicSize]byte
 	if m, err := preadFull(src, magic[:], 0); err != nil {
-		return convSkipped, err
+		return nil, convSkipped, err
 	} else if crypto.HasMagic(magic[:m]) {
-		return convSkipped, nil
+		return nil, convSkipped, nil
 	}
 
 	// Claim the inode: fail if it has handles, make opens wait.
-	key := keyOf(&sx)
+	key := keyOf(sx)
 	r.tableMu.Lock()
 	if r.table[key] != nil {
 		r.tableMu.Unlock()
-		return convBusy, errBusy
+		return nil, convBusy, errBusy
 	}
 	claim := &inodeState{key: key, fd: -1, converting: true}
 	r.table[key] = claim
 	r.tableMu.Unlock()
-	defer func() {
+	p.release = func() {
 		r.tableMu.Lock()
 		if r.table[key] == claim {
 			delete(r.table, key)
 		}
 		r.tableCond.Broadcast()
 		r.tableMu.Unlock()
-	}()
+	}
 
-	res, err := r.replaceEncrypted(ctx, dirfd, base, src, &sx, o)
-	if err != nil {
-		return res, err
+	if res, err := p.writeCopy(ctx, src, o); err != nil {
+		return nil, res, err
 	}
-	r.convSeq.Add(1)
-	r.notifyReplaced(rel)
-	if o.quiet {
-		r.log.WithField(fieldPath, rel).Debug("encrypted file in place")
-	} else {
-		r.log.WithField(fieldPath, rel).Info("encrypted file in place")
-	}
-	return convDone, nil
+	ok = true
+	return p, convDone, nil
 }
 
-// replaceEncrypted does the copy and the exchange for encryptInPlace.
-func (r *Root) replaceEncrypted(ctx context.Context, dirfd int, base string, src int, sx *unix.Statx_t, o convertOpts) (convertResult, error) {
+// writeCopy writes and checks the encrypted copy of src into a new temp
+// file and gives it the original's attributes.
+func (p *pendingConv) writeCopy(ctx context.Context, src int, o convertOpts) (convertResult, error) {
 	var rnd [8]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return convSkipped, err
 	}
 	tmpName := tempPrefix + hex.EncodeToString(rnd[:])
-	tfd, err := unix.Openat(dirfd, tmpName, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	tfd, err := unix.Openat(p.dirfd, tmpName, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return convSkipped, err
 	}
-	tmp := os.NewFile(uintptr(tfd), tmpName)
-	keep := false
-	defer func() {
-		tmp.Close()
-		if !keep {
-			_ = unix.Unlinkat(dirfd, tmpName, 0)
-		}
-	}()
+	p.tmpName, p.tmp = tmpName, os.NewFile(uintptr(tfd), tmpName)
 
-	cf, err := crypto.CreateFile(r.kr, tmp)
+	cf, err := crypto.CreateFile(p.r.kr, p.tmp)
 	if err != nil {
 		return convBusy, err
 	}
 	bp := chunkPool.Get().(*[]byte)
 	defer chunkPool.Put(bp)
 	buf, vbuf := (*bp)[:convertChunk], (*bp)[convertChunk:]
+	sx := &p.sx
 	size := int64(sx.Size)
 
 	// Copy.
@@ -249,16 +275,72 @@ func (r *Root) replaceEncrypted(ctx context.Context, dirfd int, base string, src
 	if err := futimens(tfd, &ts); err != nil {
 		return convSkipped, err
 	}
-	if err := tmp.Sync(); err != nil {
-		return convSkipped, err
-	}
+	return convDone, nil
+}
 
-	// Unchanged since we started?
+// abort removes the temp file and drops the claim, leaving the original
+// as it was.
+func (p *pendingConv) abort() {
+	if p.tmp != nil {
+		p.tmp.Close()
+		_ = unix.Unlinkat(p.dirfd, p.tmpName, 0)
+		p.tmp = nil
+	}
+	p.done()
+}
+
+// done drops the claim and closes the directory.
+func (p *pendingConv) done() {
+	if p.release != nil {
+		p.release()
+		p.release = nil
+	}
+	if p.dirfd >= 0 {
+		unix.Close(p.dirfd)
+		p.dirfd = -1
+	}
+}
+
+// commit puts the copy in place once it is durable (the caller fsynced or
+// syncfs'ed it): it checks the original did not change since
+// prepareConvert, exchanges the two, removes the old plaintext, fsyncs
+// the directory (unless o.noDirSync) and tells the kernel. It always
+// releases p.
+func (p *pendingConv) commit(o convertOpts) (convertResult, error) {
+	res, err := p.exchange(o)
+	r := p.r
+	if p.swapped {
+		r.convSeq.Add(1)
+		r.notifyReplaced(p.rel)
+	}
+	if err != nil || res != convDone {
+		p.abort()
+		return res, err
+	}
+	p.done()
+	if o.quiet {
+		r.log.WithField(fieldPath, p.rel).Debug("encrypted file in place")
+	} else {
+		r.log.WithField(fieldPath, p.rel).Info("encrypted file in place")
+	}
+	return convDone, nil
+}
+
+// exchange is the renaming part of commit. On success the temp file is
+// gone and p.tmp is nil.
+func (p *pendingConv) exchange(o convertOpts) (convertResult, error) {
+	dirfd, base, tmpName, sx := p.dirfd, p.base, p.tmpName, &p.sx
+	// Unchanged since we started? The claim kept the mount out; this
+	// catches changes made in the backing directory itself.
 	var now unix.Statx_t
-	if err := fstatx(src, &now); err != nil {
+	if err := unix.Statx(dirfd, base, unix.AT_SYMLINK_NOFOLLOW, statxMask, &now); err != nil {
+		if err == unix.ENOENT {
+			return convSkipped, nil
+		}
 		return convSkipped, err
 	}
-	if now.Size != sx.Size || now.Mtime != sx.Mtime || now.Ctime != sx.Ctime || now.Nlink != 1 {
+	if now.Ino != sx.Ino || now.Dev_major != sx.Dev_major || now.Dev_minor != sx.Dev_minor ||
+		now.Size != sx.Size || now.Mtime != sx.Mtime || now.Ctime != sx.Ctime || now.Nlink != 1 {
 		return convBusy, errChanged
 	}
 
@@ -270,16 +352,19 @@ func (r *Root) replaceEncrypted(ctx context.Context, dirfd int, base string, src
 	if err := unix.Statx(dirfd, tmpName, unix.AT_SYMLINK_NOFOLLOW, statxMask, &old); err != nil || old.Ino != sx.Ino {
 		// Someone put another file at base meanwhile: give it back.
 		if xerr := unix.Renameat2(dirfd, tmpName, dirfd, base, unix.RENAME_EXCHANGE); xerr != nil {
-			keep = true // tmp now holds someone's file; never delete it
+			p.tmp.Close()
+			p.tmp = nil // tmp now holds someone's file; never delete it
 			return convSkipped, fmt.Errorf("fs: encryptInPlace: cannot undo exchange of %s: %w", base, xerr)
 		}
 		return convBusy, errChanged
 	}
 	// tmpName now names the old plaintext: remove it before the directory
 	// is synced, so the removal lasts with the exchange.
-	keep = true
+	p.swapped = true
+	p.tmp.Close()
+	p.tmp = nil
 	if err := unix.Unlinkat(dirfd, tmpName, 0); err != nil {
-		r.log.WithField(fieldPath, tmpName).WithError(err).Warn("cannot remove the plaintext left by a conversion")
+		p.r.log.WithField(fieldPath, tmpName).WithError(err).Warn("cannot remove the plaintext left by a conversion")
 	}
 	if o.noDirSync {
 		return convDone, nil

@@ -154,7 +154,7 @@ func BenchmarkMigrate(b *testing.B) {
 		rel := fmt.Sprintf("tree%d", i)
 		timeCmd(b, "cp", "-a", src, e.b(rel))
 		unix.Sync()
-		m := NewMigrator(e.root, MigrationOptions{})
+		m := NewMigrator(e.root, MigrationOptions{Workers: envInt("MIGRATE_BENCH_WORKERS", 0)})
 		runtime.GC()
 		stop := heapPeak()
 		b.StartTimer()
