@@ -75,6 +75,10 @@ type convertOpts struct {
 	// caller fsyncs it later (once for many files). Each file is whole
 	// after a crash either way; only the rename may not have lasted.
 	noDirSync bool
+	// keepOld, if set, is given the name of the old plaintext (relative
+	// to the backing root; a temp file name) to remove instead of
+	// removing it; see migration.keepOld.
+	keepOld func(rel string)
 }
 
 // convertInPlace is encryptInPlace with options.
@@ -328,6 +332,7 @@ func (p *pendingConv) commit(o convertOpts) (convertResult, error) {
 
 // exchange is the renaming part of commit. On success the temp file is
 // gone and p.tmp is nil.
+
 func (p *pendingConv) exchange(o convertOpts) (convertResult, error) {
 	dirfd, base, tmpName, sx := p.dirfd, p.base, p.tmpName, &p.sx
 	// Unchanged since we started? The claim kept the mount out; this
@@ -363,7 +368,9 @@ func (p *pendingConv) exchange(o convertOpts) (convertResult, error) {
 	p.swapped = true
 	p.tmp.Close()
 	p.tmp = nil
-	if err := unix.Unlinkat(dirfd, tmpName, 0); err != nil {
+	if o.keepOld != nil {
+		o.keepOld(filepath.Join(filepath.Dir(p.rel), tmpName))
+	} else if err := unix.Unlinkat(dirfd, tmpName, 0); err != nil {
 		p.r.log.WithField(fieldPath, tmpName).WithError(err).Warn("cannot remove the plaintext left by a conversion")
 	}
 	if o.noDirSync {

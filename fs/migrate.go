@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -23,9 +24,9 @@ import (
 )
 
 // The encrypt_existing_files migration: a task that walks the backing tree
-// and encrypts, in place and one file at a time, every plaintext regular
-// file with a protected name outside auth/. Each file goes through
-// encryptInPlace (convert.go), so a crash at any moment leaves it whole,
+// and encrypts in place every plaintext regular file with a protected name
+// outside auth/. Each file goes through the two halves of encryptInPlace
+// (convert.go), so a crash at any moment leaves it whole,
 // old plaintext or new ciphertext, and at worst a temp file that
 // RemoveStaleTemps deletes on the next start. Files open through the mount
 // are not touched: they are retried a few times at the end, then counted as
@@ -34,8 +35,10 @@ import (
 // A task runs in two phases. It first walks the tree and counts (files and
 // bytes, reading four bytes of each candidate to skip what is already
 // encrypted), keeping only the paths still to convert; then a few workers
-// convert them. Memory is bounded by the number of paths, never by file
-// sizes: each worker copies through one pooled 2 MiB buffer.
+// prepare the encrypted copies (prepareConvert) and a batcher makes them
+// durable and puts them in place many at a time (see Batches below).
+// Memory is bounded by the number of paths, never by file sizes: each
+// worker copies through one pooled 2 MiB buffer.
 
 // MigrationState is the state of a migration task. Running is the only
 // state that changes.
@@ -103,7 +106,7 @@ type MigrationStatus struct {
 // MigrationOptions tune a Migrator. The zero value is fine.
 type MigrationOptions struct {
 	// Workers is how many files are converted at once (default 4): more
-	// than one hides the fsync latency of small files.
+	// than one overlaps the encryption with the file system calls.
 	Workers int
 	// RetryRounds is how many times files that were busy (open through
 	// the mount, or changed during their copy) are tried again after the
@@ -141,6 +144,10 @@ type migrateHooks struct {
 	progress func(ctx context.Context, rel string, work int64)
 	// busy runs when rel was found busy in round (0: the first pass).
 	busy func(rel string, round int)
+	// commit runs before a batch is made durable, with its files.
+	commit func(rels []string)
+	// syncfs, if set, replaces the syncfs of a batch.
+	syncfs func(fd int) error
 }
 
 // maxMigrations bounds how many tasks a Migrator remembers; the oldest
@@ -317,9 +324,6 @@ type migration struct {
 	// each directory once per batch (syncDirs).
 	dirs map[string]struct{}
 }
-
-// dirSyncBatch is how many directories may wait for their fsync.
-const dirSyncBatch = 64
 
 // migItem is a file still to convert.
 type migItem struct {
@@ -533,7 +537,7 @@ func (t *migration) convert(ctx context.Context, items []migItem) error {
 		}
 		var stop error
 		pending, stop = t.pass(ctx, pending, round)
-		if err := t.syncDirs(false); err != nil && stop == nil {
+		if err := t.syncDirs(); err != nil && stop == nil {
 			stop = err
 		}
 		if stop != nil {
@@ -551,34 +555,53 @@ func (t *migration) convert(ctx context.Context, items []migItem) error {
 	return nil
 }
 
+// passState collects the outcomes of one pass. Outcomes arrive from the
+// workers and from the batch commits.
+type passState struct {
+	t      *migration
+	round  int
+	cancel context.CancelCauseFunc
+	mu     sync.Mutex
+	busy   []migItem
+	first  error
+
+	// low is set once a copy did not fit on the disk; prep is then held
+	// exclusively around each file, and shared before.
+	low  atomic.Bool
+	prep sync.RWMutex
+}
+
+// result records that it must be retried, or that the task must stop.
+func (ps *passState) result(it migItem, retry bool, stop error) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if retry {
+		ps.busy = append(ps.busy, it)
+		if h := ps.t.m.hooks.busy; h != nil {
+			h(it.rel, ps.round)
+		}
+	}
+	if stop != nil && ps.first == nil {
+		ps.first = stop
+		ps.cancel(stop)
+	}
+}
+
 // pass tries each item once, on m.workers goroutines. It returns the
 // items that were busy and, if the task must stop, why.
 func (t *migration) pass(ctx context.Context, items []migItem, round int) (busy []migItem, stop error) {
 	m := t.m
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	var (
-		mu    sync.Mutex
-		first error
-		wg    sync.WaitGroup
-	)
+	ps := &passState{t: t, round: round, cancel: cancel}
+	rm := t.startRemover()
+	b := &batcher{t: t, ps: ps, rm: rm}
+	var wg sync.WaitGroup
 	work := make(chan migItem)
 	for range min(m.workers, len(items)) {
 		wg.Go(func() {
 			for it := range work {
-				retry, err := t.one(ctx, it)
-				mu.Lock()
-				if retry {
-					busy = append(busy, it)
-					if m.hooks.busy != nil {
-						m.hooks.busy(it.rel, round)
-					}
-				}
-				if err != nil && first == nil {
-					first = err
-					cancel(err)
-				}
-				mu.Unlock()
+				t.one(ctx, it, b)
 			}
 		})
 	}
@@ -592,18 +615,23 @@ feed:
 	}
 	close(work)
 	wg.Wait()
-	if first == nil && ctx.Err() != nil {
-		first = context.Cause(ctx)
+	b.flush()
+	rm.finish()
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ps.first == nil && ctx.Err() != nil {
+		ps.first = context.Cause(ctx)
 	}
-	return busy, first
+	return ps.busy, ps.first
 }
 
-// one converts one file and counts the outcome. It returns retry for a
-// file to try again later, and an error when the whole task must stop.
-func (t *migration) one(ctx context.Context, it migItem) (retry bool, stop error) {
+// one prepares one file, hands it to the batcher, and counts the outcome
+// when it is known.
+func (t *migration) one(ctx context.Context, it migItem, b *batcher) {
 	m, r := t.m, t.m.r
 	if err := ctx.Err(); err != nil {
-		return false, context.Cause(ctx)
+		b.ps.result(it, false, context.Cause(ctx))
+		return
 	}
 	var work, reported int64 // work: bytes copied + verified
 	progress := func(n int64) {
@@ -618,12 +646,58 @@ func (t *migration) one(ctx context.Context, it migItem) (retry bool, stop error
 			m.hooks.progress(ctx, it.rel, work)
 		}
 	}
-	res, err := r.convertInPlace(ctx, it.rel, convertOpts{progress: progress, quiet: true, noDirSync: true})
-	var serr error // a failed directory fsync stops the task
-	if err == nil && res == convDone {
-		serr = t.dirDone(filepath.Dir(it.rel))
+	finish := func(res convertResult, err error) {
+		retry, stop := t.outcome(ctx, it, res, err, reported)
+		b.ps.result(it, retry, stop)
 	}
+	ps := b.ps
+	// Out of space: the copies of the other workers, those waiting in the
+	// batch and the old plaintexts not yet removed may be what fills the
+	// disk. From then on the pass converts one file at a time and commits
+	// each at once (low), and the file is tried again alone; only if it
+	// still does not fit does the task stop.
+	low := ps.low.Load()
+	if low {
+		ps.prep.Lock()
+		b.makeRoom()
+	} else {
+		ps.prep.RLock()
+	}
+	p, res, err := r.prepareConvert(ctx, it.rel, convertOpts{progress: progress})
+	if !low && isNoSpace(err) {
+		ps.low.Store(true)
+		ps.prep.RUnlock()
+		ps.prep.Lock() // waits for the other workers' copies
+		low = true
+		b.makeRoom()
+		work = 0
+		p, res, err = r.prepareConvert(ctx, it.rel, convertOpts{progress: progress})
+	}
+	if p != nil {
+		b.add(p, it.size, finish)
+	}
+	if low {
+		if p != nil {
+			b.makeRoom()
+		}
+		ps.prep.Unlock()
+	} else {
+		ps.prep.RUnlock()
+	}
+	if p == nil {
+		finish(res, err)
+	}
+}
 
+// outcome counts how the conversion of it ended; reported is the
+// progress counted for it so far. It returns retry for a file to try
+// again later, and an error when the whole task must stop.
+func (t *migration) outcome(ctx context.Context, it migItem, res convertResult, err error, reported int64) (retry bool, stop error) {
+	m := t.m
+	reason := ""
+	if err == nil && res != convDone {
+		reason = t.skipReason(it.rel)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	t.inflight -= reported
@@ -632,8 +706,11 @@ func (t *migration) one(ctx context.Context, it migItem) (retry bool, stop error
 	case err == nil && res == convDone:
 		st.FilesDone++
 		t.converted += it.size
+		if t.dirs == nil {
+			t.dirs = map[string]struct{}{}
+		}
+		t.dirs[filepath.Dir(it.rel)] = struct{}{}
 	case err == nil:
-		reason := t.skipReason(it.rel)
 		st.FilesSkipped++
 		st.SkippedReasons[reason]++
 	case errors.Is(err, errBusy) || errors.Is(err, errChanged):
@@ -642,7 +719,7 @@ func (t *migration) one(ctx context.Context, it migItem) (retry bool, stop error
 		return false, context.Cause(ctx)
 	case errors.Is(err, crypto.ErrLocked):
 		return false, errKeyCleared
-	case errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || errors.Is(err, syscall.EROFS):
+	case isNoSpace(err) || errors.Is(err, syscall.EROFS):
 		return false, fmt.Errorf("%s: %w", it.rel, err)
 	default:
 		st.FilesFailed++
@@ -650,35 +727,224 @@ func (t *migration) one(ctx context.Context, it migItem) (retry bool, stop error
 			Warn("encrypt_existing_files: cannot encrypt file; it stays plaintext")
 	}
 	t.finishBytesLocked(it.size)
-	return false, serr
+	return false, nil
 }
 
-// dirDone records that dir got a rename to fsync, and fsyncs the
-// waiting directories when there are many.
-func (t *migration) dirDone(dir string) error {
-	t.m.mu.Lock()
-	if t.dirs == nil {
-		t.dirs = map[string]struct{}{}
+func isNoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
+
+// Batches. Rather than fsync each encrypted copy and each directory per
+// file, which costs a journal commit per file, the workers hand the
+// prepared copies to a batcher; a batch is made durable with one syncfs,
+// then each copy is exchanged with its original, then the directories
+// that got renames are fsynced. A batch is committed when it holds
+// batchFiles files or batchBytes bytes, or batchAge after its first file,
+// so a file waits little for its turn (while it waits, opens of it
+// through the mount wait too). A batch prepared before a logout, cancel
+// or error is still committed: its copies are complete and checked.
+const (
+	batchFiles = 128
+	batchBytes = 64 << 20
+	batchAge   = 50 * time.Millisecond
+)
+
+type batcher struct {
+	t  *migration
+	ps *passState
+	rm *remover
+
+	mu     sync.Mutex
+	cur    *convBatch
+	active sync.WaitGroup // batches being committed
+}
+
+type convBatch struct {
+	items []batchItem
+	bytes int64
+	timer *time.Timer
+}
+
+type batchItem struct {
+	p      *pendingConv
+	finish func(convertResult, error)
+}
+
+// add puts p in the current batch, and commits the batch if it is full.
+func (b *batcher) add(p *pendingConv, size int64, finish func(convertResult, error)) {
+	b.mu.Lock()
+	cb := b.cur
+	if cb == nil {
+		cb = &convBatch{}
+		b.cur = cb
+		cb.timer = time.AfterFunc(batchAge, func() { b.take(cb) })
 	}
-	t.dirs[dir] = struct{}{}
-	full := len(t.dirs) >= dirSyncBatch
-	t.m.mu.Unlock()
+	cb.items = append(cb.items, batchItem{p: p, finish: finish})
+	cb.bytes += size
+	full := len(cb.items) >= batchFiles || cb.bytes >= batchBytes
+	b.mu.Unlock()
 	if full {
-		return t.syncDirs(true)
+		b.take(cb)
 	}
-	return nil
 }
 
-// syncDirs fsyncs the directories with renames not yet durable. With
-// onlyIfFull it does nothing unless a batch is waiting (another worker
-// may just have taken it).
-func (t *migration) syncDirs(onlyIfFull bool) error {
-	t.m.mu.Lock()
-	dirs := t.dirs
-	if onlyIfFull && len(dirs) < dirSyncBatch {
-		t.m.mu.Unlock()
+// take commits cb if it is still the current batch (the timer and a
+// worker may race for it).
+func (b *batcher) take(cb *convBatch) {
+	b.mu.Lock()
+	if cb == nil || b.cur != cb {
+		b.mu.Unlock()
+		return
+	}
+	b.cur = nil
+	cb.timer.Stop()
+	b.active.Add(1)
+	b.mu.Unlock()
+	b.commit(cb)
+}
+
+// makeRoom frees disk space: it commits the current batch and waits for
+// the old plaintexts to be removed.
+func (b *batcher) makeRoom() {
+	b.mu.Lock()
+	cb := b.cur
+	b.mu.Unlock()
+	b.take(cb)
+	b.rm.drain()
+}
+
+// flush commits the current batch and waits for every commit.
+func (b *batcher) flush() {
+	b.mu.Lock()
+	cb := b.cur
+	b.mu.Unlock()
+	b.take(cb)
+	b.active.Wait()
+}
+
+// commit makes the copies of cb durable and puts them in place.
+func (b *batcher) commit(cb *convBatch) {
+	defer b.active.Done()
+	t := b.t
+	// One syncfs writes back every copy of the batch. If it fails (it
+	// reports write-back errors of the whole filesystem), fsync each copy
+	// to learn which ones are at fault.
+	if h := t.m.hooks.commit; h != nil {
+		rels := make([]string, len(cb.items))
+		for i, bi := range cb.items {
+			rels[i] = bi.p.rel
+		}
+		h(rels)
+	}
+	sync := unix.Syncfs
+	if h := t.m.hooks.syncfs; h != nil {
+		sync = h
+	}
+	synced := sync(cb.items[0].p.dirfd) == nil
+	for _, bi := range cb.items {
+		p := bi.p
+		if !synced {
+			if err := p.tmp.Sync(); err != nil {
+				p.abort()
+				bi.finish(convSkipped, err)
+				continue
+			}
+		}
+		res, err := p.commit(convertOpts{quiet: true, noDirSync: true, keepOld: b.rm.remove})
+		bi.finish(res, err)
+	}
+	if err := t.syncDirs(); err != nil {
+		b.ps.result(migItem{}, false, err)
+	}
+}
+
+// Old plaintexts. After an exchange, the temp name holds the old
+// plaintext inode. Removing it frees its blocks, which may wait for the
+// disk (the CI machines discard synchronously; it was most of the cost of
+// a small file), so the batch commit hands the name to a few remover
+// goroutines that work in parallel with the conversions. A crash in
+// between leaves a temp file that RemoveStaleTemps deletes at the next
+// start, as for any other crash.
+
+// removers is how many goroutines remove old plaintexts.
+const removers = 4
+
+// remover removes old plaintexts in the background.
+type remover struct {
+	in   chan string
+	done chan struct{}
+
+	mu      sync.Mutex
+	cond    sync.Cond
+	pending int // queued or being removed
+}
+
+func (t *migration) startRemover() *remover {
+	rm := &remover{in: make(chan string, 256), done: make(chan struct{})}
+	rm.cond.L = &rm.mu
+	var wg sync.WaitGroup
+	for range removers {
+		wg.Go(func() {
+			for rel := range rm.in {
+				if err := t.m.r.removeTemp(rel); err != nil && err != unix.ENOENT && err != unix.ENOTDIR {
+					t.m.log.WithField(fieldPath, rel).WithError(err).Warn("cannot remove the plaintext left by a conversion")
+				}
+				rm.mu.Lock()
+				rm.pending--
+				rm.cond.Broadcast()
+				rm.mu.Unlock()
+			}
+		})
+	}
+	go func() { wg.Wait(); close(rm.done) }()
+	return rm
+}
+
+// remove queues the old plaintext rel (see convertOpts.keepOld).
+func (rm *remover) remove(rel string) {
+	rm.mu.Lock()
+	rm.pending++
+	rm.mu.Unlock()
+	rm.in <- rel
+}
+
+// drain waits until nothing is queued.
+func (rm *remover) drain() {
+	rm.mu.Lock()
+	defer rm.mu.Unlock()
+	for rm.pending > 0 {
+		rm.cond.Wait()
+	}
+}
+
+// finish waits until every queued file is removed.
+func (rm *remover) finish() {
+	close(rm.in)
+	<-rm.done
+}
+
+// removeTemp removes the temp file rel if it is still a regular file.
+func (r *Root) removeTemp(rel string) error {
+	dirfd, err := r.openRel(filepath.Dir(rel), unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dirfd)
+	base := filepath.Base(rel)
+	var x unix.Statx_t
+	if err := unix.Statx(dirfd, base, unix.AT_SYMLINK_NOFOLLOW, statxMask, &x); err != nil {
+		return err
+	}
+	if !isReg(&x) || !isStaleTemp(base) {
 		return nil
 	}
+	return unix.Unlinkat(dirfd, base, 0)
+}
+
+// syncDirs fsyncs the directories with renames not yet durable.
+func (t *migration) syncDirs() error {
+	t.m.mu.Lock()
+	dirs := t.dirs
 	t.dirs = nil
 	t.m.mu.Unlock()
 	var first error

@@ -457,9 +457,9 @@ func TestTamperThroughMount(t *testing.T) {
 	}
 }
 
-// TestMigrateDiskFull: the migration on a nearly full backing filesystem
-// fails cleanly (every file whole, no temp left), and a re-run after space
-// is freed finishes the job.
+// TestMigrateDiskFull: the migration on a full backing filesystem fails
+// cleanly (every file whole, no temp left), and a re-run after a little
+// space is freed (less than all the copies need at once) finishes the job.
 func TestMigrateDiskFull(t *testing.T) {
 	d := newDaemon(t, migFastKDF...)
 	if err := os.MkdirAll(d.data, 0o700); err != nil {
@@ -470,7 +470,8 @@ func TestMigrateDiskFull(t *testing.T) {
 	}
 	t.Cleanup(func() { exec.Command("umount", "-l", d.data).Run() })
 	// 6 plaintext files of 1.5 MiB before the first login, then a filler
-	// that leaves room for only a few encrypted copies.
+	// that leaves no room for even one encrypted copy. (With room for a
+	// few, the task commits what it has and goes on.)
 	want := map[string][]byte{}
 	for i := 0; i < 6; i++ {
 		name := fmt.Sprintf("f%d.bin", i)
@@ -480,7 +481,7 @@ func TestMigrateDiskFull(t *testing.T) {
 		}
 	}
 	filler := filepath.Join(d.data, "filler.dat")
-	if err := os.WriteFile(filler, make([]byte, 4<<20), 0o644); err != nil {
+	if err := os.WriteFile(filler, make([]byte, 6<<20), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	d.start()
@@ -499,7 +500,10 @@ func TestMigrateDiskFull(t *testing.T) {
 		}
 	}
 	check()
-	if err := os.Remove(filler); err != nil {
+	// Free some space: room for two copies, not for all six at once. The
+	// task must commit what it has and remove the old plaintexts to make
+	// room, rather than fail.
+	if err := os.WriteFile(filler, make([]byte, 3<<20+512<<10), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	tk = migWait(t, d, migStart(t, d).ID, nil)
