@@ -48,9 +48,27 @@ func (f *cryptFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 		r.stats.cryptReads.Add(1)
 		r.gate.RLock()
 		r.markServed(f.n)
-		m, err = st.cf.ReadAt(dest, off)
+		var res fuse.ReadResult
+		if r.kr.IsSet() {
+			res = r.takePrefetch(st, len(dest), off)
+		}
+		if res != nil {
+			m = res.Size()
+			r.stats.prefetched.Add(1)
+		} else {
+			m, err = st.cf.ReadAt(dest, off)
+		}
 		r.gate.RUnlock()
-		st.readAhead(off, len(dest))
+		if st.sequential(off, len(dest)) {
+			if m == len(dest) && err == nil && len(dest) >= prefetchMin && r.startPrefetch(st, off+int64(m), len(dest)) {
+				// The prefetch reads ahead on the backing file.
+			} else {
+				st.readAhead(off + int64(len(dest)))
+			}
+		}
+		if res != nil {
+			return res, 0
+		}
 	} else {
 		r.stats.plainReads.Add(1)
 		m, err = st.file.ReadAt(dest, off)
@@ -67,6 +85,7 @@ func (f *cryptFile) Write(ctx context.Context, data []byte, off int64) (uint32, 
 	st, r := f.st, f.root
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	r.dropPrefetch(st)
 	if st.file == nil || !st.writable {
 		return 0, syscall.EBADF
 	}
@@ -155,6 +174,7 @@ func (f *cryptFile) Allocate(ctx context.Context, off, size uint64, mode uint32)
 	st, r := f.st, f.root
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	r.dropPrefetch(st)
 	if st.file == nil || !st.writable {
 		return syscall.EBADF
 	}
@@ -210,6 +230,7 @@ func (f *cryptFile) getattr(a *fuse.Attr) syscall.Errno {
 func (f *cryptFile) truncate(size int64) syscall.Errno {
 	f.st.mu.Lock()
 	defer f.st.mu.Unlock()
+	f.root.dropPrefetch(f.st)
 	return f.root.truncateLocked(f.st, f.n, f.protected, size)
 }
 
@@ -245,6 +266,7 @@ type stats struct {
 	cryptWrites atomic.Int64 // writes of encrypted content
 	plainReads  atomic.Int64 // plaintext reads that reached the daemon
 	headerReads atomic.Int64 // header reads to classify a file
+	prefetched  atomic.Int64 // reads answered from a prefetch (prefetch.go)
 }
 
 // fileFd returns a descriptor of the open file f (-1 if none).

@@ -18,7 +18,8 @@ import (
 // A reply still on its way to the kernel is covered too: a read into the
 // page cache keeps its page locked until the reply arrives, and the
 // kernel's invalidation waits for locked pages. Direct-I/O reads do not go
-// through the page cache at all. Any operation that starts after Clear
+// through the page cache at all. Plaintext the daemon decrypted ahead of a
+// sequential reader (prefetch.go) is discarded and zeroed here too. Any operation that starts after Clear
 // marked the Keyring locked fails with ErrLocked (EACCES).
 
 // markServed records that n's plaintext may reach the kernel during the
@@ -45,6 +46,7 @@ func (r *Root) onClear() {
 	r.servedMu.Unlock()
 	r.epoch++
 	r.gate.Unlock()
+	r.clearPrefetches()
 
 	for n := range served {
 		errno := n.NotifyContent(0, 0)

@@ -183,6 +183,7 @@ func (r *Root) bind(st *inodeState, n *node, name string, flags uint32, fd int, 
 
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	r.dropPrefetch(st)
 
 	class, hdr, cerr := st.classOf(n, fd, x)
 	switch class {
@@ -378,6 +379,7 @@ func (r *Root) truncatePath(n *node, size int64) syscall.Errno {
 		errno := func() syscall.Errno {
 			st.mu.Lock()
 			defer st.mu.Unlock()
+			r.dropPrefetch(st)
 			class, hdr, cerr := st.classOf(n, fd, &x)
 			switch class {
 			case classBad:

@@ -35,6 +35,10 @@ type inodeState struct {
 	passthrough int          // open passthroughFile handles
 
 	nextRead atomic.Int64 // where a sequential read would continue (readahead.go)
+	raEnd    atomic.Int64 // end of the backing range asked to be read ahead
+
+	pfMu sync.Mutex
+	pf   []*prefetch // pending plaintext prefetches, in order (prefetch.go)
 }
 
 // acquire returns the table entry of key with a reference taken,
@@ -75,6 +79,7 @@ func (r *Root) release(st *inodeState) {
 		return
 	}
 	st.mu.Lock()
+	r.dropPrefetch(st)
 	if st.file != nil {
 		st.file.Close()
 		st.file, st.fd, st.writable = nil, -1, false

@@ -23,16 +23,33 @@ const (
 	readAheadWindow = 8 << 20
 )
 
-// readAhead notes a read of n bytes at off and, if it continues the last
-// one, starts reading the ciphertext that follows it.
-func (st *inodeState) readAhead(off int64, n int) {
-	end := off + int64(n)
-	prev := st.nextRead.Swap(end)
-	if n < readAheadMin || off != prev {
+// sequential notes a read of n bytes at off and reports whether it
+// continues the previous one and is large enough to read ahead for.
+func (st *inodeState) sequential(off int64, n int) bool {
+	prev := st.nextRead.Swap(off + int64(n))
+	return n >= readAheadMin && off == prev
+}
+
+// readAhead makes sure the ciphertext from the plaintext offset end to
+// readAheadWindow past it is being read. It asks the kernel for half a
+// window at a time: FADV_WILLNEED walks every page it is given, cached or
+// not, so asking for the whole window on every request cost more than
+// the decryption.
+func (st *inodeState) readAhead(end int64) {
+	want := cipherOff(end + readAheadWindow)
+	have := st.raEnd.Load()
+	if have < cipherOff(end) || have > want {
+		have = cipherOff(end) // a new stream, or one that went back
+	}
+	if want-have < cipherOff(readAheadWindow/2)-crypto.HeaderSize {
 		return
 	}
-	first := end / crypto.BlockSize
-	cOff := crypto.HeaderSize + first*crypto.CipherBlockSize
-	cLen := int64(readAheadWindow/crypto.BlockSize) * crypto.CipherBlockSize
-	_ = unix.Fadvise(st.fd, cOff, cLen, unix.FADV_WILLNEED)
+	st.raEnd.Store(want)
+	_ = unix.Fadvise(st.fd, have, want-have, unix.FADV_WILLNEED)
+}
+
+// cipherOff is where the block holding plaintext offset off starts in
+// the backing file.
+func cipherOff(off int64) int64 {
+	return crypto.HeaderSize + off/crypto.BlockSize*crypto.CipherBlockSize
 }

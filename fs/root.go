@@ -96,7 +96,8 @@ type Root struct {
 	// record their node in served while holding gate for reading, and the
 	// OnClear listener swaps served out under gate for writing.
 	gate     sync.RWMutex
-	epoch    uint64 // guarded by gate; bumped by every logout
+	pf       prefetchPool // buffers of the plaintext prefetch (prefetch.go)
+	epoch    uint64       // guarded by gate; bumped by every logout
 	servedMu sync.Mutex
 	served   map[*node]struct{}
 

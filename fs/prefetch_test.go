@@ -1,0 +1,176 @@
+package fs
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"syscall"
+	"testing"
+
+	"mountd/crypto"
+)
+
+// seqRead reads n bytes of f from off in chunks of size, sequentially,
+// as dd would.
+func seqRead(t *testing.T, f *os.File, off int64, n, size int) ([]byte, error) {
+	t.Helper()
+	out := make([]byte, 0, n)
+	buf := make([]byte, size)
+	for len(out) < n {
+		k, err := f.ReadAt(buf[:min(size, n-len(out))], off+int64(len(out)))
+		out = append(out, buf[:k]...)
+		if err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+// TestPrefetchSequentialRead: a large encrypted file read sequentially in
+// large requests is answered from the prefetch, with the right bytes,
+// including the short last request.
+func TestPrefetchSequentialRead(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	data := pattern(3, 9<<20+12345)
+	mustWrite(t, e.m("big.bin"), data)
+	f, err := os.Open(e.m("big.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	before := e.root.stats.prefetched.Load()
+	got, err := seqRead(t, f, 0, len(data)+1, 1<<20)
+	if err != io.EOF || !bytes.Equal(got, data) {
+		t.Fatalf("read %d bytes (%v), want %d", len(got), err, len(data))
+	}
+	if hits := e.root.stats.prefetched.Load() - before; hits < 4 {
+		t.Fatalf("%d reads answered from the prefetch, want most of 10", hits)
+	}
+}
+
+// TestPrefetchSeesWrites: bytes written (through another descriptor)
+// ahead of a sequential reader, into a region already prefetched, and a
+// truncation, are what the reader gets next.
+func TestPrefetchSeesWrites(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	data := pattern(4, 8<<20)
+	mustWrite(t, e.m("big.bin"), data)
+	r, err := os.Open(e.m("big.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	w, err := os.OpenFile(e.m("big.bin"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	const chunk = 1 << 20
+	if _, err := seqRead(t, r, 0, 3*chunk, chunk); err != nil { // prefetches 3 and 4 MiB
+		t.Fatal(err)
+	}
+	patch := pattern(5, 5000)
+	if _, err := w.WriteAt(patch, 3*chunk+100); err != nil {
+		t.Fatal(err)
+	}
+	copy(data[3*chunk+100:], patch)
+	got, err := seqRead(t, r, 3*chunk, 2*chunk, chunk)
+	if err != nil || !bytes.Equal(got, data[3*chunk:5*chunk]) {
+		t.Fatalf("after a write ahead of the reader: %v, equal %v", err, bytes.Equal(got, data[3*chunk:5*chunk]))
+	}
+	// Now prefetched: 5 and 6 MiB. Cut the file in the middle of 5.
+	if err := w.Truncate(5*chunk + 777); err != nil {
+		t.Fatal(err)
+	}
+	got, err = seqRead(t, r, 5*chunk, 2*chunk, chunk)
+	if err != io.EOF || !bytes.Equal(got, data[5*chunk:5*chunk+777]) {
+		t.Fatalf("after a truncation: %d bytes, %v", len(got), err)
+	}
+}
+
+// TestPrefetchTampered: a tampered block ahead of a sequential reader
+// gives EIO when the reader gets there, never its bytes.
+func TestPrefetchTampered(t *testing.T) {
+	e := newEnv(t, envOpts{allowWarn: true})
+	data := pattern(6, 6<<20)
+	mustWrite(t, e.m("big.bin"), data)
+	// Flip a byte of block 4*256+3, inside the fifth MiB.
+	blk := int64(4*256 + 3)
+	b, err := os.OpenFile(e.b("big.bin"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pos := crypto.HeaderSize + blk*crypto.CipherBlockSize + 40
+	var c [1]byte
+	b.ReadAt(c[:], pos)
+	c[0] ^= 1
+	b.WriteAt(c[:], pos)
+	b.Close()
+	f, err := os.Open(e.m("big.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got, err := seqRead(t, f, 0, len(data), 1<<20)
+	if !errors.Is(err, syscall.EIO) {
+		t.Fatalf("read %d bytes, err %v; want EIO", len(got), err)
+	}
+	if len(got) > int(blk)*crypto.BlockSize || !bytes.Equal(got, data[:len(got)]) {
+		t.Fatalf("served %d bytes, tampered block starts at %d", len(got), blk*crypto.BlockSize)
+	}
+	if len(e.warnings()) == 0 {
+		t.Fatal("the authentication failure was not logged")
+	}
+}
+
+// TestPrefetchLogout: after a logout, no prefetch is left and every
+// prefetch buffer is zero; the reader gets EACCES, and after a new login
+// reads go on.
+func TestPrefetchLogout(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	data := pattern(7, 6<<20)
+	mustWrite(t, e.m("big.bin"), data)
+	f, err := os.Open(e.m("big.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	const chunk = 1 << 20
+	before := e.root.stats.prefetched.Load()
+	if _, err := seqRead(t, f, 0, 3*chunk, chunk); err != nil {
+		t.Fatal(err)
+	}
+	if e.root.stats.prefetched.Load() == before {
+		t.Fatal("no prefetch was used")
+	}
+	e.logout()
+	r := e.root
+	r.tableMu.Lock()
+	for _, st := range r.table {
+		st.pfMu.Lock()
+		if len(st.pf) != 0 {
+			t.Errorf("%d prefetches left after logout", len(st.pf))
+		}
+		st.pfMu.Unlock()
+	}
+	r.tableMu.Unlock()
+	r.pf.mu.Lock()
+	if len(r.pf.free) != r.pf.made || r.pf.made == 0 {
+		t.Errorf("%d of %d buffers free after logout", len(r.pf.free), r.pf.made)
+	}
+	for _, buf := range r.pf.free {
+		if !bytes.Equal(buf, make([]byte, len(buf))) {
+			t.Error("a prefetch buffer holds data after logout")
+		}
+	}
+	r.pf.mu.Unlock()
+	buf := make([]byte, chunk)
+	_, err = f.ReadAt(buf, 3*chunk)
+	wantErrno(t, err, syscall.EACCES, "sequential read after logout")
+	e.login()
+	got, err := seqRead(t, f, 3*chunk, 3*chunk, chunk)
+	if err != nil || !bytes.Equal(got, data[3*chunk:]) {
+		t.Fatalf("after login: %v", err)
+	}
+}
