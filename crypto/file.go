@@ -13,6 +13,9 @@ import (
 )
 
 // Backing is the ciphertext store under a File. *os.File satisfies it.
+// A large write may call WriteAt from several goroutines at once, for
+// disjoint ranges within the current size plus preallocation, as os.File
+// allows.
 type Backing interface {
 	io.ReaderAt
 	io.WriterAt
@@ -34,6 +37,10 @@ const (
 	// opened by several goroutines.
 	parallelMin = 32
 	maxWorkers  = 4
+
+	// pipeBlocks is the segment of a large chunk that is written while
+	// the next one is sealed.
+	pipeBlocks = 64
 )
 
 // zeroChunk is the source of zero plaintext when a file is extended.
@@ -449,7 +456,7 @@ func (f *File) writeChunk(s *scratch, aead cipher.AEAD, size int64, p []byte, of
 			return err
 		}
 	}
-	err := f.forBlocks(s, nb, func(w, i int) error {
+	seal := func(w, i int) error {
 		blk := first + int64(i)
 		bstart := blk * BlockSize
 		plen := lens(i)
@@ -471,13 +478,46 @@ func (f *File) writeChunk(s *scratch, aead cipher.AEAD, size int64, p []byte, of
 		f.h.aad(&s.aad[w], uint64(blk))
 		aead.Seal(out[NonceSize:NonceSize], out[:NonceSize], pt, s.aad[w][:])
 		return nil
-	})
-	if err != nil {
-		return err
 	}
 	// Blocks before the last are full, so the sealed blocks are contiguous.
-	_, err = f.b.WriteAt(s.cbuf[:clen], blockOffset(first))
-	return err
+	if nb < 2*pipeBlocks {
+		if err := f.forBlocks(s, nb, seal); err != nil {
+			return err
+		}
+		_, err := f.b.WriteAt(s.cbuf[:clen], blockOffset(first))
+		return err
+	}
+	// A large chunk is sealed and written in segments, each segment
+	// written while the next is sealed: the copy into the backing file's
+	// pages then overlaps the encryption instead of following it.
+	var wg sync.WaitGroup
+	var werr error
+	var wmu sync.Mutex
+	for lo := 0; lo < nb; lo += pipeBlocks {
+		hi := min(lo+pipeBlocks, nb)
+		err := f.forBlocks(s, hi-lo, func(w, i int) error { return seal(w, lo+i) })
+		if err != nil {
+			wg.Wait()
+			return err
+		}
+		cEnd := hi * CipherBlockSize
+		if hi == nb {
+			cEnd = clen
+		}
+		seg := s.cbuf[lo*CipherBlockSize : cEnd]
+		at := blockOffset(first + int64(lo))
+		wg.Go(func() {
+			if _, err := f.b.WriteAt(seg, at); err != nil {
+				wmu.Lock()
+				if werr == nil {
+					werr = err
+				}
+				wmu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return werr
 }
 
 // preallocate reserves backing space for [off, off+n) without changing the

@@ -361,3 +361,34 @@ func TestBlockErrorLocates(t *testing.T) {
 		t.Fatalf("err = %v, want a BlockError for block 3", err)
 	}
 }
+
+// TestWritePipelined: a 1 MiB write, sealed and written in segments that
+// overlap, reads back whole, on a file and in memory; a segment that
+// fails to be written fails the write.
+func TestWritePipelined(t *testing.T) {
+	k := newTestKeyring(t, 9)
+	data := make([]byte, chunkPlain+3*BlockSize+77)
+	for i := range data {
+		data[i] = byte(i*7 + i>>12)
+	}
+	f, _ := newTestFile(t, k)
+	mb := &memBacking{}
+	mf, err := CreateFile(k, mb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range []*File{f, mf} {
+		if n, err := x.WriteAt(data, 100); err != nil || n != len(data) {
+			t.Fatalf("write: %d %v", n, err)
+		}
+		got := make([]byte, len(data))
+		if n, err := x.ReadAt(got, 100); err != nil && !errors.Is(err, io.EOF) || n != len(data) || !bytes.Equal(got, data) {
+			t.Fatalf("read back: %d %v", n, err)
+		}
+	}
+	// Rewrite with the third segment failing.
+	mb.failAt = blockOffset(2*pipeBlocks + 5)
+	if _, err := mf.WriteAt(data, 0); !errors.Is(err, errInjected) {
+		t.Fatalf("write with a failing segment: %v", err)
+	}
+}

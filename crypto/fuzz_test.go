@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 )
@@ -117,10 +118,18 @@ func FuzzDecode(f *testing.F) {
 }
 
 // memBacking is an in-memory Backing, so the fuzzer runs (and minimizes)
-// without file I/O.
-type memBacking struct{ b []byte }
+// without file I/O. Its WriteAt may fail (failAt), for tests.
+type memBacking struct {
+	mu     sync.Mutex
+	b      []byte
+	failAt int64 // WriteAt of a range holding this offset fails, if > 0
+}
+
+var errInjected = errors.New("injected write error")
 
 func (m *memBacking) ReadAt(p []byte, off int64) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if off >= int64(len(m.b)) {
 		return 0, io.EOF
 	}
@@ -132,6 +141,11 @@ func (m *memBacking) ReadAt(p []byte, off int64) (int, error) {
 }
 
 func (m *memBacking) WriteAt(p []byte, off int64) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.failAt > 0 && off <= m.failAt && m.failAt < off+int64(len(p)) {
+		return 0, errInjected
+	}
 	if end := off + int64(len(p)); end > int64(len(m.b)) {
 		m.b = append(m.b, make([]byte, end-int64(len(m.b)))...)
 	}
@@ -139,6 +153,8 @@ func (m *memBacking) WriteAt(p []byte, off int64) (int, error) {
 }
 
 func (m *memBacking) Truncate(size int64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	if size > int64(len(m.b)) {
 		m.b = append(m.b, make([]byte, size-int64(len(m.b)))...)
 	}
@@ -146,7 +162,11 @@ func (m *memBacking) Truncate(size int64) error {
 	return nil
 }
 
-func (m *memBacking) Stat() (os.FileInfo, error) { return memInfo(len(m.b)), nil }
+func (m *memBacking) Stat() (os.FileInfo, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return memInfo(len(m.b)), nil
+}
 
 type memInfo int64
 
