@@ -2,11 +2,16 @@ package fs
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"os"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"mountd/crypto"
 )
@@ -172,5 +177,93 @@ func TestPrefetchLogout(t *testing.T) {
 	got, err := seqRead(t, f, 3*chunk, 3*chunk, chunk)
 	if err != nil || !bytes.Equal(got, data[3*chunk:]) {
 		t.Fatalf("after login: %v", err)
+	}
+}
+
+// TestPrefetchConcurrentWriters: sequential readers racing a writer that
+// rewrites whole megabytes never see a megabyte older than the last
+// rewrite that had finished when their read started (a stale prefetch),
+// nor a block from the wrong place or a torn one.
+func TestPrefetchConcurrentWriters(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs 2 s")
+	}
+	e := newEnv(t, envOpts{})
+	const mib, n = 1 << 20, 8
+	// Every 4 KiB block starts with its version and its index.
+	stamp := func(buf []byte, first, version int) {
+		for b := 0; b < len(buf)/crypto.BlockSize; b++ {
+			blk := buf[b*crypto.BlockSize:]
+			binary.LittleEndian.PutUint64(blk, uint64(version))
+			binary.LittleEndian.PutUint64(blk[8:], uint64(first+b))
+		}
+	}
+	init := make([]byte, n*mib)
+	stamp(init, 0, 0)
+	mustWrite(t, e.m("big.bin"), init)
+
+	var done [n]atomic.Int64 // last version of each MiB whose write returned
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		w, err := os.OpenFile(e.m("big.bin"), os.O_WRONLY, 0)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer w.Close()
+		buf := make([]byte, mib)
+		rng := rand.New(rand.NewPCG(1, 2))
+		for v := 1; !stop.Load(); v++ {
+			i := rng.IntN(n)
+			stamp(buf, i*mib/crypto.BlockSize, v)
+			if _, err := w.WriteAt(buf, int64(i*mib)); err != nil {
+				t.Error(err)
+				return
+			}
+			done[i].Store(int64(v))
+		}
+	})
+	var reads atomic.Int64
+	for range 2 {
+		wg.Go(func() {
+			r, err := os.Open(e.m("big.bin"))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer r.Close()
+			buf := make([]byte, mib)
+			for !stop.Load() {
+				for i := 0; i < n; i++ {
+					floor := done[i].Load()
+					if _, err := r.ReadAt(buf, int64(i*mib)); err != nil {
+						t.Error(err)
+						return
+					}
+					reads.Add(1)
+					v0 := int64(binary.LittleEndian.Uint64(buf))
+					for b := 0; b < mib/crypto.BlockSize; b++ {
+						blk := buf[b*crypto.BlockSize:]
+						v, idx := int64(binary.LittleEndian.Uint64(blk)), int(binary.LittleEndian.Uint64(blk[8:]))
+						if idx != i*mib/crypto.BlockSize+b || v != v0 {
+							t.Errorf("MiB %d block %d: index %d version %d (block 0 has %d)", i, b, idx, v, v0)
+							return
+						}
+					}
+					if v0 < floor {
+						t.Errorf("MiB %d: read version %d after version %d was written", i, v0, floor)
+						return
+					}
+				}
+			}
+		})
+	}
+	time.Sleep(2 * time.Second)
+	stop.Store(true)
+	wg.Wait()
+	t.Logf("%d reads, %d answered from a prefetch", reads.Load(), e.root.stats.prefetched.Load())
+	if e.root.stats.prefetched.Load() == 0 {
+		t.Error("no read was answered from a prefetch")
 	}
 }
