@@ -28,8 +28,10 @@ import (
 //
 // Secrets: the buffers hold plaintext. A read is served from a prefetch
 // only under Root.gate with the key set (as a crypto read would be), and
-// the logout listener discards every prefetch and zeroes every buffer
-// (clearPrefetches) before the key is zeroed. A prefetch still running at
+// the logout listener discards every prefetch and zeroes its buffer
+// (clearPrefetches) before the key is zeroed. A buffer whose bytes were
+// already served and are being sent to the kernel is zeroed when go-fuse
+// reports the send done (prefetchResult.Done). A prefetch still running at
 // logout fails with ErrLocked, or finishes before the listener, which
 // waits for it.
 

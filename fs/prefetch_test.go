@@ -160,6 +160,16 @@ func TestPrefetchLogout(t *testing.T) {
 		st.pfMu.Unlock()
 	}
 	r.tableMu.Unlock()
+	// A buffer whose reply go-fuse is still sending comes back (zeroed)
+	// when the send is done, just after the reader got its bytes.
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		r.pf.mu.Lock()
+		free := len(r.pf.free) == r.pf.made
+		r.pf.mu.Unlock()
+		if free {
+			break
+		}
+	}
 	r.pf.mu.Lock()
 	if len(r.pf.free) != r.pf.made || r.pf.made == 0 {
 		t.Errorf("%d of %d buffers free after logout", len(r.pf.free), r.pf.made)
