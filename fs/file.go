@@ -60,9 +60,10 @@ func (f *cryptFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 		}
 		r.gate.RUnlock()
 		if st.sequential(off, len(dest)) {
-			if m == len(dest) && err == nil && len(dest) >= prefetchMin && r.startPrefetch(st, off+int64(m), len(dest)) {
-				// The prefetch reads ahead on the backing file.
-			} else {
+			// The next requests are decrypted ahead, and the prefetch
+			// reads ahead on the backing file; else only the latter.
+			full := m == len(dest) && err == nil
+			if !full || !r.startPrefetch(st, off+int64(m), len(dest)) {
 				st.readAhead(off + int64(len(dest)))
 			}
 		}
@@ -83,9 +84,8 @@ func (f *cryptFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 // protected file that is still empty while the key is set.
 func (f *cryptFile) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	st, r := f.st, f.root
-	st.mu.Lock()
+	r.lockChange(st)
 	defer st.mu.Unlock()
-	r.dropPrefetch(st)
 	if st.file == nil || !st.writable {
 		return 0, syscall.EBADF
 	}
@@ -172,9 +172,8 @@ func (f *cryptFile) Lseek(ctx context.Context, off uint64, whence uint32) (uint6
 // holes and the like are not supported.
 func (f *cryptFile) Allocate(ctx context.Context, off, size uint64, mode uint32) syscall.Errno {
 	st, r := f.st, f.root
-	st.mu.Lock()
+	r.lockChange(st)
 	defer st.mu.Unlock()
-	r.dropPrefetch(st)
 	if st.file == nil || !st.writable {
 		return syscall.EBADF
 	}
@@ -228,9 +227,8 @@ func (f *cryptFile) getattr(a *fuse.Attr) syscall.Errno {
 
 // truncate sets the plaintext size through the handle.
 func (f *cryptFile) truncate(size int64) syscall.Errno {
-	f.st.mu.Lock()
+	f.root.lockChange(f.st)
 	defer f.st.mu.Unlock()
-	f.root.dropPrefetch(f.st)
 	return f.root.truncateLocked(f.st, f.n, f.protected, size)
 }
 

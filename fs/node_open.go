@@ -181,9 +181,8 @@ func (r *Root) bind(st *inodeState, n *node, name string, flags uint32, fd int, 
 	writable := flags&unix.O_ACCMODE != unix.O_RDONLY
 	protected := r.protected(name)
 
-	st.mu.Lock()
+	r.lockChange(st)
 	defer st.mu.Unlock()
-	r.dropPrefetch(st)
 
 	class, hdr, cerr := st.classOf(n, fd, x)
 	switch class {
@@ -377,9 +376,8 @@ func (r *Root) truncatePath(n *node, size int64) syscall.Errno {
 			}
 		}
 		errno := func() syscall.Errno {
-			st.mu.Lock()
+			r.lockChange(st)
 			defer st.mu.Unlock()
-			r.dropPrefetch(st)
 			class, hdr, cerr := st.classOf(n, fd, &x)
 			switch class {
 			case classBad:

@@ -78,8 +78,7 @@ func (r *Root) release(st *inodeState) {
 	if !last {
 		return
 	}
-	st.mu.Lock()
-	r.dropPrefetch(st)
+	r.lockChange(st)
 	if st.file != nil {
 		st.file.Close()
 		st.file, st.fd, st.writable = nil, -1, false

@@ -20,8 +20,8 @@ import (
 //
 // Correctness: an inode has at most prefetchDepth prefetches, for the
 // requests that would follow the last read. Everything that changes
-// an inode's content, size or backing descriptor holds st.mu exclusively
-// and first calls dropPrefetch, which waits for the prefetches to finish
+// an inode's content, size or backing descriptor takes st.mu with
+// lockChange, which calls dropPrefetch, which waits for the prefetches to finish
 // and discards them; prefetches start only from reads, under st.mu shared. So a
 // prefetch never overlaps a change, and a read served from one returns
 // what a read at that moment would have.
@@ -36,8 +36,6 @@ import (
 // waits for it.
 
 const (
-	// prefetchMin is the read size from which sequential reads prefetch.
-	prefetchMin = 128 << 10
 	// prefetchMax is the largest read that can be prefetched: the
 	// buffer size, one maximal FUSE request.
 	prefetchMax = 1 << 20
@@ -171,9 +169,15 @@ func (r *Root) discard(pfs []*prefetch) {
 	}
 }
 
-// dropPrefetch discards st's prefetches, after waiting for them. Call it
-// holding st.mu exclusively before changing the inode's content, size or
-// backing descriptor.
+// lockChange takes st.mu exclusively to change the inode's content, size
+// or backing descriptor, and discards its prefetches first. Every such
+// change goes through it, so no prefetch outlives a change.
+func (r *Root) lockChange(st *inodeState) {
+	st.mu.Lock()
+	r.dropPrefetch(st)
+}
+
+// dropPrefetch discards st's prefetches, after waiting for them.
 func (r *Root) dropPrefetch(st *inodeState) {
 	st.pfMu.Lock()
 	pfs := st.pf

@@ -16,6 +16,17 @@ import (
 	"mountd/crypto"
 )
 
+// mustOpen opens path, closed in t.Cleanup (before the unmount).
+func mustOpen(t *testing.T, path string, flag int) *os.File {
+	t.Helper()
+	f, err := os.OpenFile(path, flag, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
 // seqRead reads n bytes of f from off in chunks of size, sequentially,
 // as dd would.
 func seqRead(t *testing.T, f *os.File, off int64, n, size int) ([]byte, error) {
@@ -39,11 +50,7 @@ func TestPrefetchSequentialRead(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	data := pattern(3, 9<<20+12345)
 	mustWrite(t, e.m("big.bin"), data)
-	f, err := os.Open(e.m("big.bin"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := mustOpen(t, e.m("big.bin"), os.O_RDONLY)
 	before := e.root.stats.prefetched.Load()
 	got, err := seqRead(t, f, 0, len(data)+1, 1<<20)
 	if err != io.EOF || !bytes.Equal(got, data) {
@@ -61,16 +68,8 @@ func TestPrefetchSeesWrites(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	data := pattern(4, 8<<20)
 	mustWrite(t, e.m("big.bin"), data)
-	r, err := os.Open(e.m("big.bin"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	w, err := os.OpenFile(e.m("big.bin"), os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
+	r := mustOpen(t, e.m("big.bin"), os.O_RDONLY)
+	w := mustOpen(t, e.m("big.bin"), os.O_WRONLY)
 	const chunk = 1 << 20
 	if _, err := seqRead(t, r, 0, 3*chunk, chunk); err != nil { // prefetches 3 and 4 MiB
 		t.Fatal(err)
@@ -92,6 +91,19 @@ func TestPrefetchSeesWrites(t *testing.T) {
 	if err != io.EOF || !bytes.Equal(got, data[5*chunk:5*chunk+777]) {
 		t.Fatalf("after a truncation: %d bytes, %v", len(got), err)
 	}
+	// The same through the path (truncate(2), no handle), on a file read
+	// in a new stream: prefetched 2 and 3 MiB, cut in the middle of 2.
+	r2 := mustOpen(t, e.m("big.bin"), os.O_RDONLY)
+	if _, err := seqRead(t, r2, 0, 2*chunk, chunk); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(e.m("big.bin"), 2*chunk+5); err != nil {
+		t.Fatal(err)
+	}
+	got, err = seqRead(t, r2, 2*chunk, 2*chunk, chunk)
+	if err != io.EOF || !bytes.Equal(got, data[2*chunk:2*chunk+5]) {
+		t.Fatalf("after a truncation by path: %d bytes, %v", len(got), err)
+	}
 }
 
 // TestPrefetchTampered: a tampered block ahead of a sequential reader
@@ -112,11 +124,7 @@ func TestPrefetchTampered(t *testing.T) {
 	c[0] ^= 1
 	b.WriteAt(c[:], pos)
 	b.Close()
-	f, err := os.Open(e.m("big.bin"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := mustOpen(t, e.m("big.bin"), os.O_RDONLY)
 	got, err := seqRead(t, f, 0, len(data), 1<<20)
 	if !errors.Is(err, syscall.EIO) {
 		t.Fatalf("read %d bytes, err %v; want EIO", len(got), err)
@@ -136,11 +144,7 @@ func TestPrefetchLogout(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	data := pattern(7, 6<<20)
 	mustWrite(t, e.m("big.bin"), data)
-	f, err := os.Open(e.m("big.bin"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := mustOpen(t, e.m("big.bin"), os.O_RDONLY)
 	const chunk = 1 << 20
 	before := e.root.stats.prefetched.Load()
 	if _, err := seqRead(t, f, 0, 3*chunk, chunk); err != nil {
@@ -162,14 +166,11 @@ func TestPrefetchLogout(t *testing.T) {
 	r.tableMu.Unlock()
 	// A buffer whose reply go-fuse is still sending comes back (zeroed)
 	// when the send is done, just after the reader got its bytes.
-	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+	waitFor(t, 2*time.Second, "every prefetch buffer back", func() bool {
 		r.pf.mu.Lock()
-		free := len(r.pf.free) == r.pf.made
-		r.pf.mu.Unlock()
-		if free {
-			break
-		}
-	}
+		defer r.pf.mu.Unlock()
+		return len(r.pf.free) == r.pf.made
+	})
 	r.pf.mu.Lock()
 	if len(r.pf.free) != r.pf.made || r.pf.made == 0 {
 		t.Errorf("%d of %d buffers free after logout", len(r.pf.free), r.pf.made)
@@ -181,7 +182,7 @@ func TestPrefetchLogout(t *testing.T) {
 	}
 	r.pf.mu.Unlock()
 	buf := make([]byte, chunk)
-	_, err = f.ReadAt(buf, 3*chunk)
+	_, err := f.ReadAt(buf, 3*chunk)
 	wantErrno(t, err, syscall.EACCES, "sequential read after logout")
 	e.login()
 	got, err := seqRead(t, f, 3*chunk, 3*chunk, chunk)

@@ -21,6 +21,9 @@ const (
 	// readAheadWindow is how much plaintext ahead of a sequential read is
 	// requested.
 	readAheadWindow = 8 << 20
+	// readAheadStep is the least ciphertext asked for at once: half a
+	// window.
+	readAheadStep = readAheadWindow / 2 / crypto.BlockSize * crypto.CipherBlockSize
 )
 
 // sequential notes a read of n bytes at off and reports whether it
@@ -41,7 +44,7 @@ func (st *inodeState) readAhead(end int64) {
 	if have < cipherOff(end) || have > want {
 		have = cipherOff(end) // a new stream, or one that went back
 	}
-	if want-have < cipherOff(readAheadWindow/2)-crypto.HeaderSize {
+	if want-have < readAheadStep {
 		return
 	}
 	st.raEnd.Store(want)
