@@ -2,7 +2,6 @@ package fs
 
 import (
 	"context"
-	"strconv"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -32,10 +31,7 @@ func (f *cryptFile) lockFd() (int, syscall.Errno) {
 	if f.writable {
 		acc = unix.O_RDWR
 	}
-	fd, err := unix.Open("/proc/self/fd/"+strconv.Itoa(f.st.fd), acc|unix.O_CLOEXEC|unix.O_NOATIME, 0)
-	if err == unix.EPERM {
-		fd, err = unix.Open("/proc/self/fd/"+strconv.Itoa(f.st.fd), acc|unix.O_CLOEXEC, 0)
-	}
+	fd, err := reopenFd(f.st.fd, acc)
 	if err != nil {
 		return -1, errnoOf(err)
 	}

@@ -355,12 +355,23 @@ func (n *node) readHeader(b []byte, fd int, k statKey) (int, error) {
 		// handle's, after restoreAtime): read through a second one that
 		// does not, so that a Getattr never looks like a read. Found by
 		// posixtest's FstatDeleted under load.
-		if nfd, err := unix.Open("/proc/self/fd/"+strconv.Itoa(fd), unix.O_RDONLY|unix.O_NOATIME|unix.O_CLOEXEC|unix.O_NONBLOCK, 0); err == nil {
+		if nfd, err := reopenFd(fd, unix.O_RDONLY|unix.O_NONBLOCK); err == nil {
 			defer unix.Close(nfd)
 			fd = nfd
 		}
 	}
 	return preadFull(fd, b, 0)
+}
+
+// reopenFd opens the file of fd again (also when it was unlinked), with
+// flags, without updating its access time where the kernel allows that.
+func reopenFd(fd, flags int) (int, error) {
+	p := "/proc/self/fd/" + strconv.Itoa(fd)
+	nfd, err := unix.Open(p, flags|unix.O_CLOEXEC|unix.O_NOATIME, 0)
+	if err == unix.EPERM {
+		nfd, err = unix.Open(p, flags|unix.O_CLOEXEC, 0)
+	}
+	return nfd, err
 }
 
 // preadFull reads up to len(b) bytes at off; a short result means EOF.
