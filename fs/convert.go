@@ -76,8 +76,8 @@ type convertOpts struct {
 	// after a crash either way; only the rename may not have lasted.
 	noDirSync bool
 	// keepOld, if set, is given the name of the old plaintext (relative
-	// to the backing root; a temp file name) to remove instead of
-	// removing it; see migration.keepOld.
+	// to the backing root; a temp file name) to remove later, instead of
+	// removing it before the directory fsync (see remover in migrate.go).
 	keepOld func(rel string)
 }
 
@@ -364,7 +364,9 @@ func (p *pendingConv) exchange(o convertOpts) (convertResult, error) {
 		return convBusy, errChanged
 	}
 	// tmpName now names the old plaintext: remove it before the directory
-	// is synced, so the removal lasts with the exchange.
+	// is synced, so the removal lasts with the exchange (with keepOld, the
+	// caller removes it later; a crash in between leaves a temp file for
+	// RemoveStaleTemps).
 	p.swapped = true
 	p.tmp.Close()
 	p.tmp = nil

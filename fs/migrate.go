@@ -788,6 +788,14 @@ func (b *batcher) add(p *pendingConv, size int64, finish func(convertResult, err
 	}
 }
 
+// takeCurrent commits the current batch, if any.
+func (b *batcher) takeCurrent() {
+	b.mu.Lock()
+	cb := b.cur
+	b.mu.Unlock()
+	b.take(cb)
+}
+
 // take commits cb if it is still the current batch (the timer and a
 // worker may race for it).
 func (b *batcher) take(cb *convBatch) {
@@ -806,19 +814,13 @@ func (b *batcher) take(cb *convBatch) {
 // makeRoom frees disk space: it commits the current batch and waits for
 // the old plaintexts to be removed.
 func (b *batcher) makeRoom() {
-	b.mu.Lock()
-	cb := b.cur
-	b.mu.Unlock()
-	b.take(cb)
+	b.takeCurrent()
 	b.rm.drain()
 }
 
 // flush commits the current batch and waits for every commit.
 func (b *batcher) flush() {
-	b.mu.Lock()
-	cb := b.cur
-	b.mu.Unlock()
-	b.take(cb)
+	b.takeCurrent()
 	b.active.Wait()
 }
 
@@ -826,9 +828,6 @@ func (b *batcher) flush() {
 func (b *batcher) commit(cb *convBatch) {
 	defer b.active.Done()
 	t := b.t
-	// One syncfs writes back every copy of the batch. If it fails (it
-	// reports write-back errors of the whole filesystem), fsync each copy
-	// to learn which ones are at fault.
 	if h := t.m.hooks.commit; h != nil {
 		rels := make([]string, len(cb.items))
 		for i, bi := range cb.items {
@@ -836,11 +835,14 @@ func (b *batcher) commit(cb *convBatch) {
 		}
 		h(rels)
 	}
-	sync := unix.Syncfs
+	// One syncfs writes back every copy of the batch. If it fails (it
+	// reports write-back errors of the whole filesystem), fsync each copy
+	// to learn which ones are at fault.
+	syncFS := unix.Syncfs
 	if h := t.m.hooks.syncfs; h != nil {
-		sync = h
+		syncFS = h
 	}
-	synced := sync(cb.items[0].p.dirfd) == nil
+	synced := syncFS(cb.items[0].p.dirfd) == nil
 	for _, bi := range cb.items {
 		p := bi.p
 		if !synced {

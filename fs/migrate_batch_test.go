@@ -64,13 +64,8 @@ func TestMigrateBatches(t *testing.T) {
 		t.Errorf("%d syncfs for %d batches", syncs.Load(), len(sizes))
 	}
 	t.Logf("%d files in %d batches: %v", n, len(sizes), sizes)
-	for rel, data := range want {
-		if !e.isEncrypted(rel) {
-			t.Fatalf("%s not encrypted", rel)
-		}
-		if got := mustRead(t, e.m(rel)); !bytes.Equal(got, data) {
-			t.Fatalf("%s differs", rel)
-		}
+	migCheckConverted(t, e, want)
+	for rel := range want {
 		if fi, err := os.Stat(e.b(rel)); err != nil || fi.Mode().Perm() != 0o640 {
 			t.Fatalf("%s: mode %v, %v", rel, fi.Mode(), err)
 		}
@@ -96,14 +91,7 @@ func TestMigrateSyncfsFails(t *testing.T) {
 	if s.State != MigrationSucceeded || s.FilesDone != 20 || calls.Load() == 0 {
 		t.Fatalf("%+v, %d syncfs", s, calls.Load())
 	}
-	for rel, data := range want {
-		if !e.isEncrypted(rel) {
-			t.Fatalf("%s not encrypted", rel)
-		}
-		if got := mustRead(t, e.m(rel)); !bytes.Equal(got, data) {
-			t.Fatalf("%s differs", rel)
-		}
-	}
+	migCheckConverted(t, e, want)
 	migCheckNoTemps(t, e)
 }
 

@@ -72,6 +72,20 @@ func migTemps(t *testing.T, e *testEnv) []string {
 	return out
 }
 
+// migCheckConverted checks that every file of want is ciphertext on disk
+// and reads back as its data through the mount.
+func migCheckConverted(t *testing.T, e *testEnv, want map[string][]byte) {
+	t.Helper()
+	for rel, data := range want {
+		if !e.isEncrypted(rel) {
+			t.Errorf("%s not encrypted", rel)
+		}
+		if got := mustRead(t, e.m(rel)); !bytes.Equal(got, data) {
+			t.Errorf("%s differs", rel)
+		}
+	}
+}
+
 func migCheckNoTemps(t *testing.T, e *testEnv) {
 	t.Helper()
 	if temps := migTemps(t, e); len(temps) > 0 {
@@ -409,14 +423,7 @@ func TestMigrateLogoutMidFile(t *testing.T) {
 	if s2.State != MigrationSucceeded || s2.FilesDone != 3 || s2.SkippedReasons[SkipAlreadyEncrypted] != 2 {
 		t.Fatalf("resume: %+v", s2)
 	}
-	for rel, data := range files {
-		if !e.isEncrypted(rel) {
-			t.Errorf("%s not encrypted", rel)
-		}
-		if got := mustRead(t, e.m(rel)); !bytes.Equal(got, data) {
-			t.Errorf("%s differs", rel)
-		}
-	}
+	migCheckConverted(t, e, files)
 	migCheckNoTemps(t, e)
 }
 
