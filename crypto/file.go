@@ -491,33 +491,27 @@ func (f *File) writeChunk(s *scratch, aead cipher.AEAD, size int64, p []byte, of
 	// written while the next is sealed: the copy into the backing file's
 	// pages then overlaps the encryption instead of following it.
 	var wg sync.WaitGroup
-	var werr error
-	var wmu sync.Mutex
-	for lo := 0; lo < nb; lo += pipeBlocks {
+	var errs [chunkBlocks / pipeBlocks]error
+	defer wg.Wait()
+	for k, lo := 0, 0; lo < nb; k, lo = k+1, lo+pipeBlocks {
 		hi := min(lo+pipeBlocks, nb)
-		err := f.forBlocks(s, hi-lo, func(w, i int) error { return seal(w, lo+i) })
-		if err != nil {
-			wg.Wait()
+		if err := f.forBlocks(s, hi-lo, func(w, i int) error { return seal(w, lo+i) }); err != nil {
 			return err
 		}
 		cEnd := hi * CipherBlockSize
 		if hi == nb {
 			cEnd = clen
 		}
-		seg := s.cbuf[lo*CipherBlockSize : cEnd]
-		at := blockOffset(first + int64(lo))
-		wg.Go(func() {
-			if _, err := f.b.WriteAt(seg, at); err != nil {
-				wmu.Lock()
-				if werr == nil {
-					werr = err
-				}
-				wmu.Unlock()
-			}
-		})
+		seg, at := s.cbuf[lo*CipherBlockSize:cEnd], blockOffset(first+int64(lo))
+		wg.Go(func() { _, errs[k] = f.b.WriteAt(seg, at) })
 	}
 	wg.Wait()
-	return werr
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // preallocate reserves backing space for [off, off+n) without changing the
