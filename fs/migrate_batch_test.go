@@ -3,7 +3,11 @@ package fs
 import (
 	"bytes"
 	"fmt"
+	iofs "io/fs"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -143,4 +147,47 @@ func TestMigrateWriteWhileInBatch(t *testing.T) {
 		t.Fatalf("a.bin: %d bytes, want %d (original + append)", len(got), len(want))
 	}
 	migCheckNoTemps(t, e)
+}
+
+// TestMigrateCrashInBatch: a crash while copies wait in a batch (taken
+// here as a snapshot of the backing tree, which is what kill -9 leaves:
+// the page cache survives it) leaves every original whole and only temp
+// files besides, which RemoveStaleTemps removes.
+func TestMigrateCrashInBatch(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	want := map[string][]byte{}
+	for i := range 12 {
+		rel := fmt.Sprintf("d%d/f%02d.bin", i%3, i)
+		want[rel] = pattern(byte(i+40), 2000+i*3000)
+		migWriteBacking(t, e, rel, want[rel], 0o644)
+	}
+	m := newMigrator(t, e, MigrationOptions{})
+	snap := filepath.Join(tempDir(t, "crash"), "b")
+	var once sync.Once
+	m.hooks.commit = func([]string) {
+		once.Do(func() {
+			if out, err := exec.Command("cp", "-a", e.backing, snap).CombinedOutput(); err != nil {
+				t.Errorf("snapshot: %v %s", err, out)
+			}
+		})
+	}
+	if s := migRun(t, m); s.State != MigrationSucceeded || s.FilesDone != 12 {
+		t.Fatalf("%+v", s)
+	}
+	migCheckConverted(t, e, want)
+	n, err := RemoveStaleTemps(snap, nil)
+	if err != nil || n == 0 {
+		t.Fatalf("the snapshot held %d temp files (%v); want the batch's copies", n, err)
+	}
+	for rel, data := range want {
+		if got, err := os.ReadFile(filepath.Join(snap, rel)); err != nil || !bytes.Equal(got, data) {
+			t.Errorf("%s in the snapshot: not the original (%v)", rel, err)
+		}
+	}
+	filepath.WalkDir(snap, func(p string, d iofs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasPrefix(d.Name(), tempPrefix) {
+			t.Errorf("temp file left after RemoveStaleTemps: %s", p)
+		}
+		return nil
+	})
 }
