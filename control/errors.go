@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"time"
 
-	"mountd/crypto"
+	"github.com/mountd/mountd/crypto"
 )
 
 // Error codes: the stable values of the "error" field of a failure response.

@@ -8,7 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"mountd/crypto"
+	"github.com/mountd/mountd/crypto"
 )
 
 // fakeBackend is an in-memory Backend. It keeps the password slices it is

@@ -10,7 +10,7 @@ import (
 	"github.com/julienschmidt/httprouter"
 	"github.com/sirupsen/logrus"
 
-	"mountd/crypto"
+	"github.com/mountd/mountd/crypto"
 )
 
 // Paths of the control API.

@@ -7,7 +7,7 @@ import (
 	"slices"
 	"sync"
 
-	"mountd/crypto"
+	"github.com/mountd/mountd/crypto"
 )
 
 // FileScanner looks at the backing tree. *fs.Root satisfies it as is (its

@@ -14,7 +14,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"mountd/crypto"
+	"github.com/mountd/mountd/crypto"
 )
 
 // testKDF is the cheapest parameter set crypto's Validate accepts.

@@ -14,9 +14,9 @@ import (
 
 // HKDF info labels: one per purpose, so no two uses share a key.
 const (
-	labelKeyID   = "mountd/v1/key-id"
-	labelContent = "mountd/v1/content"
-	labelKEK     = "mountd/v1/kek"
+	labelKeyID   = "github.com/mountd/mountd/v1/key-id"
+	labelContent = "github.com/mountd/mountd/v1/content"
+	labelKEK     = "github.com/mountd/mountd/v1/kek"
 )
 
 // Layout of the Keyring's secret page.

@@ -8,7 +8,7 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"mountd/crypto"
+	"github.com/mountd/mountd/crypto"
 )
 
 // TestConcurrentRMW: writers on separate descriptors each write single

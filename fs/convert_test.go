@@ -13,7 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"mountd/crypto"
+	"github.com/mountd/mountd/crypto"
 )
 
 func (e *testEnv) noTempFiles(dir string) {

@@ -9,7 +9,7 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/sirupsen/logrus"
 
-	"mountd/crypto"
+	"github.com/mountd/mountd/crypto"
 )
 
 // toErrno is the one place that turns errors into errnos:

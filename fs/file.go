@@ -12,7 +12,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
-	"mountd/crypto"
+	"github.com/mountd/mountd/crypto"
 )
 
 // cryptFile is the handle of every file that is encrypted, or protected

@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"testing"
 
-	"mountd/crypto"
+	"github.com/mountd/mountd/crypto"
 )
 
 // TestModel runs tens of thousands of seeded random operations on several

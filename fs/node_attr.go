@@ -11,7 +11,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
-	"mountd/crypto"
+	"github.com/mountd/mountd/crypto"
 )
 
 // Attribute operations. Sizes of encrypted files are plaintext sizes,

@@ -7,7 +7,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"mountd/crypto"
+	"github.com/mountd/mountd/crypto"
 )
 
 // inodeState is the open-file table entry of one backing inode: what all

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"mountd/crypto"
+	"github.com/mountd/mountd/crypto"
 )
 
 // mustOpen opens path, closed in t.Cleanup (before the unmount).

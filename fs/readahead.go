@@ -3,7 +3,7 @@ package fs
 import (
 	"golang.org/x/sys/unix"
 
-	"mountd/crypto"
+	"github.com/mountd/mountd/crypto"
 )
 
 // Daemon-side readahead for encrypted files. They are opened with direct

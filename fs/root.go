@@ -12,7 +12,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
-	"mountd/crypto"
+	"github.com/mountd/mountd/crypto"
 )
 
 // DefaultProtect is the protect pattern used when Options.Protect is nil.

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"mountd/crypto"
+	"github.com/mountd/mountd/crypto"
 )
 
 // waitIdle waits until no file is open through the mount, so the next

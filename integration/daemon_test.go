@@ -30,7 +30,7 @@ func TestMain(m *testing.M) {
 	mountdBin = filepath.Join(dir, "mountd")
 	// The daemon is built with the race detector, except when
 	// MOUNTD_INTEGRATION_RACE=false (e.g. to measure memory in the soak).
-	args := []string{"build", "-race", "-o", mountdBin, "mountd/cmd/mountd"}
+	args := []string{"build", "-race", "-o", mountdBin, "github.com/mountd/mountd/cmd/mountd"}
 	if os.Getenv("MOUNTD_INTEGRATION_RACE") == "false" {
 		args = append(args[:1], args[2:]...)
 	}

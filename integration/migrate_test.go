@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"mountd/crypto"
+	"github.com/mountd/mountd/crypto"
 )
 
 // Tests of the encrypt_existing_files migration against the real daemon.

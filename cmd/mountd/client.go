@@ -18,7 +18,7 @@ import (
 
 	"golang.org/x/term"
 
-	"mountd/control"
+	"github.com/mountd/mountd/control"
 )
 
 // client talks to the control plane for a person at a terminal.

@@ -20,9 +20,9 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
-	"mountd/control"
-	"mountd/crypto"
-	"mountd/fs"
+	"github.com/mountd/mountd/control"
+	"github.com/mountd/mountd/crypto"
+	"github.com/mountd/mountd/fs"
 )
 
 // defaultMemoryLimit is the Go runtime's soft memory limit unless

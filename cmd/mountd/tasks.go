@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 
-	"mountd/control"
-	"mountd/fs"
+	"github.com/mountd/mountd/control"
+	"github.com/mountd/mountd/fs"
 )
 
 // migrationTasks adapts the filesystem's migration to control.TaskRunner.

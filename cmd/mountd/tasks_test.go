@@ -6,9 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"mountd/control"
-	"mountd/crypto"
-	"mountd/fs"
+	"github.com/mountd/mountd/control"
+	"github.com/mountd/mountd/crypto"
+	"github.com/mountd/mountd/fs"
 )
 
 func TestMigrationTasksAdapter(t *testing.T) {

@@ -6,9 +6,9 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
 
-	"mountd/control"
-	"mountd/crypto"
-	"mountd/fs"
+	"github.com/mountd/mountd/control"
+	"github.com/mountd/mountd/crypto"
+	"github.com/mountd/mountd/fs"
 )
 
 // daemon is the wired filesystem and control backend.
