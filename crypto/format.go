@@ -12,7 +12,7 @@ import (
 //	block i = nonce (12) | AES-256-GCM ciphertext of plaintext block i (1..4096) | tag (16)
 //
 // Every block but the last holds exactly BlockSize plaintext bytes. The
-// per-file key is HKDF-SHA256(master key, info = "github.com/mountd/mountd/v1/content" | file-id)
+// per-file key is HKDF-SHA256(master key, info = "mountd/v1/content" | file-id)
 // and the associated data of block i is header (32) | uint64 big-endian i.
 const (
 	KeySize         = 32
@@ -35,7 +35,7 @@ const (
 var magic = [MagicSize]byte{'M', 'T', 'D', 'E', 'N', 'C', 0, Version}
 
 // KeyID identifies a master key without revealing it:
-// the first 8 bytes of HKDF-SHA256(master key, info = "github.com/mountd/mountd/v1/key-id").
+// the first 8 bytes of HKDF-SHA256(master key, info = "mountd/v1/key-id").
 type KeyID [8]byte
 
 // FileID is the random per-file identifier stored in the header.

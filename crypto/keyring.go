@@ -12,11 +12,13 @@ import (
 	"sync/atomic"
 )
 
-// HKDF info labels: one per purpose, so no two uses share a key.
+// HKDF info labels: one per purpose, so no two uses share a key. They are
+// part of the on-disk format (docs/FORMAT.md): changing one makes every
+// existing file and verifier unreadable. They are not Go import paths.
 const (
-	labelKeyID   = "github.com/mountd/mountd/v1/key-id"
-	labelContent = "github.com/mountd/mountd/v1/content"
-	labelKEK     = "github.com/mountd/mountd/v1/kek"
+	labelKeyID   = "mountd/v1/key-id"
+	labelContent = "mountd/v1/content"
+	labelKEK     = "mountd/v1/kek"
 )
 
 // Layout of the Keyring's secret page.

@@ -23,11 +23,11 @@ func specDecode(t *testing.T, mk, file []byte) []byte {
 	if string(file[:8]) != "MTDENC\x00\x01" {
 		t.Fatal("spec: magic")
 	}
-	keyID, _ := hkdf.Key(sha256.New, mk, nil, "github.com/mountd/mountd/v1/key-id", 8)
+	keyID, _ := hkdf.Key(sha256.New, mk, nil, "mountd/v1/key-id", 8)
 	if string(file[8:16]) != string(keyID) {
 		t.Fatal("spec: key-id")
 	}
-	fileKey, _ := hkdf.Key(sha256.New, mk, nil, "github.com/mountd/mountd/v1/content"+string(file[16:32]), 32)
+	fileKey, _ := hkdf.Key(sha256.New, mk, nil, "mountd/v1/content"+string(file[16:32]), 32)
 	blk, _ := aes.NewCipher(fileKey)
 	gcm, _ := cipher.NewGCM(blk)
 	var out []byte
@@ -50,7 +50,7 @@ func specUnwrap(t *testing.T, v, password []byte) []byte {
 	time := binary.BigEndian.Uint32(v[12:16])
 	mem := binary.BigEndian.Uint32(v[16:20])
 	stretched := argon2.IDKey(password, v[20:36], time, mem, v[9], 32)
-	kek, _ := hkdf.Key(sha256.New, stretched, nil, "github.com/mountd/mountd/v1/kek", 32)
+	kek, _ := hkdf.Key(sha256.New, stretched, nil, "mountd/v1/kek", 32)
 	blk, _ := aes.NewCipher(kek)
 	gcm, _ := cipher.NewGCM(blk)
 	mk, err := gcm.Open(nil, v[44:56], v[56:], v[:56])

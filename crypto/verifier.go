@@ -28,7 +28,7 @@ import (
 //	56 AES-256-GCM(KEK, master key) (32) | tag (16)
 //
 // The associated data is bytes 0..56. KEK = HKDF-SHA256(Argon2id(password,
-// salt, time, memory, threads, 32), info = "github.com/mountd/mountd/v1/kek").
+// salt, time, memory, threads, 32), info = "mountd/v1/kek").
 const (
 	verifierVersion = 1
 	kdfArgon2id     = 1
