@@ -28,7 +28,7 @@ func TestCLI(t *testing.T) {
 	d := newDaemon(t)
 	d.start()
 	out, code := d.runCLI("", "status")
-	if code != 0 || !strings.Contains(out, "key set:      no") || !strings.Contains(out, "password set: no") {
+	if code != 2 || !strings.Contains(out, "key set:      no") || !strings.Contains(out, "password set: no") {
 		t.Fatalf("status: %d %s", code, out)
 	}
 	if out, code = d.runCLI(password+"\n", "login"); code != 0 {

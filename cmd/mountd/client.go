@@ -28,14 +28,29 @@ type client struct {
 	token []byte
 }
 
-// clientFlags declares the flags every client subcommand takes.
-func clientFlags(name string, stderr io.Writer) (*flag.FlagSet, *string, *string) {
-	fs := flag.NewFlagSet("mountd "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	addr := fs.String("addr", control.DefaultAddr, "control plane address: host:port or unix:/path")
-	token := fs.String("token-file", "", "file holding the bearer token, when the daemon uses one")
-	return fs, addr, token
+// clientOpts are the flags every client command takes.
+type clientOpts struct{ addr, tokenFile string }
+
+// Environment variables that set the client flags' defaults.
+const (
+	envAddr      = "MOUNTD_ADDR"
+	envTokenFile = "MOUNTD_TOKEN_FILE"
+)
+
+// clientFlags declares --addr and --token-file on f, their defaults taken
+// from the environment.
+func clientFlags(f *flag.FlagSet) *clientOpts {
+	o := &clientOpts{}
+	addr := os.Getenv(envAddr)
+	if addr == "" {
+		addr = control.DefaultAddr
+	}
+	f.StringVar(&o.addr, "addr", addr, "control plane `address`: host:port or unix:/path ($"+envAddr+")")
+	f.StringVar(&o.tokenFile, "token-file", os.Getenv(envTokenFile), "`file` holding the bearer token, when the daemon uses one ($"+envTokenFile+")")
+	return o
 }
+
+func (o *clientOpts) client() (*client, error) { return newClient(o.addr, o.tokenFile) }
 
 func newClient(addr, tokenFile string) (*client, error) {
 	c := &client{http: &http.Client{Timeout: 3 * time.Minute}}
@@ -192,147 +207,210 @@ func writeJSONString(b *bytes.Buffer, s []byte) {
 	b.WriteByte('"')
 }
 
-func clientLogin(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs, addr, tok := clientFlags("login", stderr)
-	if err := fs.Parse(args); err != nil {
-		return usageError{err}
-	}
-	c, err := newClient(*addr, *tok)
-	if err != nil {
-		return err
-	}
-	st, err := c.status()
-	if err != nil {
-		return err
-	}
-	var br *bufio.Reader
-	pw, err := readPassword("Password: ", stdin, stderr, &br)
-	if err != nil {
-		return err
-	}
-	defer clear(pw)
-	if !st.PasswordSet && isTerminal(stdin) {
-		// Confirm a new password typed by a person; a script piping one
-		// line gets no second prompt.
-		again, err := readPassword("No password is set yet. Repeat it: ", stdin, stderr, &br)
-		if err != nil {
-			return err
+var loginCmd = &command{
+	name:    "login",
+	summary: "log in: set the file encryption key from the password (the first login creates it)",
+	help: `Prompts for the password without echo (twice when none exists yet). When stdin is
+not a terminal, reads one line from it (for scripts and systemd units).`,
+	group: groupClient,
+	setup: func(f *flag.FlagSet) runFunc {
+		o := clientFlags(f)
+		return func(s stdio, _ []string) error {
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			st, err := c.status()
+			if err != nil {
+				return err
+			}
+			var br *bufio.Reader
+			pw, err := readPassword("Password: ", s.in, s.err, &br)
+			if err != nil {
+				return err
+			}
+			defer clear(pw)
+			if !st.PasswordSet && isTerminal(s.in) {
+				// Confirm a new password typed by a person; a script piping one
+				// line gets no second prompt.
+				again, err := readPassword("No password is set yet. Repeat it: ", s.in, s.err, &br)
+				if err != nil {
+					return err
+				}
+				same := bytes.Equal(pw, again)
+				clear(again)
+				if !same {
+					return fmt.Errorf("%w: the passwords differ", errDenied)
+				}
+			}
+			r, _, err := c.call(http.MethodPost, "/api/system/login", jsonObject("password", pw))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(s.out, r.Message)
+			return nil
 		}
-		same := bytes.Equal(pw, again)
-		clear(again)
-		if !same {
-			return fmt.Errorf("%w: the passwords differ", errDenied)
-		}
-	}
-	r, _, err := c.call(http.MethodPost, "/api/system/login", jsonObject("password", pw))
-	if err != nil {
-		return err
-	}
-	fmt.Fprintln(stdout, r.Message)
-	return nil
+	},
 }
 
-func clientLogout(args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	fs, addr, tok := clientFlags("logout", stderr)
-	if err := fs.Parse(args); err != nil {
-		return usageError{err}
-	}
-	c, err := newClient(*addr, *tok)
-	if err != nil {
-		return err
-	}
-	r, _, err := c.call(http.MethodPost, "/api/system/logout", nil)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintln(stdout, r.Message)
-	return nil
+var logoutCmd = &command{
+	name:    "logout",
+	summary: "log out: clear the key (encrypted files become unreadable until the next login)",
+	group:   groupClient,
+	setup: func(f *flag.FlagSet) runFunc {
+		o := clientFlags(f)
+		return func(s stdio, _ []string) error {
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			r, _, err := c.call(http.MethodPost, "/api/system/logout", nil)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(s.out, r.Message)
+			return nil
+		}
+	},
 }
 
-func clientStatus(args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	fs, addr, tok := clientFlags("status", stderr)
-	scan := fs.Bool("scan", false, "also count encrypted and plaintext protected files")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err}
+var statusCmd = &command{
+	name:    "status",
+	summary: "show the daemon's state; exit 0 when the key is set, 2 when not",
+	help: `Exit status: 0 the key is set, 2 the key is not set, 3 refused (token), 4 the daemon
+cannot be reached, 1 any other error. --json prints the encryption-status reply
+without its envelope (see docs/API.md).`,
+	group: groupClient,
+	setup: func(f *flag.FlagSet) runFunc {
+		o := clientFlags(f)
+		scan := f.Bool("scan", false, "also count encrypted and plaintext protected files (walks the data directory)")
+		asJSON := f.Bool("json", false, "print JSON (the encryption-status reply without command, success and message)")
+		return func(s stdio, _ []string) error {
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			path := "/api/system/encryption-status"
+			if *scan {
+				path += "?scan=true"
+			}
+			r, _, err := c.call(http.MethodGet, path, nil)
+			if err != nil {
+				return err
+			}
+			var st control.Status
+			if err := json.Unmarshal(r.Raw, &st); err != nil {
+				return err
+			}
+			if *asJSON {
+				if err := writeStatusJSON(s.out, r.Raw); err != nil {
+					return err
+				}
+			} else {
+				printStatus(s.out, &st)
+			}
+			if !st.KeySet {
+				return reported{errKeyNotSet}
+			}
+			return nil
+		}
+	},
+}
+
+// writeStatusJSON prints the status reply raw minus the envelope, indented.
+func writeStatusJSON(w io.Writer, raw []byte) error {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return err
 	}
-	c, err := newClient(*addr, *tok)
+	for _, k := range []string{"command", "success", "message", "error"} {
+		delete(m, k)
+	}
+	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return err
 	}
-	path := "/api/system/encryption-status"
-	if *scan {
-		path += "?scan=true"
-	}
-	r, _, err := c.call(http.MethodGet, path, nil)
-	if err != nil {
-		return err
-	}
-	var st control.Status
-	if err := json.Unmarshal(r.Raw, &st); err != nil {
-		return err
-	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
+}
+
+func printStatus(w io.Writer, st *control.Status) {
 	yesno := map[bool]string{true: "yes", false: "no"}
-	fmt.Fprintf(stdout, "key set:      %s\n", yesno[st.KeySet])
-	fmt.Fprintf(stdout, "password set: %s\n", yesno[st.PasswordSet])
-	fmt.Fprintf(stdout, "cipher:       %s\n", st.Cipher)
-	fmt.Fprintf(stdout, "kdf:          %s t=%d m=%d MiB p=%d\n", st.KDF.Name, st.KDF.Time, st.KDF.MemoryKiB/1024, st.KDF.Threads)
-	fmt.Fprintf(stdout, "protect:      %s\n", strings.Join(st.Protect, " "))
+	fmt.Fprintf(w, "key set:      %s\n", yesno[st.KeySet])
+	fmt.Fprintf(w, "password set: %s\n", yesno[st.PasswordSet])
+	fmt.Fprintf(w, "cipher:       %s\n", st.Cipher)
+	fmt.Fprintf(w, "kdf:          %s t=%d m=%d MiB p=%d\n", st.KDF.Name, st.KDF.Time, st.KDF.MemoryKiB/1024, st.KDF.Threads)
+	fmt.Fprintf(w, "protect:      %s\n", strings.Join(st.Protect, " "))
 	if st.Files != nil {
-		fmt.Fprintf(stdout, "files:        %d encrypted, %d plaintext\n", st.Files.Encrypted, st.Files.Plaintext)
+		fmt.Fprintf(w, "files:        %d encrypted, %d plaintext\n", st.Files.Encrypted, st.Files.Plaintext)
 	}
 	if t := st.Task; t != nil {
-		fmt.Fprintf(stdout, "task:         %s %s %s\n", t.ID, t.Kind, describeTask(t))
+		fmt.Fprintf(w, "task:         %s %s %s\n", t.ID, t.Kind, describeTask(t))
 	}
-	return nil
 }
 
-func clientPasswd(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs, addr, tok := clientFlags("passwd", stderr)
-	if err := fs.Parse(args); err != nil {
-		return usageError{err}
-	}
-	c, err := newClient(*addr, *tok)
-	if err != nil {
-		return err
-	}
-	var br *bufio.Reader
-	old, err := readPassword("Current password: ", stdin, stderr, &br)
-	if err != nil {
-		return err
-	}
-	defer clear(old)
-	nw, err := readPassword("New password: ", stdin, stderr, &br)
-	if err != nil {
-		return err
-	}
-	defer clear(nw)
-	again, err := readPassword("Repeat the new password: ", stdin, stderr, &br)
-	if err != nil {
-		return err
-	}
-	same := bytes.Equal(nw, again)
-	clear(again)
-	if !same {
-		return fmt.Errorf("%w: the new passwords differ", errDenied)
-	}
-	r, _, err := c.call(http.MethodPost, "/api/system/change_password", jsonObject("old_password", old, "new_password", nw))
-	if err != nil {
-		return err
-	}
-	fmt.Fprintln(stdout, r.Message)
-	return nil
+var passwdCmd = &command{
+	name:    "passwd",
+	summary: "change the password (nothing is re-encrypted)",
+	help: `Asks for the current password, then the new one twice; reads three lines from stdin
+when it is not a terminal.`,
+	group: groupClient,
+	setup: func(f *flag.FlagSet) runFunc {
+		o := clientFlags(f)
+		return func(s stdio, _ []string) error {
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			var br *bufio.Reader
+			old, err := readPassword("Current password: ", s.in, s.err, &br)
+			if err != nil {
+				return err
+			}
+			defer clear(old)
+			nw, err := readPassword("New password: ", s.in, s.err, &br)
+			if err != nil {
+				return err
+			}
+			defer clear(nw)
+			again, err := readPassword("Repeat the new password: ", s.in, s.err, &br)
+			if err != nil {
+				return err
+			}
+			same := bytes.Equal(nw, again)
+			clear(again)
+			if !same {
+				return fmt.Errorf("%w: the new passwords differ", errDenied)
+			}
+			r, _, err := c.call(http.MethodPost, "/api/system/change_password", jsonObject("old_password", old, "new_password", nw))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(s.out, r.Message)
+			return nil
+		}
+	},
 }
 
-func clientEncryptExisting(args []string, _ io.Reader, stdout, stderr io.Writer) error {
-	fs, addr, tok := clientFlags("encrypt-existing", stderr)
-	noWait := fs.Bool("no-wait", false, "start the task and return at once")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err}
-	}
-	c, err := newClient(*addr, *tok)
-	if err != nil {
-		return err
-	}
+var encryptExistingCmd = &command{
+	name:    "encrypt-existing",
+	summary: "encrypt the plaintext protected files in place, with a progress bar",
+	group:   groupClient,
+	setup: func(f *flag.FlagSet) runFunc {
+		o := clientFlags(f)
+		noWait := f.Bool("no-wait", false, "start the task and return at once")
+		return func(s stdio, _ []string) error {
+			c, err := o.client()
+			if err != nil {
+				return err
+			}
+			return encryptExisting(c, s, *noWait)
+		}
+	},
+}
+
+func encryptExisting(c *client, s stdio, noWait bool) error {
+	stdout := s.out
 	r, _, err := c.call(http.MethodPost, "/api/system/encrypt_existing_files", nil)
 	if err != nil {
 		return err
@@ -342,7 +420,7 @@ func clientEncryptExisting(args []string, _ io.Reader, stdout, stderr io.Writer)
 	}
 	t := r.Task
 	fmt.Fprintf(stdout, "task %s: %s\n", t.ID, r.Message)
-	if *noWait {
+	if noWait {
 		return nil
 	}
 	tty := false

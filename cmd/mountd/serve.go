@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -29,74 +30,112 @@ import (
 // GOMEMLIMIT overrides it.
 const defaultMemoryLimit = 48 << 20
 
+var serveCmd = &command{
+	name:    "serve",
+	summary: "run the daemon: mount --data at --mount, serve the control plane on --listen",
+	help: `Runs in the foreground until SIGINT or SIGTERM, which clear the key and unmount.
+Every flag is checked before anything is created.`,
+	group: groupDaemon,
+	setup: func(f *flag.FlagSet) runFunc {
+		c := serveFlags(f)
+		return func(s stdio, _ []string) error {
+			if err := c.validate(); err != nil {
+				return err
+			}
+			return serve(c, s)
+		}
+	},
+}
+
 // serveConfig is the daemon's command line.
 type serveConfig struct {
 	data, mount, listen string
 	protect             []string
 	logFormat, logLevel string
+	level               logrus.Level
 	allowOther          bool
 	tokenFile           string
 	kdf                 crypto.KDFParams
+
+	kdfTime, kdfMiB, kdfThreads uint
 }
 
-func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
+// serveFlags declares the daemon's flags on f.
+func serveFlags(f *flag.FlagSet) *serveConfig {
 	c := &serveConfig{}
-	f := flag.NewFlagSet("mountd serve", flag.ContinueOnError)
-	f.SetOutput(stderr)
-	f.StringVar(&c.data, "data", "./Client_Data", "backing directory holding the data (created if missing)")
-	f.StringVar(&c.mount, "mount", "./mnt", "mountpoint: an empty directory (created if missing)")
-	f.StringVar(&c.listen, "listen", control.DefaultAddr, "control plane address: host:port or unix:/path")
-	f.Func("protect", "glob of base names whose new content is encrypted (repeatable; default *.bin; '*' = every file)", func(s string) error {
+	f.StringVar(&c.data, "data", "./Client_Data", "backing `directory` holding the data (created if missing)")
+	f.StringVar(&c.mount, "mount", "./mnt", "mountpoint: an empty `directory` (created if missing)")
+	f.StringVar(&c.listen, "listen", control.DefaultAddr, "control plane `address`: host:port or unix:/path")
+	f.Func("protect", "`glob` of base names whose new content is encrypted (repeatable; default *.bin; '*' = every file)", func(s string) error {
 		if _, err := filepath.Match(s, ""); err != nil || s == "" {
 			return fmt.Errorf("bad glob %q", s)
 		}
 		c.protect = append(c.protect, s)
 		return nil
 	})
-	f.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
-	f.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	f.StringVar(&c.logFormat, "log-format", "text", "log `format`: text or json")
+	f.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
 	f.BoolVar(&c.allowOther, "allow-other", false, "let other users use the mount (the kernel then enforces file permissions)")
-	f.StringVar(&c.tokenFile, "token-file", "", "require 'Authorization: Bearer <token>' on every control call; the token is read from this file, which is created (0600) with a random token if missing")
-	var kdfTime, kdfMiB, kdfThreads uint
-	f.UintVar(&kdfTime, "kdf-time", uint(crypto.DefaultKDFParams.Time), "Argon2id passes for a new password (first login, passwd)")
-	f.UintVar(&kdfMiB, "kdf-memory", uint(crypto.DefaultKDFParams.MemoryKiB/1024), "Argon2id memory in MiB for a new password")
-	f.UintVar(&kdfThreads, "kdf-threads", uint(crypto.DefaultKDFParams.Threads), "Argon2id parallelism for a new password")
-	if err := f.Parse(args); err != nil {
-		return nil, usageError{err}
+	f.StringVar(&c.tokenFile, "token-file", "", "require 'Authorization: Bearer <token>' on every control call; the token is read from this `file`, which is created (0600) with a random token if missing")
+	f.UintVar(&c.kdfTime, "kdf-time", uint(crypto.DefaultKDFParams.Time), "Argon2id passes for a new password (first login, passwd)")
+	f.UintVar(&c.kdfMiB, "kdf-memory", uint(crypto.DefaultKDFParams.MemoryKiB/1024), "Argon2id memory in `MiB` for a new password")
+	f.UintVar(&c.kdfThreads, "kdf-threads", uint(crypto.DefaultKDFParams.Threads), "Argon2id parallelism for a new password")
+	return c
+}
+
+// validate checks every flag and fills in the derived fields. It creates
+// nothing.
+func (c *serveConfig) validate() error {
+	if c.kdfTime > 1<<20 || c.kdfMiB > 1<<20 || c.kdfThreads > 255 {
+		return usageError{fmt.Errorf("KDF parameters out of range")}
 	}
-	if kdfTime > 1<<20 || kdfMiB > 1<<20 || kdfThreads > 255 {
-		return nil, usageError{fmt.Errorf("KDF parameters out of range")}
-	}
-	c.kdf = crypto.KDFParams{Time: uint32(kdfTime), MemoryKiB: uint32(kdfMiB * 1024), Threads: uint8(kdfThreads)}
+	c.kdf = crypto.KDFParams{Time: uint32(c.kdfTime), MemoryKiB: uint32(c.kdfMiB * 1024), Threads: uint8(c.kdfThreads)}
 	if err := c.kdf.Validate(); err != nil {
-		return nil, usageError{fmt.Errorf("--kdf-*: %w", err)}
-	}
-	if f.NArg() > 0 {
-		return nil, usageError{fmt.Errorf("unexpected argument %q", f.Arg(0))}
+		return usageError{fmt.Errorf("--kdf-*: %w", err)}
 	}
 	if c.protect == nil {
 		c.protect = fs.DefaultProtect
 	}
 	if c.logFormat != "text" && c.logFormat != "json" {
-		return nil, usageError{fmt.Errorf("--log-format %q: want text or json", c.logFormat)}
+		return usageError{fmt.Errorf("--log-format %q: want text or json", c.logFormat)}
 	}
-	return c, nil
-}
-
-func newLogger(c *serveConfig, out io.Writer) (*logrus.Entry, error) {
-	l := logrus.New()
-	l.SetOutput(out)
 	lvl, err := logrus.ParseLevel(c.logLevel)
 	if err != nil {
-		return nil, usageError{fmt.Errorf("--log-level: %w", err)}
+		return usageError{fmt.Errorf("--log-level: %w", err)}
 	}
-	l.SetLevel(lvl)
+	c.level = lvl
+	if path, ok := strings.CutPrefix(c.listen, "unix:"); ok {
+		if path == "" {
+			return usageError{fmt.Errorf("--listen %q: empty socket path", c.listen)}
+		}
+	} else if _, _, err := net.SplitHostPort(c.listen); err != nil {
+		return usageError{fmt.Errorf("--listen %q: %w", c.listen, err)}
+	}
+	if c.data == "" || c.mount == "" {
+		return usageError{fmt.Errorf("--data and --mount must not be empty")}
+	}
+	if c.data, err = filepath.Abs(c.data); err != nil {
+		return err
+	}
+	if c.mount, err = filepath.Abs(c.mount); err != nil {
+		return err
+	}
+	if strings.HasPrefix(c.mount+"/", c.data+"/") || strings.HasPrefix(c.data+"/", c.mount+"/") {
+		return usageError{fmt.Errorf("--mount %s and --data %s must not contain each other", c.mount, c.data)}
+	}
+	return nil
+}
+
+func newLogger(c *serveConfig, out io.Writer) *logrus.Entry {
+	l := logrus.New()
+	l.SetOutput(out)
+	l.SetLevel(c.level)
 	if c.logFormat == "json" {
 		l.SetFormatter(&logrus.JSONFormatter{TimestampFormat: time.RFC3339Nano})
 	} else {
 		l.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: time.RFC3339Nano, DisableColors: true})
 	}
-	return logrus.NewEntry(l), nil
+	return logrus.NewEntry(l)
 }
 
 // readOrCreateToken returns the bearer token in path, creating the file
@@ -176,15 +215,8 @@ func prepareData(dir string) error {
 	return nil
 }
 
-func serve(args []string, _ io.Reader, _, stderr io.Writer) error {
-	c, err := parseServe(args, stderr)
-	if err != nil {
-		return err
-	}
-	log, err := newLogger(c, stderr)
-	if err != nil {
-		return err
-	}
+func serve(c *serveConfig, s stdio) error {
+	log := newLogger(c, s.err)
 	if err := harden(); err != nil {
 		log.WithError(err).Warn("could not disable core dumps")
 	}
@@ -202,12 +234,6 @@ func serve(args []string, _ io.Reader, _, stderr io.Writer) error {
 		// harder for those 0.2 s); everything else needs a few MiB.
 		debug.SetMemoryLimit(defaultMemoryLimit)
 	}
-	if c.data, err = filepath.Abs(c.data); err != nil {
-		return err
-	}
-	if c.mount, err = filepath.Abs(c.mount); err != nil {
-		return err
-	}
 	if err := prepareData(c.data); err != nil {
 		return err
 	}
@@ -219,11 +245,9 @@ func serve(args []string, _ io.Reader, _, stderr io.Writer) error {
 	} else if len(removed) > 0 {
 		log.WithField("files", strings.Join(removed, ",")).Warn("removed verifier temp files left by a crash")
 	}
-	if strings.HasPrefix(c.mount+"/", c.data+"/") || strings.HasPrefix(c.data+"/", c.mount+"/") {
-		return usageError{fmt.Errorf("--mount %s and --data %s must not contain each other", c.mount, c.data)}
-	}
 	var token []byte
 	if c.tokenFile != "" {
+		var err error
 		if token, err = readOrCreateToken(c.tokenFile); err != nil {
 			return err
 		}
@@ -256,7 +280,7 @@ func serve(args []string, _ io.Reader, _, stderr io.Writer) error {
 
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer cancel()
-	log.WithFields(logrus.Fields{"data": c.data, "mount": c.mount, "listen": c.listen, "protect": strings.Join(c.protect, ",")}).Info("mountd started")
+	log.WithFields(logrus.Fields{"version": readBuildInfo().String(), "data": c.data, "mount": c.mount, "listen": c.listen, "protect": strings.Join(c.protect, ",")}).Info("mountd started")
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ctx, ln) }()
 
