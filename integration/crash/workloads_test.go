@@ -1,0 +1,640 @@
+package crash
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// workloads: each constructor returns a fresh workload (its model of what
+// was written lives in its closures); full asks for a longer run.
+var workloads = []func(full bool) *workload{
+	appendWorkload,
+	overwriteWorkload,
+	saveWorkload,
+	passwdWorkload,
+	migrateWorkload,
+	streamWorkload,
+}
+
+// Each workload writes an encrypted file (NAME.bin) and, as a control, the
+// same bytes to a plaintext one (NAME.dat, not protected: kernel
+// passthrough to the backing file), and checks both the same way.
+var exts = []string{".bin", ".dat"}
+
+// gen returns n bytes of the content that write number seq puts at offset
+// off: every write is recognisable byte by byte.
+func gen(seq uint64, off int64, n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		x := seq*0x9E3779B97F4A7C15 + uint64(off+int64(i))*0xBF58476D1CE4E5B9
+		x ^= x >> 31
+		x *= 0x94D049BB133111EB
+		b[i] = byte(x >> 56)
+	}
+	return b
+}
+
+func openFiles(dir, name string, flag int) ([]*os.File, error) {
+	var fs []*os.File
+	for _, ext := range exts {
+		f, err := os.OpenFile(filepath.Join(dir, name+ext), flag, 0o600)
+		if err != nil {
+			for _, f := range fs {
+				f.Close()
+			}
+			return nil, err
+		}
+		fs = append(fs, f)
+	}
+	return fs, nil
+}
+
+func closeAll(fs []*os.File) {
+	for _, f := range fs {
+		f.Close()
+	}
+}
+
+func syncAll(fs []*os.File) error {
+	for _, f := range fs {
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("fsync %s: %w", f.Name(), err)
+		}
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+// checkPrefix checks the file at path against want: its first acked bytes
+// must read back exactly; past them, reads may fail with EIO (data that
+// was never acknowledged) but what they return must be want's bytes.
+func checkPrefix(c *cctx, path string, want []byte, acked int64) {
+	plain := filepath.Ext(path) != ".bin"
+	f, err := os.Open(path)
+	if err != nil {
+		if acked > 0 || !errors.Is(err, os.ErrNotExist) {
+			c.fail("%s: open: %v (%d bytes acknowledged)", filepath.Base(path), err, acked)
+		}
+		return
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		c.fail("%s: stat: %v", filepath.Base(path), err)
+		return
+	}
+	if fi.Size() < acked {
+		c.fail("%s: size %d, but %d bytes were acknowledged", filepath.Base(path), fi.Size(), acked)
+	}
+	// 4 KiB reads at 4 KiB boundaries: an error names one block.
+	buf := make([]byte, 4096)
+	eio := int64(0)
+	for off := int64(0); off < fi.Size(); off += 4096 {
+		n, err := f.ReadAt(buf[:min(4096, fi.Size()-off)], off)
+		if err == io.EOF && n == 0 {
+			break
+		}
+		if err != nil && err != io.EOF {
+			if isEIO(err) && off >= acked {
+				eio += int64(len(buf)) // never acknowledged: it may be lost, and says so
+				continue
+			}
+			c.fail("%s: read at %d: %v (%d bytes acknowledged)", filepath.Base(path), off, err, acked)
+			return
+		}
+		if off+int64(n) > int64(len(want)) {
+			c.fail("%s: %d bytes at %d past the %d ever written", filepath.Base(path), n, off, len(want))
+			return
+		}
+		for i := range n {
+			x := off + int64(i)
+			// A plaintext file extended by a write whose data did not
+			// reach the disk reads zeros there; an encrypted one must
+			// not (zeros are not what was written).
+			if buf[i] != want[x] && !(plain && x >= acked && buf[i] == 0) {
+				c.fail("%s: byte %d differs from what was written (%d bytes acknowledged)", filepath.Base(path), x, acked)
+				return
+			}
+		}
+	}
+	if eio > 0 {
+		c.note("%s: %d unacknowledged bytes unreadable (EIO) past %d", filepath.Base(path), eio, acked)
+	}
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	if len(a) != len(b) {
+		return min(len(a), len(b))
+	}
+	return -1
+}
+
+// lastAck returns the value of the last ack (acks are in order), or def.
+func lastAck[T any](acked []ack, def T) T {
+	for i := len(acked) - 1; i >= 0; i-- {
+		if v, ok := acked[i].v.(T); ok {
+			return v
+		}
+	}
+	return def
+}
+
+// ---- append: records appended, fsync after every one to three ----
+
+func appendWorkload(full bool) *workload {
+	n := 40
+	if full {
+		n = 160
+	}
+	var content []byte
+	return &workload{
+		name: "append",
+		setup: func(w *wctx) error {
+			fs, err := openFiles(w.mnt, "log", os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+			if err != nil {
+				return err
+			}
+			defer closeAll(fs)
+			if err := syncAll(fs); err != nil {
+				return err
+			}
+			return syncDir(w.mnt)
+		},
+		run: func(w *wctx) error {
+			fs, err := openFiles(w.mnt, "log", os.O_WRONLY|os.O_APPEND)
+			if err != nil {
+				return err
+			}
+			defer closeAll(fs)
+			for i := 0; i < n; i++ {
+				size := 1 + w.rng.IntN(700)
+				if w.rng.IntN(10) == 0 {
+					size = 3000 + w.rng.IntN(6000)
+				}
+				rec := gen(uint64(i), int64(len(content)), size)
+				for _, f := range fs {
+					if _, err := f.Write(rec); err != nil {
+						return err
+					}
+				}
+				content = append(content, rec...)
+				if w.rng.IntN(4) == 0 {
+					// Background writeback of the encrypted file's
+					// pages, between two fsyncs.
+					if err := w.writeback("log.bin"); err != nil {
+						return err
+					}
+				}
+				if w.rng.IntN(2) == 0 || i == n-1 {
+					if err := syncAll(fs); err != nil {
+						return err
+					}
+					w.ack(int64(len(content)))
+				}
+			}
+			return nil
+		},
+		check: func(c *cctx) {
+			acked := lastAck(c.acked, int64(0))
+			for _, ext := range exts {
+				checkPrefix(c, filepath.Join(c.mnt, "log"+ext), content, acked)
+			}
+		},
+	}
+}
+
+// ---- overwrite: random writes into a durable file, fsync now and then ----
+
+type overwrite struct {
+	seq      uint64
+	off, len int64
+}
+
+func overwriteWorkload(full bool) *workload {
+	size, n := int64(512<<10), 60
+	if full {
+		size, n = 2<<20, 300
+	}
+	var writes []overwrite // writes[0] is the initial content
+	return &workload{
+		name: "overwrite",
+		setup: func(w *wctx) error {
+			fs, err := openFiles(w.mnt, "rand", os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+			if err != nil {
+				return err
+			}
+			defer closeAll(fs)
+			writes = append(writes, overwrite{seq: 0, off: 0, len: size})
+			for _, f := range fs {
+				if _, err := f.WriteAt(gen(0, 0, int(size)), 0); err != nil {
+					return err
+				}
+			}
+			if err := syncAll(fs); err != nil {
+				return err
+			}
+			if err := syncDir(w.mnt); err != nil {
+				return err
+			}
+			w.ack(uint64(0))
+			return nil
+		},
+		run: func(w *wctx) error {
+			fs, err := openFiles(w.mnt, "rand", os.O_WRONLY)
+			if err != nil {
+				return err
+			}
+			defer closeAll(fs)
+			for i := 1; i <= n; i++ {
+				var o overwrite
+				if w.rng.IntN(5) > 0 { // an aligned 4 KiB block
+					o = overwrite{off: w.rng.Int64N(size/4096) * 4096, len: 4096}
+				} else { // any range: partial blocks, or two
+					l := 1 + w.rng.Int64N(6000)
+					o = overwrite{off: w.rng.Int64N(size - l), len: l}
+				}
+				o.seq = uint64(i)
+				for _, f := range fs {
+					if _, err := f.WriteAt(gen(o.seq, o.off, int(o.len)), o.off); err != nil {
+						return err
+					}
+				}
+				writes = append(writes, o)
+				if w.rng.IntN(6) == 0 {
+					if err := w.writeback("rand.bin"); err != nil {
+						return err
+					}
+				}
+				if w.rng.IntN(5) == 0 || i == n {
+					if err := syncAll(fs); err != nil {
+						return err
+					}
+					w.ack(o.seq)
+				}
+			}
+			return nil
+		},
+		check: func(c *cctx) {
+			acked := lastAck(c.acked, uint64(0))
+			// Each byte must hold the value of the last acknowledged
+			// write to it, or of a later write.
+			atAck := make([]byte, size)
+			for _, o := range writes {
+				if o.seq <= acked {
+					copy(atAck[o.off:], gen(o.seq, o.off, int(o.len)))
+				}
+			}
+			allowed := func(x int64, v byte) bool {
+				if atAck[x] == v {
+					return true
+				}
+				for _, o := range writes {
+					if o.seq > acked && o.off <= x && x < o.off+o.len && gen(o.seq, x, 1)[0] == v {
+						return true
+					}
+				}
+				return false
+			}
+			for _, ext := range exts {
+				name := "rand" + ext
+				f, err := os.Open(filepath.Join(c.mnt, name))
+				if err != nil {
+					c.fail("%s: open: %v", name, err)
+					continue
+				}
+				if fi, err := f.Stat(); err != nil || fi.Size() != size {
+					c.fail("%s: stat: size %v, err %v; want %d", name, fi.Size(), err, size)
+				}
+				buf := make([]byte, 4096)
+				var lost []string
+				for off := int64(0); off < size; off += 4096 {
+					n, err := f.ReadAt(buf, off)
+					if err != nil && !(err == io.EOF && int64(n) == size-off) {
+						lost = append(lost, fmt.Sprintf("block %d: %v", off/4096, err))
+						continue
+					}
+					for i := 0; i < n; i++ {
+						if !allowed(off+int64(i), buf[i]) {
+							lost = append(lost, fmt.Sprintf("byte %d holds neither the acknowledged value nor a later one", off+int64(i)))
+							break
+						}
+					}
+				}
+				f.Close()
+				if len(lost) > 0 {
+					c.fail("%s (acknowledged through write %d): %d blocks lost: %s", name, acked, len(lost), strings.Join(lost[:min(3, len(lost))], "; "))
+				}
+			}
+		},
+	}
+}
+
+// ---- save: the atomic save loop (write a temp, fsync, rename, fsync dir) ----
+
+func saveWorkload(full bool) *workload {
+	n := 12
+	if full {
+		n = 50
+	}
+	var versions [][]byte
+	save := func(w *wctx, v int) error {
+		data := gen(uint64(1000+v), 0, 100+w.rng.IntN(20000))
+		for _, ext := range exts {
+			name := "doc" + ext
+			tmp := filepath.Join(w.mnt, name+".tmp") // NAME.*: encrypted from its first byte
+			f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+			if err != nil {
+				return err
+			}
+			if _, err := f.Write(data); err != nil {
+				f.Close()
+				return err
+			}
+			if err := f.Sync(); err != nil {
+				f.Close()
+				return err
+			}
+			f.Close()
+			if err := os.Rename(tmp, filepath.Join(w.mnt, name)); err != nil {
+				return err
+			}
+		}
+		versions = append(versions, data)
+		if err := syncDir(w.mnt); err != nil {
+			return err
+		}
+		w.ack(v)
+		return nil
+	}
+	return &workload{
+		name:  "save",
+		setup: func(w *wctx) error { return save(w, 0) },
+		run: func(w *wctx) error {
+			for v := 1; v <= n; v++ {
+				if err := save(w, v); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+		check: func(c *cctx) {
+			acked := lastAck(c.acked, 0)
+			for _, ext := range exts {
+				name := "doc" + ext
+				got, err := os.ReadFile(filepath.Join(c.mnt, name))
+				if err != nil {
+					c.fail("%s: %v (version %d acknowledged)", name, err, acked)
+					continue
+				}
+				ok := false
+				for v := acked; v < len(versions); v++ {
+					ok = ok || bytes.Equal(got, versions[v])
+				}
+				if !ok {
+					c.fail("%s: %d bytes, not version %d (acknowledged) nor a later one", name, len(got), acked)
+				}
+			}
+		},
+	}
+}
+
+// ---- passwd: password changes, with appends to a file in between ----
+
+func passwdWorkload(full bool) *workload {
+	n := 4
+	if full {
+		n = 12
+	}
+	pw := func(i int) string {
+		if i == 0 {
+			return password
+		}
+		return fmt.Sprintf("crash harness password %d", i)
+	}
+	var content []byte
+	tried := 0 // the last password a change was attempted to
+	appendSync := func(w *wctx, fs []*os.File, i int) error {
+		rec := gen(uint64(5000+i), int64(len(content)), 1+w.rng.IntN(3000))
+		for _, f := range fs {
+			if _, err := f.Write(rec); err != nil {
+				return err
+			}
+		}
+		content = append(content, rec...)
+		if err := syncAll(fs); err != nil {
+			return err
+		}
+		w.ack(int64(len(content)))
+		return nil
+	}
+	return &workload{
+		name: "passwd",
+		setup: func(w *wctx) error {
+			fs, err := openFiles(w.mnt, "pw", os.O_WRONLY|os.O_CREATE|os.O_EXCL|os.O_APPEND)
+			if err != nil {
+				return err
+			}
+			defer closeAll(fs)
+			if err := appendSync(w, fs, 0); err != nil {
+				return err
+			}
+			return syncDir(w.mnt)
+		},
+		run: func(w *wctx) error {
+			fs, err := openFiles(w.mnt, "pw", os.O_WRONLY|os.O_APPEND)
+			if err != nil {
+				return err
+			}
+			defer closeAll(fs)
+			for i := 1; i <= n; i++ {
+				tried = i
+				st, m, err := w.d.call("POST", "/api/system/change_password",
+					map[string]string{"old_password": pw(i - 1), "new_password": pw(i)})
+				if err != nil {
+					return err
+				}
+				if st != 200 {
+					return fmt.Errorf("change_password: %d %v", st, m)
+				}
+				w.ack(i) // the new verifier is durable
+				if err := appendSync(w, fs, i); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+		passwords: func(acked []ack) []string {
+			a := lastAck(acked, 0)
+			var out []string
+			for i := a; i <= tried && i <= a+1; i++ {
+				out = append(out, pw(i))
+			}
+			return out
+		},
+		check: func(c *cctx) {
+			acked := lastAck(c.acked, int64(0))
+			for _, ext := range exts {
+				checkPrefix(c, filepath.Join(c.mnt, "pw"+ext), content, acked)
+			}
+		},
+	}
+}
+
+// ---- migrate: encrypt_existing_files over plaintext files ----
+
+func migrateWorkload(full bool) *workload {
+	sizes := []int{1, 100, 4096, 5000, 70000, 1<<20 + 123}
+	if full {
+		sizes = append(sizes, 2, 4095, 4097, 8192, 12345, 300000, 3<<20+7)
+	}
+	name := func(i int) string { return fmt.Sprintf("old%02d.bin", i) }
+	return &workload{
+		name: "migrate",
+		prepare: func(w *wctx) error {
+			for i, s := range sizes {
+				if err := os.WriteFile(filepath.Join(w.data, name(i)), gen(uint64(9000+i), 0, s), 0o600); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+		run: func(w *wctx) error {
+			st, m, err := w.d.call("POST", "/api/system/encrypt_existing_files", nil)
+			if err != nil {
+				return err
+			}
+			if st != 202 {
+				return fmt.Errorf("encrypt_existing_files: %d %v", st, m)
+			}
+			id, _ := m["task"].(map[string]any)["id"].(string)
+			deadline := time.Now().Add(2 * time.Minute)
+			for {
+				_, m, err := w.d.call("GET", "/api/system/tasks/"+id, nil)
+				if err != nil {
+					return err
+				}
+				task, _ := m["task"].(map[string]any)
+				switch task["state"] {
+				case "succeeded":
+					w.ack("done")
+					return nil
+				case "running":
+				default:
+					return fmt.Errorf("task ended: %v", task)
+				}
+				if time.Now().After(deadline) {
+					return fmt.Errorf("task still running after 2 minutes: %v", task)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		},
+		check: func(c *cctx) {
+			done := lastAck(c.acked, "") == "done"
+			for i, s := range sizes {
+				got, err := os.ReadFile(filepath.Join(c.mnt, name(i)))
+				if err != nil {
+					c.fail("%s: %v", name(i), err)
+					continue
+				}
+				if !bytes.Equal(got, gen(uint64(9000+i), 0, s)) {
+					c.fail("%s: %d bytes differ from the original %d", name(i), len(got), s)
+				}
+				if done {
+					head := make([]byte, 6)
+					f, err := os.Open(filepath.Join(c.data, name(i)))
+					if err == nil {
+						io.ReadFull(f, head)
+						f.Close()
+					}
+					if string(head) != "MTDENC" {
+						c.fail("%s: not encrypted on disk after the task succeeded", name(i))
+					}
+				}
+			}
+			ents, _ := os.ReadDir(c.data)
+			for _, e := range ents {
+				if strings.HasPrefix(e.Name(), ".mountd-tmp-") {
+					c.fail("temp file %s left in the backing directory after start", e.Name())
+				}
+			}
+		},
+	}
+}
+
+// ---- stream: a large sequential write, fsync, then small appends ----
+
+func streamWorkload(full bool) *workload {
+	mib := 4
+	if full {
+		mib = 48
+	}
+	var content []byte
+	return &workload{
+		name: "stream",
+		run: func(w *wctx) error {
+			fs, err := openFiles(w.mnt, "big", os.O_WRONLY|os.O_CREATE|os.O_EXCL)
+			if err != nil {
+				return err
+			}
+			defer closeAll(fs)
+			for i := 0; i < mib; i++ {
+				chunk := gen(7, int64(len(content)), 1<<20)
+				for _, f := range fs {
+					if _, err := f.Write(chunk); err != nil {
+						return err
+					}
+				}
+				content = append(content, chunk...)
+			}
+			if err := syncAll(fs); err != nil {
+				return err
+			}
+			if err := syncDir(w.mnt); err != nil {
+				return err
+			}
+			w.ack(int64(len(content)))
+			for i := 0; i < 3; i++ {
+				rec := gen(7, int64(len(content)), 1000+w.rng.IntN(5000))
+				for _, f := range fs {
+					if _, err := f.Write(rec); err != nil {
+						return err
+					}
+				}
+				content = append(content, rec...)
+				if err := w.writeback("big.bin"); err != nil {
+					return err
+				}
+			}
+			if err := syncAll(fs); err != nil {
+				return err
+			}
+			w.ack(int64(len(content)))
+			return nil
+		},
+		check: func(c *cctx) {
+			acked := lastAck(c.acked, int64(0))
+			for _, ext := range exts {
+				checkPrefix(c, filepath.Join(c.mnt, "big"+ext), content, acked)
+			}
+		},
+	}
+}
