@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/mountd/mountd/crypto"
+	"github.com/mountd/mountd/task"
 )
 
 // Error codes: the stable values of the "error" field of a failure response.
@@ -35,9 +36,6 @@ const (
 // Sentinel errors a Backend (or the TaskRunner behind Service) returns,
 // possibly wrapped, for conditions that are not crypto's.
 var (
-	// ErrNotFound means no task has the requested id.
-	ErrNotFound = errors.New("control: not found")
-
 	// ErrTaskRunning means a backend refused a call because a task runs.
 	ErrTaskRunning = errors.New("control: a task is running")
 
@@ -108,7 +106,7 @@ func classify(err error) *apiError {
 		return ae
 	case errors.As(err, &mbe):
 		return errTooLarge
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, task.ErrNotFound):
 		return errNotFound
 	case errors.Is(err, ErrTaskRunning):
 		return &apiError{status: http.StatusConflict, code: CodeTaskRunning,

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mountd/mountd/crypto"
+	"github.com/mountd/mountd/task"
 )
 
 // fakeBackend is an in-memory Backend. It keeps the password slices it is
@@ -19,7 +20,8 @@ type fakeBackend struct {
 	keySet                   bool
 	encryptedWithoutVerifier bool
 	received                 [][]byte
-	tasks                    map[string]Task
+	tasks                    map[string]task.Record
+	order                    []string // task ids, oldest first
 	running                  string
 	nextID                   int
 	statusErr                error
@@ -31,7 +33,7 @@ type fakeBackend struct {
 	logouts      atomic.Int32
 }
 
-func newFake() *fakeBackend { return &fakeBackend{tasks: map[string]Task{}} }
+func newFake() *fakeBackend { return &fakeBackend{tasks: map[string]task.Record{}} }
 
 func (f *fakeBackend) kdf(pw ...[]byte) {
 	n := f.inKDF.Add(1)
@@ -117,42 +119,53 @@ func (f *fakeBackend) Status(_ context.Context, scan bool) (Status, error) {
 
 var fakeStart = time.Date(2025, 1, 2, 3, 4, 5, 0, time.FixedZone("X", 3600))
 
-func (f *fakeBackend) StartEncryptExisting(context.Context) (Task, bool, error) {
+func (f *fakeBackend) StartEncryptExisting(context.Context) (task.Record, bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.keySet {
-		return Task{}, false, crypto.ErrLocked
+		return task.Record{}, false, crypto.ErrLocked
 	}
-	if t, ok := f.tasks[f.running]; ok && t.State == TaskRunning {
+	if t, ok := f.tasks[f.running]; ok && t.State == task.Running {
 		return t, false, nil
 	}
 	f.nextID++
-	t := Task{ID: fmt.Sprintf("t%d", f.nextID), Kind: TaskKindEncryptExisting, State: TaskRunning,
+	t := task.Record{ID: fmt.Sprintf("t%d", f.nextID), Kind: task.KindEncryptExisting, State: task.Running,
 		FilesTotal: 10, FilesDone: 2, BytesTotal: 1000, BytesDone: 200, StartedAt: fakeStart}
 	f.tasks[t.ID] = t
+	f.order = append(f.order, t.ID)
 	f.running = t.ID
 	return t, true, nil
 }
 
-func (f *fakeBackend) Task(id string) (Task, bool) {
+func (f *fakeBackend) Tasks() []task.Record {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var list []task.Record
+	for i := len(f.order) - 1; i >= 0; i-- {
+		list = append(list, f.tasks[f.order[i]])
+	}
+	return list
+}
+
+func (f *fakeBackend) Task(id string) (task.Record, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	t, ok := f.tasks[id]
 	return t, ok
 }
 
-func (f *fakeBackend) CancelTask(id string) (Task, error) {
+func (f *fakeBackend) CancelTask(id string) (task.Record, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	t, ok := f.tasks[id]
 	if !ok {
-		return Task{}, fmt.Errorf("cancel %s: %w", id, ErrNotFound)
+		return task.Record{}, fmt.Errorf("cancel %s: %w", id, task.ErrNotFound)
 	}
-	if t.State == TaskRunning {
+	if t.State == task.Running {
 		// Like a real runner: the reply still says running, the task
 		// stops a moment later.
 		done := t
-		done.State = TaskCancelled
+		done.State = task.Cancelled
 		done.FinishedAt = fakeStart.Add(90 * time.Second)
 		f.tasks[id] = done
 	}

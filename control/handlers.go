@@ -11,6 +11,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/mountd/mountd/crypto"
+	"github.com/mountd/mountd/task"
 )
 
 // Paths of the control API.
@@ -19,6 +20,7 @@ const (
 	PathLogin           = "/api/system/login"
 	PathStatus          = "/api/system/encryption-status"
 	PathEncryptExisting = "/api/system/encrypt_existing_files"
+	PathTasks           = "/api/system/tasks"
 	PathTask            = "/api/system/tasks/:id"
 	PathTaskCancel      = "/api/system/tasks/:id/cancel"
 	PathChangePassword  = "/api/system/change_password"
@@ -49,6 +51,7 @@ func (s *Server) routeTable() []route {
 		{[]string{post}, PathLogin, "login", true, s.handleLogin},
 		{[]string{get}, PathStatus, "encryption-status", false, s.handleStatus},
 		{[]string{get, post}, PathEncryptExisting, "encrypt_existing_files", true, s.handleEncryptExisting},
+		{[]string{get}, PathTasks, "tasks", false, s.handleTasks},
 		{[]string{get}, PathTask, "task", false, s.handleTask},
 		{[]string{post}, PathTaskCancel, "cancel_task", true, s.handleCancelTask},
 		{[]string{post}, PathChangePassword, "change_password", true, s.handleChangePassword},
@@ -286,8 +289,8 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request, _ httprout
 
 type taskResponse struct {
 	envelope
-	Started *bool `json:"started,omitempty"`
-	Task    Task  `json:"task"`
+	Started *bool       `json:"started,omitempty"`
+	Task    task.Record `json:"task"`
 }
 
 // handleEncryptExisting: GET or POST. 202 with the new task, or 200 with the
@@ -321,14 +324,32 @@ func validTaskID(id string) bool {
 	return true
 }
 
+type tasksResponse struct {
+	envelope
+	Tasks []task.Record `json:"tasks"`
+}
+
+// handleTasks: GET, the tasks the daemon remembers, newest first.
+func (s *Server) handleTasks(w http.ResponseWriter, _ *http.Request, _ httprouter.Params) error {
+	list := s.backend.Tasks()
+	if list == nil {
+		list = []task.Record{}
+	}
+	msg := strconv.Itoa(len(list)) + " tasks"
+	if len(list) == 1 {
+		msg = "1 task"
+	}
+	return writeJSON(w, http.StatusOK, tasksResponse{ok("tasks", msg), list})
+}
+
 func (s *Server) handleTask(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
 	id := ps.ByName("id")
 	if !validTaskID(id) {
-		return ErrNotFound
+		return errNotFound
 	}
 	t, found := s.backend.Task(id)
 	if !found {
-		return ErrNotFound
+		return errNotFound
 	}
 	return writeJSON(w, http.StatusOK, taskResponse{envelope: ok("task", "Task "+string(t.State)), Task: t})
 }
@@ -338,14 +359,14 @@ func (s *Server) handleTask(w http.ResponseWriter, r *http.Request, ps httproute
 func (s *Server) handleCancelTask(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error {
 	id := ps.ByName("id")
 	if !validTaskID(id) {
-		return ErrNotFound
+		return errNotFound
 	}
 	t, err := s.backend.CancelTask(id)
 	if err != nil {
 		return err
 	}
 	msg := "Cancellation requested"
-	if t.State != TaskRunning {
+	if t.State.Final() {
 		msg = "Task already " + string(t.State)
 	}
 	s.reqLog(r).WithFields(logrus.Fields{fieldTaskID: t.ID, fieldTaskState: t.State}).Info("cancel_task: " + msg)

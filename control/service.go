@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/mountd/mountd/crypto"
+	"github.com/mountd/mountd/task"
 )
 
 // FileScanner looks at the backing tree. *fs.Root satisfies it as is (its
@@ -21,20 +22,22 @@ type FileScanner interface {
 	AnyEncrypted(ctx context.Context) (bool, error)
 }
 
-// TaskRunner runs the encrypt-existing-files migration. The filesystem's
-// migration, adapted by cmd/mountd, implements it.
+// TaskRunner runs the encrypt-existing-files migration. The migration
+// (fs.Migrator) implements it as is.
 type TaskRunner interface {
 	// Start starts the task, or returns the running one with started
 	// false. ctx bounds the call only: the task must outlive it.
-	Start(ctx context.Context) (task Task, started bool, err error)
+	Start(ctx context.Context) (t task.Record, started bool, err error)
 	// Get returns a task, running or finished, by id.
-	Get(id string) (Task, bool)
+	Get(id string) (task.Record, bool)
+	// List returns the tasks remembered, newest first.
+	List() []task.Record
 	// Cancel asks a running task to stop and returns its state; a finished
 	// task is returned unchanged; an unknown id is an error wrapping
-	// ErrNotFound.
-	Cancel(id string) (Task, error)
+	// task.ErrNotFound.
+	Cancel(id string) (task.Record, error)
 	// Last returns the running task, else the last one that ran.
-	Last() (Task, bool)
+	Last() (task.Record, bool)
 }
 
 // ServiceOptions configures a Service.
@@ -211,15 +214,18 @@ func kdfInfo(p crypto.KDFParams) KDFInfo {
 
 // StartEncryptExisting starts the migration (crypto.ErrLocked without a
 // key) or returns the running task.
-func (s *Service) StartEncryptExisting(ctx context.Context) (Task, bool, error) {
+func (s *Service) StartEncryptExisting(ctx context.Context) (task.Record, bool, error) {
 	if !s.keyring.IsSet() {
-		return Task{}, false, crypto.ErrLocked
+		return task.Record{}, false, crypto.ErrLocked
 	}
 	return s.tasks.Start(ctx)
 }
 
 // Task returns a task by id.
-func (s *Service) Task(id string) (Task, bool) { return s.tasks.Get(id) }
+func (s *Service) Task(id string) (task.Record, bool) { return s.tasks.Get(id) }
+
+// Tasks lists the tasks, newest first.
+func (s *Service) Tasks() []task.Record { return s.tasks.List() }
 
 // CancelTask asks a task to stop.
-func (s *Service) CancelTask(id string) (Task, error) { return s.tasks.Cancel(id) }
+func (s *Service) CancelTask(id string) (task.Record, error) { return s.tasks.Cancel(id) }

@@ -15,6 +15,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/mountd/mountd/crypto"
+	"github.com/mountd/mountd/task"
 )
 
 // testKDF is the cheapest parameter set crypto's Validate accepts.
@@ -33,44 +34,54 @@ func (f *fakeFiles) AnyEncrypted(context.Context) (bool, error) { return f.encry
 
 type fakeTasks struct {
 	mu      sync.Mutex
-	tasks   map[string]Task
+	tasks   map[string]task.Record
 	last    string
 	started atomic.Int32
 }
 
-func (f *fakeTasks) Start(context.Context) (Task, bool, error) {
+func (f *fakeTasks) Start(context.Context) (task.Record, bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if t, ok := f.tasks[f.last]; ok && t.State == TaskRunning {
+	if t, ok := f.tasks[f.last]; ok && t.State == task.Running {
 		return t, false, nil
 	}
 	n := f.started.Add(1)
-	t := Task{ID: fmt.Sprintf("m%d", n), Kind: TaskKindEncryptExisting, State: TaskRunning, StartedAt: fakeStart}
+	t := task.Record{ID: fmt.Sprintf("m%d", n), Kind: task.KindEncryptExisting, State: task.Running, StartedAt: fakeStart}
 	if f.tasks == nil {
-		f.tasks = map[string]Task{}
+		f.tasks = map[string]task.Record{}
 	}
 	f.tasks[t.ID], f.last = t, t.ID
 	return t, true, nil
 }
 
-func (f *fakeTasks) Get(id string) (Task, bool) {
+func (f *fakeTasks) Get(id string) (task.Record, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	t, ok := f.tasks[id]
 	return t, ok
 }
 
-func (f *fakeTasks) Cancel(id string) (Task, error) {
+func (f *fakeTasks) List() []task.Record {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var list []task.Record
+	for _, t := range f.tasks {
+		list = append(list, t)
+	}
+	return list
+}
+
+func (f *fakeTasks) Cancel(id string) (task.Record, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	t, ok := f.tasks[id]
 	if !ok {
-		return Task{}, ErrNotFound
+		return task.Record{}, task.ErrNotFound
 	}
 	return t, nil
 }
 
-func (f *fakeTasks) Last() (Task, bool) { return f.Get(f.last) }
+func (f *fakeTasks) Last() (task.Record, bool) { return f.Get(f.last) }
 
 type svcEnv struct {
 	svc   *Service
@@ -310,22 +321,22 @@ func TestServiceStatusAndTasks(t *testing.T) {
 		t.Fatalf("start while locked: %v", err)
 	}
 	e.svc.Login(ctx, []byte("pw"))
-	task, started, err := e.svc.StartEncryptExisting(ctx)
+	tk, started, err := e.svc.StartEncryptExisting(ctx)
 	if err != nil || !started {
 		t.Fatal(err)
 	}
 	if _, started, _ := e.svc.StartEncryptExisting(ctx); started {
 		t.Fatal("second start started another task")
 	}
-	if got, ok := e.svc.Task(task.ID); !ok || got.ID != task.ID {
+	if got, ok := e.svc.Task(tk.ID); !ok || got.ID != tk.ID {
 		t.Fatal("task not found")
 	}
-	if _, err := e.svc.CancelTask("nope"); !errors.Is(err, ErrNotFound) {
+	if _, err := e.svc.CancelTask("nope"); !errors.Is(err, task.ErrNotFound) {
 		t.Fatal(err)
 	}
 	e.files.counts = FileCounts{Encrypted: 2, Plaintext: 5}
 	st, err = e.svc.Status(ctx, true)
-	if err != nil || !st.KeySet || !st.PasswordSet || st.Task == nil || st.Task.ID != task.ID || *st.Files != e.files.counts {
+	if err != nil || !st.KeySet || !st.PasswordSet || st.Task == nil || st.Task.ID != tk.ID || *st.Files != e.files.counts {
 		t.Fatalf("after: %+v %v", st, err)
 	}
 	// A broken verifier is an internal error, not "no password".

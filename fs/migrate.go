@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	iofs "io/fs"
-	"maps"
 	"math"
 	"path/filepath"
 	"strings"
@@ -21,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mountd/mountd/crypto"
+	"github.com/mountd/mountd/task"
 )
 
 // The encrypt_existing_files migration: a task that walks the backing tree
@@ -40,33 +40,7 @@ import (
 // Memory is bounded by the number of paths, never by file sizes: each
 // worker copies through one pooled 2 MiB buffer.
 
-// MigrationState is the state of a migration task. Running is the only
-// state that changes.
-type MigrationState string
-
-// Migration states.
-const (
-	MigrationRunning   MigrationState = "running"
-	MigrationSucceeded MigrationState = "succeeded"
-	MigrationFailed    MigrationState = "failed"
-	MigrationCancelled MigrationState = "cancelled"
-)
-
-// Reasons a protected file was skipped, the keys of
-// MigrationStatus.SkippedReasons.
-const (
-	SkipAlreadyEncrypted = "already_encrypted" // carries the crypto magic
-	SkipHardLinks        = "hard_links"        // nlink > 1: the other names would keep the plaintext
-	SkipEmpty            = "empty"             // nothing to encrypt; encrypted on its first write
-	SkipNotRegular       = "not_regular"       // a symlink, FIFO, socket or device with a protected name
-	SkipGone             = "gone"              // removed or renamed before its turn
-	SkipOther            = "other"             // changed into something not to convert
-)
-
 var (
-	// ErrNoSuchMigration: Get or Cancel with an id no task has (or had,
-	// before it was forgotten; see maxMigrations).
-	ErrNoSuchMigration = errors.New("fs: no such migration task")
 	// ErrMigratorClosed: Start after Close.
 	ErrMigratorClosed = errors.New("fs: migrator closed")
 
@@ -77,31 +51,6 @@ var (
 
 // keyClearedMsg is the error of a task stopped by a logout.
 const keyClearedMsg = "file encryption key was cleared; the files encrypted so far stay encrypted: log in and start the task again to finish"
-
-// MigrationStatus is a snapshot of a migration task.
-//
-// FilesTotal counts the protected files found (regular or not, outside
-// auth/); at the end of a task that ran to completion it equals FilesDone +
-// FilesSkipped + FilesFailed + FilesBusy. BytesTotal is the size of the
-// plaintext files that were to be encrypted; BytesDone the part of it that
-// the task has finished with (encrypted, or found skipped, failed or busy),
-// plus the progress inside the files being converted. Every counter only
-// grows.
-type MigrationStatus struct {
-	ID             string
-	State          MigrationState
-	FilesTotal     int64
-	FilesDone      int64
-	FilesSkipped   int64
-	FilesFailed    int64
-	FilesBusy      int64
-	BytesTotal     int64
-	BytesDone      int64
-	StartedAt      time.Time
-	FinishedAt     time.Time // zero while running
-	Error          string    // why it failed; "" otherwise
-	SkippedReasons map[string]int64
-}
 
 // MigrationOptions tune a Migrator. The zero value is fine.
 type MigrationOptions struct {
@@ -186,21 +135,21 @@ func NewMigrator(r *Root, o MigrationOptions) *Migrator {
 // Start starts a task and returns its first snapshot with started true,
 // or the running task with started false. It needs the key: without it
 // the error wraps crypto.ErrLocked. ctx bounds the call only.
-func (m *Migrator) Start(ctx context.Context) (MigrationStatus, bool, error) {
+func (m *Migrator) Start(ctx context.Context) (task.Record, bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
-		return MigrationStatus{}, false, ErrMigratorClosed
+		return task.Record{}, false, ErrMigratorClosed
 	}
 	if m.cur != nil {
 		return m.cur.snapshotLocked(), false, nil
 	}
 	if !m.r.kr.IsSet() {
-		return MigrationStatus{}, false, fmt.Errorf("fs: start migration: %w", crypto.ErrLocked)
+		return task.Record{}, false, fmt.Errorf("fs: start migration: %w", crypto.ErrLocked)
 	}
 	var rnd [8]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
-		return MigrationStatus{}, false, err
+		return task.Record{}, false, err
 	}
 	tctx, cancel := context.WithCancelCause(context.Background())
 	t := &migration{
@@ -208,20 +157,15 @@ func (m *Migrator) Start(ctx context.Context) (MigrationStatus, bool, error) {
 		id:     "encrypt-" + hex.EncodeToString(rnd[:]),
 		cancel: cancel,
 		done:   make(chan struct{}),
-		st: MigrationStatus{
-			State:          MigrationRunning,
-			StartedAt:      time.Now(),
-			SkippedReasons: map[string]int64{},
-		},
 	}
-	t.st.ID = t.id
+	t.st = task.New(t.id, task.KindEncryptExisting, time.Now())
 	// A logout stops the task: its listener runs once the key is marked
 	// cleared and the crypto calls in flight have returned.
 	removeListener := m.r.kr.OnClear(func() { cancel(errKeyCleared) })
 	if !m.r.kr.IsSet() { // cleared before the listener was in place
 		removeListener()
 		cancel(errKeyCleared)
-		return MigrationStatus{}, false, fmt.Errorf("fs: start migration: %w", crypto.ErrLocked)
+		return task.Record{}, false, fmt.Errorf("fs: start migration: %w", crypto.ErrLocked)
 	}
 	m.tasks[t.id] = t
 	m.order = append(m.order, t.id)
@@ -243,23 +187,34 @@ func (m *Migrator) forgetOldLocked() {
 	}
 }
 
+// List returns the tasks remembered, newest first.
+func (m *Migrator) List() []task.Record {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	list := make([]task.Record, 0, len(m.order))
+	for i := len(m.order) - 1; i >= 0; i-- {
+		list = append(list, m.tasks[m.order[i]].snapshotLocked())
+	}
+	return list
+}
+
 // Get returns the task with this id, running or finished.
-func (m *Migrator) Get(id string) (MigrationStatus, bool) {
+func (m *Migrator) Get(id string) (task.Record, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	t := m.tasks[id]
 	if t == nil {
-		return MigrationStatus{}, false
+		return task.Record{}, false
 	}
 	return t.snapshotLocked(), true
 }
 
 // Last returns the running task, else the latest one.
-func (m *Migrator) Last() (MigrationStatus, bool) {
+func (m *Migrator) Last() (task.Record, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.last == nil {
-		return MigrationStatus{}, false
+		return task.Record{}, false
 	}
 	return m.last.snapshotLocked(), true
 }
@@ -268,13 +223,13 @@ func (m *Migrator) Last() (MigrationStatus, bool) {
 // still say running: the workers abandon the files in progress at their
 // next chunk (temp files removed, originals untouched) and the task ends
 // cancelled. A finished task is returned unchanged; an unknown id gives
-// ErrNoSuchMigration.
-func (m *Migrator) Cancel(id string) (MigrationStatus, error) {
+// task.ErrNotFound.
+func (m *Migrator) Cancel(id string) (task.Record, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	t := m.tasks[id]
 	if t == nil {
-		return MigrationStatus{}, fmt.Errorf("%w: %q", ErrNoSuchMigration, id)
+		return task.Record{}, fmt.Errorf("fs: %w: %q", task.ErrNotFound, id)
 	}
 	t.cancel(errCancelled)
 	return t.snapshotLocked(), nil
@@ -294,12 +249,12 @@ func (m *Migrator) Close() {
 }
 
 // wait blocks until the task ends (tests).
-func (m *Migrator) wait(id string) MigrationStatus {
+func (m *Migrator) wait(id string) task.Record {
 	m.mu.Lock()
 	t := m.tasks[id]
 	m.mu.Unlock()
 	if t == nil {
-		return MigrationStatus{}
+		return task.Record{}
 	}
 	<-t.done
 	m.mu.Lock()
@@ -315,7 +270,7 @@ type migration struct {
 	done   chan struct{} // closed when the task has ended
 
 	// Guarded by m.mu.
-	st        MigrationStatus
+	st        task.Record
 	finished  int64 // planned bytes of the files the task is done with
 	inflight  int64 // progress inside the files being converted
 	converted int64 // bytes of the files actually encrypted
@@ -331,14 +286,12 @@ type migItem struct {
 	size int64 // at counting time
 }
 
-func (t *migration) snapshotLocked() MigrationStatus {
-	s := t.st
-	s.SkippedReasons = maps.Clone(t.st.SkippedReasons)
-	return s
+func (t *migration) snapshotLocked() task.Record {
+	return t.st.Clone()
 }
 
 // update runs fn on the status under the lock.
-func (t *migration) update(fn func(st *MigrationStatus)) {
+func (t *migration) update(fn func(st *task.Record)) {
 	t.m.mu.Lock()
 	fn(&t.st)
 	t.m.mu.Unlock()
@@ -378,23 +331,18 @@ func (t *migration) finish(ctx context.Context, stop error, log *logrus.Entry) {
 	st := &t.st
 	switch {
 	case stop == nil && st.FilesFailed == 0:
-		st.State = MigrationSucceeded
+		st.Finish(task.Succeeded, "", time.Now())
 	case stop == nil:
-		st.State = MigrationFailed
-		st.Error = fmt.Sprintf("%d of %d files could not be read or encrypted (see the daemon log); they stay as they were", st.FilesFailed, st.FilesTotal)
+		st.Finish(task.Failed, fmt.Sprintf("%d of %d files could not be read or encrypted (see the daemon log); they stay as they were", st.FilesFailed, st.FilesTotal), time.Now())
 	case errors.Is(stop, errCancelled):
-		st.State = MigrationCancelled
+		st.Finish(task.Cancelled, "", time.Now())
 	case errors.Is(stop, errShutdown):
-		st.State = MigrationCancelled
-		st.Error = stop.Error()
+		st.Finish(task.Cancelled, stop.Error(), time.Now())
 	case errors.Is(stop, errKeyCleared), errors.Is(stop, crypto.ErrLocked):
-		st.State = MigrationFailed
-		st.Error = keyClearedMsg
+		st.Finish(task.Failed, keyClearedMsg, time.Now())
 	default:
-		st.State = MigrationFailed
-		st.Error = stop.Error()
+		st.Finish(task.Failed, stop.Error(), time.Now())
 	}
-	st.FinishedAt = time.Now()
 	dur := st.FinishedAt.Sub(st.StartedAt)
 	final := t.snapshotLocked()
 	converted := t.converted
@@ -410,7 +358,8 @@ func (t *migration) finish(ctx context.Context, stop error, log *logrus.Entry) {
 	f := logrus.Fields{
 		"state": final.State, "files_total": final.FilesTotal, "files_done": final.FilesDone,
 		"files_skipped": final.FilesSkipped, "files_busy": final.FilesBusy, "files_failed": final.FilesFailed,
-		"bytes_total": final.BytesTotal, "bytes_done": final.BytesDone, "bytes_encrypted": converted,
+		"files_left_plaintext": final.FilesLeftPlaintext, "bytes_total": final.BytesTotal,
+		"bytes_done": final.BytesDone, "bytes_encrypted": converted,
 		"dur_ms": dur.Milliseconds(), "rate_mib_s": rate,
 	}
 	if len(final.SkippedReasons) > 0 {
@@ -441,7 +390,7 @@ func (t *migration) count(ctx context.Context) ([]migItem, error) {
 			rel, _ := filepath.Rel(r.backing, path)
 			t.m.log.WithField(fieldTaskID, t.id).WithField(fieldPath, rel).WithError(err).
 				Warn("encrypt_existing_files: cannot read; its protected files stay as they are")
-			t.update(func(st *MigrationStatus) { st.FilesTotal++; st.FilesFailed++ })
+			t.update(func(st *task.Record) { st.FilesTotal++; st.Fail(rel, err) })
 			if d != nil && d.IsDir() {
 				return filepath.SkipDir
 			}
@@ -464,7 +413,7 @@ func (t *migration) count(ctx context.Context) ([]migItem, error) {
 		reason := ""
 		var size int64
 		if !d.Type().IsRegular() {
-			reason = SkipNotRegular
+			reason = task.SkipNotRegular
 		} else {
 			var x unix.Statx_t
 			switch err := r.statRel(rel, &x); {
@@ -473,23 +422,22 @@ func (t *migration) count(ctx context.Context) ([]migItem, error) {
 			case err != nil:
 				// Let the conversion report it.
 			case !isReg(&x):
-				reason = SkipNotRegular
+				reason = task.SkipNotRegular
 			case x.Nlink > 1:
-				reason = SkipHardLinks
+				reason = task.SkipHardLinks
 			case x.Size == 0:
-				reason = SkipEmpty
+				reason = task.SkipEmpty
 			default:
 				size = int64(x.Size)
 				if enc, err := t.peekMagic(rel); err == nil && enc {
-					reason = SkipAlreadyEncrypted
+					reason = task.SkipAlreadyEncrypted
 				}
 			}
 		}
-		t.update(func(st *MigrationStatus) {
+		t.update(func(st *task.Record) {
 			st.FilesTotal++
 			if reason != "" {
-				st.FilesSkipped++
-				st.SkippedReasons[reason]++
+				st.Skip(rel, reason)
 			} else {
 				st.BytesTotal += size
 			}
@@ -547,8 +495,8 @@ func (t *migration) convert(ctx context.Context, items []migItem) error {
 	for _, it := range pending {
 		m.log.WithFields(logrus.Fields{fieldTaskID: t.id, fieldPath: it.rel}).
 			Info("encrypt_existing_files: file still in use; it stays plaintext until the task runs again")
-		t.update(func(st *MigrationStatus) {
-			st.FilesBusy++
+		t.update(func(st *task.Record) {
+			st.Busy(it.rel)
 			t.finishBytesLocked(it.size)
 		})
 	}
@@ -711,8 +659,7 @@ func (t *migration) outcome(ctx context.Context, it migItem, res convertResult, 
 		}
 		t.dirs[filepath.Dir(it.rel)] = struct{}{}
 	case err == nil:
-		st.FilesSkipped++
-		st.SkippedReasons[reason]++
+		st.Skip(it.rel, reason)
 	case errors.Is(err, errBusy) || errors.Is(err, errChanged):
 		return true, nil
 	case ctx.Err() != nil:
@@ -722,7 +669,7 @@ func (t *migration) outcome(ctx context.Context, it migItem, res convertResult, 
 	case isNoSpace(err) || errors.Is(err, syscall.EROFS):
 		return false, fmt.Errorf("%s: %w", it.rel, err)
 	default:
-		st.FilesFailed++
+		st.Fail(it.rel, err)
 		m.log.WithFields(logrus.Fields{fieldTaskID: t.id, fieldPath: it.rel}).WithError(err).
 			Warn("encrypt_existing_files: cannot encrypt file; it stays plaintext")
 	}
@@ -975,22 +922,22 @@ func (t *migration) skipReason(rel string) string {
 	var x unix.Statx_t
 	if err := t.m.r.statRel(rel, &x); err != nil {
 		if err == unix.ENOENT || err == unix.ENOTDIR {
-			return SkipGone
+			return task.SkipGone
 		}
-		return SkipOther
+		return task.SkipOther
 	}
 	switch {
 	case !isReg(&x):
-		return SkipNotRegular
+		return task.SkipNotRegular
 	case x.Nlink > 1:
-		return SkipHardLinks
+		return task.SkipHardLinks
 	case x.Size == 0:
-		return SkipEmpty
+		return task.SkipEmpty
 	}
 	if enc, err := t.peekMagic(rel); err == nil && enc {
-		return SkipAlreadyEncrypted
+		return task.SkipAlreadyEncrypted
 	}
-	return SkipOther
+	return task.SkipOther
 }
 
 // isStaleTemp reports whether name is one of encryptInPlace's temp files:

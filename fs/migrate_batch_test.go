@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mountd/mountd/task"
 )
 
 // TestMigrateBatches: many small files are made durable in batches (one
@@ -48,7 +50,7 @@ func TestMigrateBatches(t *testing.T) {
 	m.hooks.syncfs = func(fd int) error { syncs.Add(1); return unix.Syncfs(fd) }
 	s := migRun(t, m)
 	migCheckFinal(t, s)
-	if s.State != MigrationSucceeded || s.FilesDone != n {
+	if s.State != task.Succeeded || s.FilesDone != n {
 		t.Fatalf("%+v", s)
 	}
 	mu.Lock()
@@ -92,7 +94,7 @@ func TestMigrateSyncfsFails(t *testing.T) {
 	m.hooks.syncfs = func(int) error { calls.Add(1); return unix.EIO }
 	s := migRun(t, m)
 	migCheckFinal(t, s)
-	if s.State != MigrationSucceeded || s.FilesDone != 20 || calls.Load() == 0 {
+	if s.State != task.Succeeded || s.FilesDone != 20 || calls.Load() == 0 {
 		t.Fatalf("%+v, %d syncfs", s, calls.Load())
 	}
 	migCheckConverted(t, e, want)
@@ -136,7 +138,7 @@ func TestMigrateWriteWhileInBatch(t *testing.T) {
 	if err := <-wrote; err != nil {
 		t.Fatal(err)
 	}
-	if s.State != MigrationSucceeded || s.FilesDone != 2 {
+	if s.State != task.Succeeded || s.FilesDone != 2 {
 		t.Fatalf("%+v", s)
 	}
 	if !e.isEncrypted("a.bin") {
@@ -171,7 +173,7 @@ func TestMigrateCrashInBatch(t *testing.T) {
 			}
 		})
 	}
-	if s := migRun(t, m); s.State != MigrationSucceeded || s.FilesDone != 12 {
+	if s := migRun(t, m); s.State != task.Succeeded || s.FilesDone != 12 {
 		t.Fatalf("%+v", s)
 	}
 	migCheckConverted(t, e, want)

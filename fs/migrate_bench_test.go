@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mountd/mountd/task"
 )
 
 // heapPeak samples the heap in use until stop is called and returns the
@@ -60,7 +62,7 @@ func TestMigrateBoundedMemory(t *testing.T) {
 	stop := heapPeak()
 	s := migRun(t, m)
 	peak := stop()
-	if s.State != MigrationSucceeded || s.FilesDone != 1 {
+	if s.State != task.Succeeded || s.FilesDone != 1 {
 		t.Fatalf("%+v", s)
 	}
 	grew := int64(peak) - int64(before.HeapInuse)
@@ -171,7 +173,7 @@ func BenchmarkMigrate(b *testing.B) {
 		b.StopTimer()
 		peak = max(peak, stop())
 		m.Close()
-		if s.State != MigrationSucceeded || s.FilesDone != int64(small+large) {
+		if s.State != task.Succeeded || s.FilesDone != int64(small+large) {
 			b.Fatalf("%+v", s)
 		}
 		b.StartTimer()

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mountd/mountd/crypto"
+	"github.com/mountd/mountd/task"
 )
 
 // newMigrator returns a Migrator on e's root, closed in t.Cleanup before
@@ -31,7 +32,7 @@ func newMigrator(t *testing.T, e *testEnv, o MigrationOptions) *Migrator {
 }
 
 // migRun starts a task and waits for it to end.
-func migRun(t *testing.T, m *Migrator) MigrationStatus {
+func migRun(t *testing.T, m *Migrator) task.Record {
 	t.Helper()
 	s, started, err := m.Start(context.Background())
 	if err != nil {
@@ -94,7 +95,7 @@ func migCheckNoTemps(t *testing.T, e *testEnv) {
 }
 
 // migCheckFinal checks the invariants of a task that ran to the end.
-func migCheckFinal(t *testing.T, s MigrationStatus) {
+func migCheckFinal(t *testing.T, s task.Record) {
 	t.Helper()
 	if s.FinishedAt.IsZero() || s.FinishedAt.Before(s.StartedAt) {
 		t.Errorf("finished_at %v, started_at %v", s.FinishedAt, s.StartedAt)
@@ -112,12 +113,16 @@ func migCheckFinal(t *testing.T, s MigrationStatus) {
 	if s.BytesDone != s.BytesTotal {
 		t.Errorf("bytes_done %d, bytes_total %d", s.BytesDone, s.BytesTotal)
 	}
+	if want := s.FilesBusy + s.FilesFailed + s.SkippedReasons[task.SkipEmpty] + s.SkippedReasons[task.SkipHardLinks] +
+		s.SkippedReasons[task.SkipOther]; s.FilesLeftPlaintext != want || int64(len(s.LeftPlaintext)) != min(want, task.MaxListed) {
+		t.Errorf("files_left_plaintext %d, listed %d; want %d", s.FilesLeftPlaintext, len(s.LeftPlaintext), want)
+	}
 }
 
 // monotonic records snapshots and checks that no counter ever goes down.
 type monotonic struct {
 	mu   sync.Mutex
-	last MigrationStatus
+	last task.Record
 	errs []string
 	n    int
 }
@@ -125,7 +130,7 @@ type monotonic struct {
 // see takes a snapshot with get and checks it against the previous one.
 // The snapshot is taken under mo.mu, so snapshots are compared in the
 // order they were taken.
-func (mo *monotonic) see(get func() MigrationStatus) {
+func (mo *monotonic) see(get func() task.Record) {
 	mo.mu.Lock()
 	defer mo.mu.Unlock()
 	s := get()
@@ -140,6 +145,7 @@ func (mo *monotonic) see(get func() MigrationStatus) {
 		{"files_skipped", p.FilesSkipped, s.FilesSkipped},
 		{"files_failed", p.FilesFailed, s.FilesFailed},
 		{"files_busy", p.FilesBusy, s.FilesBusy},
+		{"files_left_plaintext", p.FilesLeftPlaintext, s.FilesLeftPlaintext},
 		{"bytes_total", p.BytesTotal, s.BytesTotal},
 		{"bytes_done", p.BytesDone, s.BytesDone},
 	}
@@ -148,7 +154,7 @@ func (mo *monotonic) see(get func() MigrationStatus) {
 			mo.errs = append(mo.errs, fmt.Sprintf("%s went from %d to %d", c.name, c.prev, c.cur))
 		}
 	}
-	if s.BytesDone > s.BytesTotal && s.State == MigrationRunning && s.BytesTotal > 0 {
+	if s.BytesDone > s.BytesTotal && s.State == task.Running && s.BytesTotal > 0 {
 		mo.errs = append(mo.errs, fmt.Sprintf("bytes_done %d > bytes_total %d", s.BytesDone, s.BytesTotal))
 	}
 	mo.last = s
@@ -221,7 +227,7 @@ func TestMigrateTree(t *testing.T) {
 	var getter atomic.Pointer[string]
 	m.hooks.progress = func(_ context.Context, rel string, _ int64) {
 		if id := getter.Load(); id != nil {
-			mono.see(func() MigrationStatus { s, _ := m.Get(*id); return s })
+			mono.see(func() task.Record { s, _ := m.Get(*id); return s })
 		}
 	}
 	s0, started, err := m.Start(context.Background())
@@ -234,9 +240,9 @@ func TestMigrateTree(t *testing.T) {
 	go func() { // poll as a client would
 		defer close(pollDone)
 		for {
-			var s MigrationStatus
-			mono.see(func() MigrationStatus { s, _ = m.Get(s0.ID); return s })
-			if s.State != MigrationRunning {
+			var s task.Record
+			mono.see(func() task.Record { s, _ = m.Get(s0.ID); return s })
+			if s.State != task.Running {
 				return
 			}
 			select {
@@ -249,10 +255,10 @@ func TestMigrateTree(t *testing.T) {
 	s := m.wait(s0.ID)
 	close(stopPoll)
 	<-pollDone
-	mono.see(func() MigrationStatus { return s })
+	mono.see(func() task.Record { return s })
 	mono.check(t)
 
-	if s.State != MigrationSucceeded || s.Error != "" {
+	if s.State != task.Succeeded || s.Error != "" {
 		t.Fatalf("state %s error %q", s.State, s.Error)
 	}
 	migCheckFinal(t, s)
@@ -260,10 +266,21 @@ func TestMigrateTree(t *testing.T) {
 	for _, f := range conv {
 		wantBytes += int64(len(f.data))
 	}
-	wantSkip := map[string]int64{SkipEmpty: 1, SkipHardLinks: 2, SkipNotRegular: 2, SkipAlreadyEncrypted: 1}
+	wantSkip := map[string]int64{task.SkipEmpty: 1, task.SkipHardLinks: 2, task.SkipNotRegular: 2, task.SkipAlreadyEncrypted: 1}
 	if s.FilesDone != int64(len(conv)) || s.FilesTotal != int64(len(conv))+6 || s.BytesTotal != wantBytes ||
 		s.FilesBusy != 0 || s.FilesFailed != 0 || fmt.Sprint(s.SkippedReasons) != fmt.Sprint(wantSkip) {
 		t.Fatalf("status %+v; want done %d, total %d, bytes %d, skipped %v", s, len(conv), len(conv)+6, wantBytes, wantSkip)
+	}
+	// The files left plaintext are named with their reason: the empty one
+	// and both names of the hard link (not the symlink or the FIFO, which
+	// have no content of their own, nor the encrypted one).
+	left := map[string]string{}
+	for _, f := range s.LeftPlaintext {
+		left[f.Path] = f.Reason
+	}
+	wantLeft := map[string]string{"a/empty.bin": task.SkipEmpty, "links/one.bin": task.SkipHardLinks, "links/two.bin": task.SkipHardLinks}
+	if s.FilesLeftPlaintext != 3 || fmt.Sprint(left) != fmt.Sprint(wantLeft) {
+		t.Fatalf("left plaintext: %d %v, want %v", s.FilesLeftPlaintext, s.LeftPlaintext, wantLeft)
 	}
 
 	for _, f := range conv {
@@ -345,14 +362,14 @@ func TestMigrateTree(t *testing.T) {
 	// Again: nothing to do.
 	s2 := migRun(t, m)
 	migCheckFinal(t, s2)
-	if s2.State != MigrationSucceeded || s2.FilesDone != 0 || s2.FilesTotal != s.FilesTotal ||
-		s2.FilesSkipped != s.FilesTotal || s2.SkippedReasons[SkipAlreadyEncrypted] != int64(len(conv))+1 || s2.BytesTotal != 0 {
+	if s2.State != task.Succeeded || s2.FilesDone != 0 || s2.FilesTotal != s.FilesTotal ||
+		s2.FilesSkipped != s.FilesTotal || s2.SkippedReasons[task.SkipAlreadyEncrypted] != int64(len(conv))+1 || s2.BytesTotal != 0 {
 		t.Fatalf("re-run: %+v", s2)
 	}
 	if s2.ID == s.ID {
 		t.Error("same id for two tasks")
 	}
-	if old, ok := m.Get(s.ID); !ok || old.State != MigrationSucceeded || old.FilesDone != s.FilesDone {
+	if old, ok := m.Get(s.ID); !ok || old.State != task.Succeeded || old.FilesDone != s.FilesDone {
 		t.Errorf("first task no longer queryable: %+v %v", old, ok)
 	}
 	if l, _ := m.Last(); l.ID != s2.ID {
@@ -384,7 +401,7 @@ func TestMigrateLogoutMidFile(t *testing.T) {
 		}
 	}
 	s := migRun(t, m)
-	if s.State != MigrationFailed || !strings.Contains(s.Error, "file encryption key was cleared") {
+	if s.State != task.Failed || !strings.Contains(s.Error, "file encryption key was cleared") {
 		t.Fatalf("state %s error %q", s.State, s.Error)
 	}
 	if s.FilesDone != 2 || s.FilesTotal != 5 || s.FilesFailed != 0 {
@@ -420,7 +437,7 @@ func TestMigrateLogoutMidFile(t *testing.T) {
 	m.hooks.progress = nil
 	s2 := migRun(t, m)
 	migCheckFinal(t, s2)
-	if s2.State != MigrationSucceeded || s2.FilesDone != 3 || s2.SkippedReasons[SkipAlreadyEncrypted] != 2 {
+	if s2.State != task.Succeeded || s2.FilesDone != 3 || s2.SkippedReasons[task.SkipAlreadyEncrypted] != 2 {
 		t.Fatalf("resume: %+v", s2)
 	}
 	migCheckConverted(t, e, files)
@@ -442,7 +459,7 @@ func TestMigrateLogoutBetweenFiles(t *testing.T) {
 		}
 	}
 	s := migRun(t, m)
-	if s.State != MigrationFailed || !strings.Contains(s.Error, "key was cleared") || s.FilesDone != 2 {
+	if s.State != task.Failed || !strings.Contains(s.Error, "key was cleared") || s.FilesDone != 2 {
 		t.Fatalf("%+v", s)
 	}
 	migCheckNoTemps(t, e)
@@ -473,14 +490,14 @@ func TestMigrateCancel(t *testing.T) {
 	}
 	<-reached
 	// A second Start returns the running task.
-	if again, started, err := m.Start(context.Background()); err != nil || started || again.ID != s0.ID || again.State != MigrationRunning {
+	if again, started, err := m.Start(context.Background()); err != nil || started || again.ID != s0.ID || again.State != task.Running {
 		t.Fatalf("second start: %+v %v %v", again, started, err)
 	}
 	if _, err := m.Cancel(s0.ID); err != nil {
 		t.Fatal(err)
 	}
 	s := m.wait(s0.ID)
-	if s.State != MigrationCancelled || s.Error != "" || s.FilesDone != 1 {
+	if s.State != task.Cancelled || s.Error != "" || s.FilesDone != 1 {
 		t.Fatalf("after cancel: %+v", s)
 	}
 	if !bytes.Equal(e.backingBytes("big.bin"), big) {
@@ -491,17 +508,17 @@ func TestMigrateCancel(t *testing.T) {
 	}
 	migCheckNoTemps(t, e)
 	// Cancelling a finished task returns it unchanged.
-	if s2, err := m.Cancel(s0.ID); err != nil || s2.State != MigrationCancelled || s2.FinishedAt != s.FinishedAt {
+	if s2, err := m.Cancel(s0.ID); err != nil || s2.State != task.Cancelled || s2.FinishedAt != s.FinishedAt {
 		t.Fatalf("cancel again: %+v %v", s2, err)
 	}
-	if _, err := m.Cancel("nope"); !errors.Is(err, ErrNoSuchMigration) {
+	if _, err := m.Cancel("nope"); !errors.Is(err, task.ErrNotFound) {
 		t.Fatalf("cancel unknown: %v", err)
 	}
 	if _, ok := m.Get("nope"); ok {
 		t.Fatal("get unknown")
 	}
 	m.hooks.progress = nil
-	if s := migRun(t, m); s.State != MigrationSucceeded || s.FilesDone != 2 {
+	if s := migRun(t, m); s.State != task.Succeeded || s.FilesDone != 2 {
 		t.Fatalf("resume: %+v", s)
 	}
 	if got := mustRead(t, e.m("big.bin")); !bytes.Equal(got, big) {
@@ -542,8 +559,11 @@ func TestMigrateBusyFd(t *testing.T) {
 	}
 	s := migRun(t, m)
 	migCheckFinal(t, s)
-	if s.State != MigrationSucceeded || s.FilesBusy != 1 || s.FilesDone != 1 || fmt.Sprint(rounds) != "[0 1 2]" {
+	if s.State != task.Succeeded || s.FilesBusy != 1 || s.FilesDone != 1 || fmt.Sprint(rounds) != "[0 1 2]" {
 		t.Fatalf("status %+v, busy rounds %v", s, rounds)
+	}
+	if s.FilesLeftPlaintext != 1 || fmt.Sprint(s.LeftPlaintext) != fmt.Sprint([]task.File{{Path: "busy.bin", Reason: task.ReasonBusy}}) {
+		t.Fatalf("left plaintext: %d %+v", s.FilesLeftPlaintext, s.LeftPlaintext)
 	}
 	write("after")
 	if got := mustRead(t, e.m("busy.bin")); !bytes.Equal(got, want) {
@@ -557,7 +577,7 @@ func TestMigrateBusyFd(t *testing.T) {
 	}
 	m.hooks.busy = nil
 	s2 := migRun(t, m)
-	if s2.State != MigrationSucceeded || s2.FilesDone != 1 || s2.FilesBusy != 0 {
+	if s2.State != task.Succeeded || s2.FilesDone != 1 || s2.FilesBusy != 0 {
 		t.Fatalf("second run: %+v", s2)
 	}
 	if !e.isEncrypted("busy.bin") {
@@ -588,7 +608,7 @@ func TestMigrateBusyThenClosed(t *testing.T) {
 		}
 	}
 	s := migRun(t, m)
-	if s.State != MigrationSucceeded || s.FilesDone != 1 || s.FilesBusy != 0 {
+	if s.State != task.Succeeded || s.FilesDone != 1 || s.FilesBusy != 0 {
 		t.Fatalf("%+v", s)
 	}
 	if !e.isEncrypted("x.bin") {
@@ -637,14 +657,14 @@ func TestMigrateConcurrentAppend(t *testing.T) {
 	close(stop)
 	<-done
 	t.Logf("first run: done %d busy %d", s.FilesDone, s.FilesBusy)
-	if s.State != MigrationSucceeded {
+	if s.State != task.Succeeded {
 		t.Fatalf("%+v", s)
 	}
 	if got := mustRead(t, e.m("log.bin")); !bytes.Equal(got, want) {
 		t.Fatalf("log.bin: %d bytes, want %d", len(got), len(want))
 	}
 	s2 := migRun(t, m)
-	if s2.State != MigrationSucceeded || s2.FilesBusy != 0 {
+	if s2.State != task.Succeeded || s2.FilesBusy != 0 {
 		t.Fatalf("second run: %+v", s2)
 	}
 	if !e.isEncrypted("log.bin") {
@@ -692,7 +712,7 @@ func TestMigrateCloseStopsTask(t *testing.T) {
 	<-reached
 	m.Close()
 	s, _ := m.Get(s0.ID)
-	if s.State != MigrationCancelled || s.FinishedAt.IsZero() {
+	if s.State != task.Cancelled || s.FinishedAt.IsZero() {
 		t.Fatalf("%+v", s)
 	}
 	if !bytes.Equal(e.backingBytes("big.bin"), big) {

@@ -19,6 +19,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/mountd/mountd/control"
+	"github.com/mountd/mountd/task"
 )
 
 // client talks to the control plane for a person at a terminal.
@@ -84,7 +85,7 @@ type reply struct {
 	Error   string          `json:"error"`
 	KeySet  *bool           `json:"key_set"`
 	Created bool            `json:"created"`
-	Task    *control.Task   `json:"task"`
+	Task    *task.Record    `json:"task"`
 	Raw     json.RawMessage `json:"-"`
 }
 
@@ -431,11 +432,11 @@ func encryptExisting(c *client, s stdio, noWait bool) error {
 	for {
 		if tty {
 			fmt.Fprintf(stdout, "\r%s", progressLine(t))
-		} else if time.Since(last) > 5*time.Second || t.State != control.TaskRunning {
+		} else if time.Since(last) > 5*time.Second || t.State != task.Running {
 			fmt.Fprintln(stdout, progressLine(t))
 			last = time.Now()
 		}
-		if t.State != control.TaskRunning {
+		if t.State != task.Running {
 			break
 		}
 		time.Sleep(250 * time.Millisecond)
@@ -449,16 +450,16 @@ func encryptExisting(c *client, s stdio, noWait bool) error {
 		fmt.Fprintln(stdout)
 	}
 	fmt.Fprintf(stdout, "%s\n", describeTask(t))
-	if t.State != control.TaskSucceeded {
+	if t.State != task.Succeeded {
 		return fmt.Errorf("task %s %s: %s", t.ID, t.State, t.Error)
 	}
 	return nil
 }
 
-func progressLine(t *control.Task) string {
+func progressLine(t *task.Record) string {
 	const width = 30
 	frac := 1.0
-	if t.State == control.TaskRunning {
+	if t.State == task.Running {
 		frac = 0 // not counted yet
 	}
 	if t.BytesTotal > 0 {
@@ -473,7 +474,7 @@ func progressLine(t *control.Task) string {
 		t.FilesDone, t.FilesTotal, humanBytes(t.BytesDone), humanBytes(t.BytesTotal))
 }
 
-func describeTask(t *control.Task) string {
+func describeTask(t *task.Record) string {
 	s := fmt.Sprintf("%s: %d/%d files done, %d skipped, %d busy, %d failed, %s of %s",
 		t.State, t.FilesDone, t.FilesTotal, t.FilesSkipped, t.FilesBusy, t.FilesFailed,
 		humanBytes(t.BytesDone), humanBytes(t.BytesTotal))

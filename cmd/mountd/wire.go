@@ -42,7 +42,7 @@ func startDaemon(c *serveConfig, kr *crypto.Keyring, log *logrus.Entry) (*daemon
 		Protect:      c.protect,
 		KDF:          c.kdf,
 		Files:        srv.Root,
-		Tasks:        migrationTasks{mig},
+		Tasks:        mig,
 	})
 	if err != nil {
 		mig.Close()
