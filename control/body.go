@@ -26,6 +26,9 @@ var errNotString = errors.New("control: secret field is not a valid JSON string"
 // error rather than a silent U+FFFD), so two different inputs never become
 // the same password. NUL (\u0000) and any other code point are kept.
 func (s *secret) UnmarshalJSON(data []byte) error {
+	// A key given twice decodes twice into the same field: the first
+	// value must not be left behind unzeroed.
+	s.wipe()
 	if len(data) < 2 || data[0] != '"' || data[len(data)-1] != '"' {
 		return errNotString
 	}

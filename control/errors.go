@@ -73,6 +73,10 @@ var (
 		msg: "Host not allowed; use localhost, 127.0.0.1 or [::1] with the listen port"}
 	errForbiddenOrigin = &apiError{status: http.StatusForbidden, code: CodeForbidden,
 		msg: "Cross-origin request refused"}
+	errForbiddenCaller = &apiError{status: http.StatusForbidden, code: CodeForbidden,
+		msg: "Only root, the daemon's user and users allowed with --allow-uid may do this"}
+	errCallerUnknown = &apiError{status: http.StatusForbidden, code: CodeForbidden,
+		msg: "Could not tell which user is calling; refused"}
 	errUnauthorized = &apiError{status: http.StatusUnauthorized, code: CodeUnauthorized,
 		msg: "Missing or invalid bearer token"}
 	errNotFound = &apiError{status: http.StatusNotFound, code: CodeNotFound,

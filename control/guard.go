@@ -167,56 +167,83 @@ func (s *Server) checkToken(r *http.Request) error {
 	return nil
 }
 
-// backoff slows down password guessing: the first freeFailures failures are
-// free, then each one locks password checks for base, 2*base, 4*base, ...
-// up to max. A success resets it, and so does a quiet window without a
-// failure. It is global, not per client: every browser attacker comes from
-// 127.0.0.1 anyway.
+// backoff slows down password guessing, separately for each caller
+// (backoffKey), so one caller's failures never lock out another: the
+// lockAt-th failure in a row locks that caller's password checks for
+// base, the next one (once the lock is over) for 2*base, then 4*base, ...
+// up to max. A success resets the caller's count, and so does a quiet
+// window without a failure. With the defaults: four failures cost
+// nothing, the fifth locks for 1 s, then 2, 4, 8, 16, 32, 60, 60, ... s.
 type backoff struct {
-	mu           sync.Mutex
-	now          func() time.Time
-	freeFailures int
-	base, max    time.Duration
-	window       time.Duration
+	mu        sync.Mutex
+	now       func() time.Time
+	lockAt    int
+	base, max time.Duration
+	window    time.Duration
 
+	callers map[backoffKey]*backoffState
+}
+
+type backoffState struct {
 	failures int
 	last     time.Time // last failure
 	until    time.Time // no attempt before this
 }
 
 func newBackoff() *backoff {
-	return &backoff{now: time.Now, freeFailures: 5, base: time.Second, max: time.Minute, window: 15 * time.Minute}
+	return &backoff{now: time.Now, lockAt: 5, base: time.Second, max: time.Minute, window: 15 * time.Minute,
+		callers: map[backoffKey]*backoffState{}}
 }
 
-// wait returns how long until the next attempt is allowed; 0 means now.
-func (b *backoff) wait() time.Duration {
+// wait returns how long until k's next attempt is allowed; 0 means now.
+func (b *backoff) wait(k backoffKey) time.Duration {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return max(b.until.Sub(b.now()), 0)
+	st := b.callers[k]
+	if st == nil {
+		return 0
+	}
+	return max(st.until.Sub(b.now()), 0)
 }
 
-func (b *backoff) failure() {
+func (b *backoff) failure(k backoffKey) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	now := b.now()
-	if now.Sub(b.last) > b.window {
-		b.failures = 0
+	st := b.callers[k]
+	if st == nil {
+		b.forgetQuiet(now)
+		st = &backoffState{}
+		b.callers[k] = st
 	}
-	b.failures++
-	b.last = now
-	if n := b.failures - b.freeFailures; n >= 0 {
+	if now.Sub(st.last) > b.window {
+		st.failures = 0
+	}
+	st.failures++
+	st.last = now
+	if n := st.failures - b.lockAt; n >= 0 {
 		d := b.max
 		if n < 30 && b.base<<n < b.max {
 			d = b.base << n
 		}
-		b.until = now.Add(d)
+		st.until = now.Add(d)
 	}
 }
 
-func (b *backoff) success() {
+// forgetQuiet drops the counts that have expired. Only allowed callers
+// reach the backoff, so the map stays small; this keeps it so.
+func (b *backoff) forgetQuiet(now time.Time) {
+	for k, st := range b.callers {
+		if now.Sub(st.last) > b.window && !now.Before(st.until) {
+			delete(b.callers, k)
+		}
+	}
+}
+
+func (b *backoff) success(k backoffKey) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.failures, b.last, b.until = 0, time.Time{}, time.Time{}
+	delete(b.callers, k)
 }
 
 // kdfGate lets one password check (an Argon2 run) proceed at a time. Others

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 
 	"github.com/julienschmidt/httprouter"
@@ -91,8 +92,8 @@ func (s *Server) wrap(e route) httprouter.Handle {
 		if info := infoFrom(r); info != nil {
 			info.route, info.mutating = e.path, e.mutating
 		}
-		if e.mutating {
-			if err := s.checkOrigin(r); err != nil {
+		if !slices.Contains(openRoutes, e.path) {
+			if err := s.ownerOnly(r, e.mutating); err != nil {
 				s.writeError(w, r, e.command, err)
 				return
 			}
@@ -122,6 +123,8 @@ type loginRequest struct {
 	Password secret `json:"password"`
 }
 
+func (q *loginRequest) secrets() []namedSecret { return []namedSecret{{"password", &q.Password}} }
+
 type loginResponse struct {
 	envelope
 	KeySet     bool `json:"key_set"`
@@ -129,32 +132,17 @@ type loginResponse struct {
 	AlreadySet bool `json:"already_set"`
 }
 
-// handleLogin: POST application/json {"password": "..."}.
+// handleLogin: POST application/json {"password": "..."}. Only allowed
+// callers get here, so only they can create the first password.
 func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
-	if err := requireJSONPost(r); err != nil {
-		return err
-	}
-	lg := s.reqLog(r)
-	if wait := s.backoff.wait(); wait > 0 {
-		lg.WithField(fieldRetry, retryAfterSeconds(wait)).Info("login refused: backing off after failed attempts")
-		return tooManyAttempts(wait)
-	}
 	var req loginRequest
-	defer req.Password.wipe()
-	if err := s.readSecrets(w, r, &req, "password"); err != nil {
-		return err
-	}
-	if len(req.Password) == 0 {
-		return badRequest("Password must not be empty")
-	}
-
 	var res LoginResult
-	err := s.checkPassword(r, func(ctx context.Context) error {
+	err := s.passwordCall(w, r, "login", &req, func(ctx context.Context) error {
 		var err error
 		res, err = s.backend.Login(ctx, req.Password)
 		return err
 	})
-	req.Password.wipe()
+	lg := s.reqLog(r)
 	switch {
 	case errors.Is(err, crypto.ErrInvalidPassword):
 		lg.Info("login failed: invalid password")
@@ -182,41 +170,103 @@ type changePasswordRequest struct {
 	NewPassword secret `json:"new_password"`
 }
 
+func (q *changePasswordRequest) secrets() []namedSecret {
+	return []namedSecret{{"old_password", &q.OldPassword}, {"new_password", &q.NewPassword}}
+}
+
 // handleChangePassword: POST application/json {"old_password", "new_password"}.
 // A wrong old password counts as a failed login for the backoff: it is the
 // same oracle.
 func (s *Server) handleChangePassword(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
-	if err := requireJSONPost(r); err != nil {
-		return err
-	}
-	lg := s.reqLog(r)
-	if wait := s.backoff.wait(); wait > 0 {
-		lg.WithField(fieldRetry, retryAfterSeconds(wait)).Info("password change refused: backing off after failed attempts")
-		return tooManyAttempts(wait)
-	}
 	var req changePasswordRequest
-	defer req.OldPassword.wipe()
-	defer req.NewPassword.wipe()
-	if err := s.readSecrets(w, r, &req, "old_password", "new_password"); err != nil {
-		return err
-	}
-	if len(req.OldPassword) == 0 || len(req.NewPassword) == 0 {
-		return badRequest("Passwords must not be empty")
-	}
-	err := s.checkPassword(r, func(ctx context.Context) error {
+	err := s.passwordCall(w, r, "password change", &req, func(ctx context.Context) error {
 		return s.backend.ChangePassword(ctx, req.OldPassword, req.NewPassword)
 	})
-	req.OldPassword.wipe()
-	req.NewPassword.wipe()
 	if errors.Is(err, crypto.ErrInvalidPassword) {
-		lg.Info("password change failed: invalid old password")
+		s.reqLog(r).Info("password change failed: invalid old password")
 		return err
 	}
 	if err != nil {
 		return err
 	}
-	lg.Info("password changed")
+	s.reqLog(r).Info("password changed")
 	return writeJSON(w, http.StatusOK, ok("change_password", "Password changed"))
+}
+
+// namedSecret is one password field of a request body.
+type namedSecret struct {
+	name string // the JSON key
+	val  *secret
+}
+
+// passwordRequest is the body of an endpoint that takes passwords: a
+// struct whose fields are all secrets, every one required and not empty.
+type passwordRequest interface {
+	secrets() []namedSecret
+}
+
+// passwordCall is the one path of every endpoint that takes a password
+// (login, change_password, and any later one such as a password reset).
+// Its route is POST-only, state-changing and not open, so routing has
+// already refused other users (403), other methods (405) and cross-site
+// calls (403). passwordCall does the rest, in this order:
+//   - a JSON Content-Type (415) and no query string (400): a password
+//     never comes from a URL;
+//   - the caller's backoff (429 at once while locked, without reading the
+//     body);
+//   - the body, at most maxBody, decoded into req: exactly its fields,
+//     all JSON strings of valid UTF-8, none empty (413, 400); the raw body
+//     is zeroed at once and req's secrets when passwordCall returns;
+//   - fn under the KDF gate (one password check at a time, bounded
+//     waiting: 503), after the caller's backoff is checked again;
+//     fn's crypto.ErrInvalidPassword counts as a failure of this caller,
+//     a nil error resets the caller's count. fn's context is not
+//     cancelled when the client goes away (a KDF run cannot stop).
+//
+// event names the call in log lines ("login", "password change").
+func (s *Server) passwordCall(w http.ResponseWriter, r *http.Request, event string, req passwordRequest, fn func(context.Context) error) error {
+	fields := req.secrets()
+	defer func() {
+		for _, f := range fields {
+			f.val.wipe()
+		}
+	}()
+	if err := requireJSONPost(r); err != nil {
+		return err
+	}
+	key := keyOf(callerOf(r))
+	if wait := s.backoff.wait(key); wait > 0 {
+		s.reqLog(r).WithField(fieldRetry, retryAfterSeconds(wait)).Info(event + " refused: backing off after failed attempts")
+		return tooManyAttempts(wait)
+	}
+	names := make([]string, len(fields))
+	for i, f := range fields {
+		names[i] = f.name
+	}
+	if err := s.readSecrets(w, r, req, names...); err != nil {
+		return err
+	}
+	for _, f := range fields {
+		if len(*f.val) == 0 {
+			return badRequest(f.name + " must not be empty")
+		}
+	}
+	release, err := s.gate.acquire(r.Context())
+	if err != nil {
+		return err
+	}
+	defer release()
+	if wait := s.backoff.wait(key); wait > 0 {
+		return tooManyAttempts(wait)
+	}
+	err = fn(context.WithoutCancel(r.Context()))
+	switch {
+	case errors.Is(err, crypto.ErrInvalidPassword):
+		s.backoff.failure(key)
+	case err == nil:
+		s.backoff.success(key)
+	}
+	return err
 }
 
 // readSecrets reads and decodes a JSON body holding passwords, zeroing the
@@ -228,30 +278,6 @@ func (s *Server) readSecrets(w http.ResponseWriter, r *http.Request, dst any, ke
 	}
 	defer clear(body)
 	return decodeObject(body, dst, keys...)
-}
-
-// checkPassword runs fn, which checks a password with the KDF, under the
-// KDF gate and the backoff: the backoff is checked again once the gate is
-// held (a burst of requests that all passed the first check must not all
-// get a guess), and fn's ErrInvalidPassword counts as a failure.
-func (s *Server) checkPassword(r *http.Request, fn func(context.Context) error) error {
-	release, err := s.gate.acquire(r.Context())
-	if err != nil {
-		return err
-	}
-	defer release()
-	if wait := s.backoff.wait(); wait > 0 {
-		return tooManyAttempts(wait)
-	}
-	// The KDF cannot be interrupted; finish even if the client leaves.
-	err = fn(context.WithoutCancel(r.Context()))
-	switch {
-	case errors.Is(err, crypto.ErrInvalidPassword):
-		s.backoff.failure()
-	case err == nil:
-		s.backoff.success()
-	}
-	return err
 }
 
 type statusResponse struct {
@@ -269,6 +295,16 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request, _ httprout
 			return badRequest("scan must be true or false")
 		}
 		scan = b
+	}
+	if scan {
+		// The scan walks the whole backing tree: as for a state-changing
+		// call, allowed callers only, and not from another site.
+		if info := infoFrom(r); info != nil {
+			info.mutating = true
+		}
+		if err := s.ownerOnly(r, true); err != nil {
+			return err
+		}
 	}
 	st, err := s.backend.Status(r.Context(), scan)
 	if err != nil {

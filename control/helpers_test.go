@@ -2,10 +2,12 @@ package control
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -59,7 +61,18 @@ func newTestServer(t *testing.T, opts Options, allowWarn ...string) *testServer 
 	return &testServer{Server: s, fake: fake, hook: hook}
 }
 
-// req builds a request from the loopback Host. hdr is name, value pairs.
+// owner is the caller test requests come from unless a test says
+// otherwise: the daemon's own user.
+var owner = Caller{UID: uint32(os.Geteuid()), Known: true}
+
+// as makes r come from caller c, as if Serve had identified its
+// connection.
+func as(c Caller, r *http.Request) *http.Request {
+	return r.WithContext(context.WithValue(r.Context(), connCallerKey{}, &connCaller{resolve: func() Caller { return c }}))
+}
+
+// req builds a request from the loopback Host, from the owner. hdr is
+// name, value pairs.
 func req(method, target, body string, hdr ...string) *http.Request {
 	var rd io.Reader
 	if body != "" {
@@ -75,7 +88,7 @@ func req(method, target, body string, hdr ...string) *http.Request {
 		}
 		r.Header.Add(hdr[i], hdr[i+1])
 	}
-	return r
+	return as(owner, r)
 }
 
 func jsonReq(method, target, body string, hdr ...string) *http.Request {

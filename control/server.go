@@ -10,6 +10,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -32,8 +33,13 @@ type Options struct {
 	// and Origin headers are accepted. Empty means DefaultAddr.
 	Addr string
 	// Token, when not empty, is required on every call as
-	// "Authorization: Bearer <token>". New keeps only its SHA-256.
+	// "Authorization: Bearer <token>". New keeps only its SHA-256. A TCP
+	// Addr that is not loopback needs one (see CheckAddr).
 	Token []byte
+	// AllowUIDs are the users, besides root and the daemon's own
+	// (effective) uid, who may log in, log out and change anything.
+	// Other local users get 403 on every route but encryption-status.
+	AllowUIDs []uint32
 }
 
 // Server is the HTTP control plane. It is an http.Handler; Serve runs it on
@@ -48,6 +54,8 @@ type Server struct {
 	backoff   *backoff
 	gate      *kdfGate
 	timeouts  timeouts
+	callers   callerPolicy
+	identify  func(net.Conn) Caller // tests replace it
 }
 
 // timeouts are the http.Server limits Serve applies, so that a slow client
@@ -79,6 +87,9 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := CheckAddr(addr, len(opts.Token) > 0); err != nil {
+		return nil, err
+	}
 	lg := opts.Log
 	if lg == nil {
 		l := logrus.New()
@@ -92,6 +103,11 @@ func New(opts Options) (*Server, error) {
 		backoff:  newBackoff(),
 		gate:     newKDFGate(),
 		timeouts: defaultTimeouts,
+		identify: identify,
+		callers: callerPolicy{
+			uids:        append([]uint32{0, uint32(os.Geteuid())}, opts.AllowUIDs...),
+			remoteToken: len(opts.Token) > 0,
+		},
 	}
 	if len(opts.Token) > 0 {
 		h := sha256.Sum256(opts.Token)
@@ -117,6 +133,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r = r.WithContext(context.WithValue(r.Context(), reqInfoKey{}, info))
 	rec := &statusRecorder{ResponseWriter: w}
 	rec.Header().Set("X-Request-Id", info.id)
+	info.caller = callerOf(r)
 	defer s.logRequest(r, rec, info, start)
 
 	if err := s.checkHost(r); err != nil {
@@ -144,6 +161,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          log.New(errLog, "", 0),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+		ConnContext:       s.connContext,
 	}
 	done := make(chan struct{})
 	stopped := make(chan struct{})
@@ -215,6 +233,8 @@ const (
 	fieldTaskID    = "task_id"
 	fieldTaskState = "task_state"
 	fieldRetry     = "retry_after_s"
+	fieldUID       = "uid"    // uint32: the caller's uid, as the kernel says
+	fieldCaller    = "caller" // string: "remote" or "unknown" when there is no uid
 )
 
 // reqInfo is what the access log needs to know about a request; the
@@ -223,6 +243,7 @@ type reqInfo struct {
 	id       string
 	route    string // route pattern, never the raw URL
 	mutating bool
+	caller   Caller
 	code     string
 	cause    error // only for internal errors (500)
 }
@@ -272,6 +293,11 @@ func (s *Server) logRequest(r *http.Request, rec *statusRecorder, info *reqInfo,
 	}
 	if info.code != "" {
 		f[fieldCode] = info.code
+	}
+	if info.caller.Known {
+		f[fieldUID] = info.caller.UID
+	} else {
+		f[fieldCaller] = info.caller.String()
 	}
 	e := s.log.WithFields(f)
 	switch {
