@@ -19,6 +19,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/mountd/mountd/control"
+	"github.com/mountd/mountd/peer"
 	"github.com/mountd/mountd/task"
 )
 
@@ -30,12 +31,16 @@ type client struct {
 }
 
 // clientOpts are the flags every client command takes.
-type clientOpts struct{ addr, tokenFile string }
+type clientOpts struct {
+	addr, tokenFile string
+	daemonUIDs      []uint32 // besides root and the client's own uid
+}
 
 // Environment variables that set the client flags' defaults.
 const (
 	envAddr      = "MOUNTD_ADDR"
 	envTokenFile = "MOUNTD_TOKEN_FILE"
+	envDaemonUID = "MOUNTD_DAEMON_UID" // comma-separated, added to --daemon-uid
 )
 
 // clientFlags declares --addr and --token-file on f, their defaults taken
@@ -48,17 +53,25 @@ func clientFlags(f *flag.FlagSet) *clientOpts {
 	}
 	f.StringVar(&o.addr, "addr", addr, "control plane `address`: host:port or unix:/path ($"+envAddr+")")
 	f.StringVar(&o.tokenFile, "token-file", os.Getenv(envTokenFile), "`file` holding the bearer token, when the daemon uses one ($"+envTokenFile+")")
+	f.Var(uidListFlag{&o.daemonUIDs}, "daemon-uid", "a `user` (uid or name) trusted to run the daemon, besides root and you (repeatable; $"+envDaemonUID+")")
 	return o
 }
 
-func (o *clientOpts) client() (*client, error) { return newClient(o.addr, o.tokenFile) }
+func (o *clientOpts) client() (*client, error) {
+	uids, err := trustedDaemonUIDs(o.daemonUIDs)
+	if err != nil {
+		return nil, err
+	}
+	return newClient(o.addr, o.tokenFile, trustDialer(uids))
+}
 
-func newClient(addr, tokenFile string) (*client, error) {
+// newClient returns a client whose every connection goes through d, which
+// checks who runs the daemon before a byte is sent.
+func newClient(addr, tokenFile string, d *peer.Dialer) (*client, error) {
 	c := &client{http: &http.Client{Timeout: 3 * time.Minute}}
 	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
 		c.base = "http://localhost"
 		c.http.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
 			return d.DialContext(ctx, "unix", path)
 		}}
 	} else {
@@ -66,6 +79,7 @@ func newClient(addr, tokenFile string) (*client, error) {
 			return nil, usageError{fmt.Errorf("--addr %q: %w", addr, err)}
 		}
 		c.base = "http://" + addr
+		c.http.Transport = &http.Transport{DialContext: d.DialContext}
 	}
 	if tokenFile != "" {
 		b, err := os.ReadFile(tokenFile)
@@ -109,6 +123,9 @@ func (c *client) call(method, path string, body []byte) (*reply, int, error) {
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
+		if uerr := untrustedError(err); uerr != nil {
+			return nil, 0, uerr
+		}
 		return nil, 0, fmt.Errorf("%w at %s: %v", errUnreachable, c.base, err)
 	}
 	defer resp.Body.Close()

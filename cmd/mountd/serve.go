@@ -55,6 +55,7 @@ type serveConfig struct {
 	level               logrus.Level
 	allowOther          bool
 	tokenFile           string
+	allowUIDs           []uint32
 	kdf                 crypto.KDFParams
 
 	kdfTime, kdfMiB, kdfThreads uint
@@ -76,7 +77,8 @@ func serveFlags(f *flag.FlagSet) *serveConfig {
 	f.StringVar(&c.logFormat, "log-format", "text", "log `format`: text or json")
 	f.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
 	f.BoolVar(&c.allowOther, "allow-other", false, "let other users use the mount (the kernel then enforces file permissions)")
-	f.StringVar(&c.tokenFile, "token-file", "", "require 'Authorization: Bearer <token>' on every control call; the token is read from this `file`, which is created (0600) with a random token if missing")
+	f.StringVar(&c.tokenFile, "token-file", "", "require 'Authorization: Bearer <token>' on every control call; the token is read from this `file` (mode 0600, owned by root or the daemon's user), which is created with a random token if missing")
+	f.Var(uidListFlag{&c.allowUIDs}, "allow-uid", "a `user` (uid or name), besides root and the daemon's own, who may log in, log out and change anything over the control plane (repeatable)")
 	f.UintVar(&c.kdfTime, "kdf-time", uint(crypto.DefaultKDFParams.Time), "Argon2id passes for a new password (first login, passwd)")
 	f.UintVar(&c.kdfMiB, "kdf-memory", uint(crypto.DefaultKDFParams.MemoryKiB/1024), "Argon2id memory in `MiB` for a new password")
 	f.UintVar(&c.kdfThreads, "kdf-threads", uint(crypto.DefaultKDFParams.Threads), "Argon2id parallelism for a new password")
@@ -111,6 +113,16 @@ func (c *serveConfig) validate() error {
 	} else if _, _, err := net.SplitHostPort(c.listen); err != nil {
 		return usageError{fmt.Errorf("--listen %q: %w", c.listen, err)}
 	}
+	if err := control.CheckAddr(c.listen, c.tokenFile != ""); err != nil {
+		return usageError{fmt.Errorf("--listen: %w", err)}
+	}
+	if c.tokenFile != "" {
+		// An existing token file must be private; a missing one is
+		// created later.
+		if _, err := readPrivateFile(c.tokenFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
 	if c.data == "" || c.mount == "" {
 		return usageError{fmt.Errorf("--data and --mount must not be empty")}
 	}
@@ -139,9 +151,10 @@ func newLogger(c *serveConfig, out io.Writer) *logrus.Entry {
 }
 
 // readOrCreateToken returns the bearer token in path, creating the file
-// with a random token when it does not exist.
+// with a random token when it does not exist. An existing file must be
+// private to root or the daemon's user (checkTokenFile).
 func readOrCreateToken(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
+	b, err := readPrivateFile(path)
 	if err == nil {
 		tok := []byte(strings.TrimSpace(string(b)))
 		if len(tok) < 16 {
@@ -253,7 +266,13 @@ func serve(c *serveConfig, s stdio) error {
 		}
 	}
 
-	ln, err := control.Listen(c.listen)
+	// With --allow-uid users, a unix socket lets every local user connect
+	// and the caller check (SO_PEERCRED) decides.
+	sockMode := os.FileMode(0o600)
+	if len(c.allowUIDs) > 0 {
+		sockMode = 0o666
+	}
+	ln, err := control.ListenMode(c.listen, sockMode)
 	if err != nil {
 		return fmt.Errorf("control plane: %w", err)
 	}
@@ -268,10 +287,11 @@ func serve(c *serveConfig, s stdio) error {
 		return err
 	}
 	srv, err := control.New(control.Options{
-		Backend: d.backend,
-		Log:     log,
-		Addr:    c.listen,
-		Token:   token,
+		Backend:   d.backend,
+		Log:       log,
+		Addr:      c.listen,
+		Token:     token,
+		AllowUIDs: c.allowUIDs,
 	})
 	if err != nil {
 		d.stop(log)
@@ -280,7 +300,8 @@ func serve(c *serveConfig, s stdio) error {
 
 	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer cancel()
-	log.WithFields(logrus.Fields{"version": readBuildInfo().String(), "data": c.data, "mount": c.mount, "listen": c.listen, "protect": strings.Join(c.protect, ",")}).Info("mountd started")
+	log.WithFields(logrus.Fields{"version": readBuildInfo().String(), "data": c.data, "mount": c.mount, "listen": c.listen, "protect": strings.Join(c.protect, ","),
+		"allow_uid": uidListFlag{&c.allowUIDs}.String()}).Info("mountd started")
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ctx, ln) }()
 
