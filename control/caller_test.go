@@ -131,9 +131,14 @@ func TestOtherUsersRefused(t *testing.T) {
 			if !spy.keySet || string(spy.password) != "pw" || spy.tasks["t1"].State != task.Running {
 				t.Fatal("a refused request changed the state")
 			}
-			// The open route answers.
-			if res := do(t, s, as(who, req("GET", PathStatus, ""))); res.status != 200 || res.env["key_set"] != true {
+			// The open route answers, without the owner's task.
+			spy.running = "t1"
+			if res := do(t, s, as(who, req("GET", PathStatus, ""))); res.status != 200 || res.env["key_set"] != true ||
+				res.env["task"] != nil {
 				t.Fatalf("status: %d %s", res.status, res.body)
+			}
+			if res := do(t, s, req("GET", PathStatus, "")); res.env["task"] == nil {
+				t.Fatalf("owner's status lacks the task: %s", res.body)
 			}
 			// Logged, with the uid when there is one.
 			logged := 0

@@ -313,6 +313,11 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request, _ httprout
 	if st.Protect == nil {
 		st.Protect = []string{}
 	}
+	if !s.callers.allows(callerOf(r)) {
+		// Other users learn what the mount shows anyway (is a key set),
+		// not the owner's task and its file counts.
+		st.Task = nil
+	}
 	if !scan {
 		st.Files = nil
 	}
