@@ -77,6 +77,32 @@ type daemon struct {
 	stopOnce   sync.Once
 	killed     bool // the last run ended with kill(): a stale mount is expected
 	extraFlags []string
+	token      string // sent as "Authorization: Bearer", when set
+}
+
+// url is path on d's control plane; over its unix socket when d.addr is
+// "unix:/path" (see listenUnix).
+func (d *daemon) url(path string) string {
+	if strings.HasPrefix(d.addr, "unix:") {
+		return "http://localhost" + path
+	}
+	return "http://" + d.addr + path
+}
+
+// listenUnix makes d listen on a unix socket at path instead of TCP.
+func (d *daemon) listenUnix(path string) {
+	d.addr = "unix:" + path
+	d.client.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", path)
+	}}
+}
+
+func (d *daemon) newRequest(method, path string, body io.Reader) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(context.Background(), method, d.url(path), body)
+	if err == nil && d.token != "" {
+		req.Header.Set("Authorization", "Bearer "+d.token)
+	}
+	return req, err
 }
 
 // syncBuffer collects the daemon's output.
@@ -163,7 +189,8 @@ func (d *daemon) start() {
 		default:
 		}
 		if isMounted(d.mnt) {
-			if resp, err := d.client.Get("http://" + d.addr + "/api/system/encryption-status"); err == nil {
+			req, _ := d.newRequest("GET", "/api/system/encryption-status", nil)
+			if resp, err := d.client.Do(req); err == nil {
 				resp.Body.Close()
 				if resp.StatusCode == 200 {
 					return
@@ -233,7 +260,7 @@ type apiReply struct {
 
 func (d *daemon) do(method, path, contentType, body string, hdr ...string) apiReply {
 	d.t.Helper()
-	req, err := http.NewRequestWithContext(context.Background(), method, "http://"+d.addr+path, strings.NewReader(body))
+	req, err := d.newRequest(method, path, strings.NewReader(body))
 	if err != nil {
 		d.t.Fatal(err)
 	}
