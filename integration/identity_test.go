@@ -315,6 +315,7 @@ func TestOtherUserCannotControlTheKey(t *testing.T) {
 		post("/api/system/tasks/" + taskID + "/cancel"),
 		get("/api/system/encryption-status?scan=true"),
 		get("/api/system/nope/../logout"),
+		get("/api/system/tasks"),
 	}
 	for range 8 {
 		calls = append(calls, postJSON("/api/system/login", `{"password":"guess"}`))
