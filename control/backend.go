@@ -55,6 +55,11 @@ type Status struct {
 	Protect     []string `json:"protect"`
 	// Task is the running task, else the last one, else nil (JSON null).
 	Task *task.Record `json:"task"`
+	// AutoLock are the automatic lock policies.
+	AutoLock AutoLock `json:"auto_lock"`
+	// LastLock is the last time the key was cleared since the daemon
+	// started, else nil (JSON null).
+	LastLock *LockEvent `json:"last_lock"`
 	// Files is set only when a scan was asked for.
 	Files *FileCounts `json:"files,omitempty"`
 }

@@ -317,6 +317,10 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request, _ httprout
 		// Other users learn what the mount shows anyway (is a key set),
 		// not the owner's task and its file counts.
 		st.Task = nil
+		st.LastLock = nil // when the owner locked, and why
+	}
+	if st.AutoLock == (AutoLock{}) {
+		st.AutoLock = autoLockOff
 	}
 	if !scan {
 		st.Files = nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/mountd/mountd/crypto"
 	"github.com/mountd/mountd/task"
@@ -54,6 +55,12 @@ type ServiceOptions struct {
 	// Files and Tasks are the filesystem's side. Required.
 	Files FileScanner
 	Tasks TaskRunner
+	// AutoLock reports the automatic lock policies in Status. Nil reports
+	// every policy off.
+	AutoLock LockPolicies
+	// OnLogin, if set, is called after every successful Login (the idle
+	// policy counts a login as activity and restarts its timer).
+	OnLogin func()
 }
 
 // Service is the real Backend: the Keyring and verifier file from crypto,
@@ -69,8 +76,14 @@ type Service struct {
 	protect []string
 	files   FileScanner
 	tasks   TaskRunner
+	policy  LockPolicies
+	onLogin func()
 
-	readVerifier func(string) (*crypto.Verifier, error) // crypto.ReadVerifier; tests replace it
+	lockMu   sync.Mutex
+	lastLock *LockEvent // guarded by lockMu; nil until the first logout that cleared a key
+
+	now          func() time.Time                       // time.Now; tests replace it
+	readVerifier func(string) (*crypto.Verifier, error) // crypto.ReadVerifier; tests replace it func(string) (*crypto.Verifier, error) // crypto.ReadVerifier; tests replace it
 }
 
 var _ Backend = (*Service)(nil)
@@ -101,6 +114,9 @@ func NewService(opts ServiceOptions) (*Service, error) {
 		protect:      slices.Clone(opts.Protect),
 		files:        opts.Files,
 		tasks:        opts.Tasks,
+		policy:       opts.AutoLock,
+		onLogin:      opts.OnLogin,
+		now:          time.Now,
 		readVerifier: crypto.ReadVerifier,
 	}, nil
 }
@@ -111,6 +127,14 @@ func NewService(opts ServiceOptions) (*Service, error) {
 // the verifier: crypto.ErrInvalidPassword leaves a set key set, and the
 // same key already set is a no-op (AlreadySet).
 func (s *Service) Login(ctx context.Context, password []byte) (LoginResult, error) {
+	res, err := s.login(ctx, password)
+	if err == nil && s.onLogin != nil {
+		s.onLogin()
+	}
+	return res, err
+}
+
+func (s *Service) login(ctx context.Context, password []byte) (LoginResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	v, err := s.readVerifier(s.path)
@@ -160,8 +184,20 @@ func (s *Service) unlock(v *crypto.Verifier, password []byte) (LoginResult, erro
 
 // Logout clears the key. Keyring.Clear returns after the filesystem's
 // OnClear listeners have dropped cached plaintext and the key is zero.
-func (s *Service) Logout(context.Context) error {
+// Every logout goes through here: the API's and the automatic locks',
+// which say why with WithLogoutReason. A logout that cleared a key is
+// recorded, with its reason, as Status's last lock.
+func (s *Service) Logout(ctx context.Context) error {
+	wasSet, gen := s.keyring.IsSet(), s.keyring.Generation()
 	s.keyring.Clear()
+	// The generation moves when a login raced this call; Clear then
+	// cleared that key.
+	if wasSet || s.keyring.Generation() != gen {
+		ev := &LockEvent{Reason: logoutReason(ctx), At: s.now().UTC()}
+		s.lockMu.Lock()
+		s.lastLock = ev
+		s.lockMu.Unlock()
+	}
 	return nil
 }
 
@@ -182,11 +218,21 @@ func (s *Service) ChangePassword(_ context.Context, oldPassword, newPassword []b
 // patterns, the current or last task and, when scan is set, file counts.
 func (s *Service) Status(ctx context.Context, scan bool) (Status, error) {
 	st := Status{
-		KeySet:  s.keyring.IsSet(),
-		Cipher:  Cipher,
-		KDF:     kdfInfo(s.kdf),
-		Protect: slices.Clone(s.protect),
+		KeySet:   s.keyring.IsSet(),
+		Cipher:   Cipher,
+		KDF:      kdfInfo(s.kdf),
+		Protect:  slices.Clone(s.protect),
+		AutoLock: autoLockOff,
 	}
+	if s.policy != nil {
+		st.AutoLock = s.policy.LockPolicies()
+	}
+	s.lockMu.Lock()
+	if s.lastLock != nil {
+		ev := *s.lastLock
+		st.LastLock = &ev
+	}
+	s.lockMu.Unlock()
 	v, err := s.readVerifier(s.path)
 	switch {
 	case err == nil:

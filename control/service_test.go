@@ -3,6 +3,7 @@ package control
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -449,5 +451,74 @@ func TestHTTPWithService(t *testing.T) {
 	}
 	if strings.Join(events, "\n") != strings.Join(want, "\n") {
 		t.Errorf("event lines:\n%s\nwant:\n%s", strings.Join(events, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+type fakePolicies struct{ a AutoLock }
+
+func (f fakePolicies) LockPolicies() AutoLock { return f.a }
+
+// TestServiceLastLock: a logout that clears a key is recorded with the
+// reason its context carries ("request" without one); a logout with no key
+// set changes nothing; OnLogin runs after each successful login only; the
+// policies come from the reporter.
+func TestServiceLastLock(t *testing.T) {
+	kr := crypto.NewKeyring()
+	t.Cleanup(kr.Clear)
+	logins := 0
+	pol := AutoLock{
+		Idle:        IdlePolicy{LockPolicy{State: PolicyOn}, 900},
+		Suspend:     LockPolicy{State: PolicyUnavailable, Detail: "no system D-Bus"},
+		SessionLock: LockPolicy{State: PolicyOn, Detail: "sessions of uid 1000"},
+	}
+	svc, err := NewService(ServiceOptions{Keyring: kr, VerifierPath: crypto.VerifierPath(t.TempDir()), KDF: testKDF,
+		Files: &fakeFiles{}, Tasks: &fakeTasks{}, AutoLock: fakePolicies{pol}, OnLogin: func() { logins++ }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := time.Date(2026, 12, 5, 10, 0, 0, 0, time.FixedZone("X", 3600))
+	svc.now = func() time.Time { return clock }
+	ctx := t.Context()
+
+	st, err := svc.Status(ctx, false)
+	if err != nil || st.LastLock != nil || st.AutoLock != pol {
+		t.Fatalf("initial: %+v %v", st, err)
+	}
+	if err := svc.Logout(WithLogoutReason(ctx, "idle")); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := svc.Status(ctx, false); st.LastLock != nil {
+		t.Fatalf("a logout with no key set was recorded: %+v", st.LastLock)
+	}
+
+	if _, err := svc.Login(ctx, []byte("pw")); err != nil || logins != 1 {
+		t.Fatalf("login: %v, OnLogin ran %d times", err, logins)
+	}
+	if _, err := svc.Login(ctx, []byte("wrong")); !errors.Is(err, crypto.ErrInvalidPassword) || logins != 1 {
+		t.Fatalf("wrong password: %v, OnLogin ran %d times", err, logins)
+	}
+	if res, err := svc.Login(ctx, []byte("pw")); err != nil || !res.AlreadySet || logins != 2 {
+		t.Fatalf("login again: %v, OnLogin ran %d times", err, logins)
+	}
+	if err := svc.Logout(WithLogoutReason(ctx, "suspend")); err != nil || kr.IsSet() {
+		t.Fatalf("logout: %v", err)
+	}
+	st, _ = svc.Status(ctx, false)
+	if st.LastLock == nil || *st.LastLock != (LockEvent{"suspend", clock.UTC()}) {
+		t.Fatalf("after the suspend lock: %+v", st.LastLock)
+	}
+	clock = clock.Add(time.Hour)
+	svc.Logout(ctx) // nothing to clear: the record stays
+	if st, _ := svc.Status(ctx, false); st.LastLock.Reason != "suspend" || !st.LastLock.At.Equal(clock.Add(-time.Hour)) {
+		t.Fatalf("a second logout changed the record: %+v", st.LastLock)
+	}
+	svc.Login(ctx, []byte("pw"))
+	svc.Logout(ctx)
+	st, _ = svc.Status(ctx, false)
+	if *st.LastLock != (LockEvent{LockReasonRequest, clock.UTC()}) {
+		t.Fatalf("API logout: %+v", st.LastLock)
+	}
+	if b, _ := json.Marshal(st.LastLock); string(b) != `{"reason":"request","at":"2026-12-05T10:00:00Z"}` {
+		t.Fatalf("JSON: %s", b)
 	}
 }
