@@ -46,6 +46,7 @@ func (f *cryptFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 	var err error
 	if st.cf != nil {
 		r.stats.cryptReads.Add(1)
+		r.activity()
 		r.gate.RLock()
 		r.markServed(f.n)
 		var res fuse.ReadResult
@@ -96,6 +97,7 @@ func (f *cryptFile) Write(ctx context.Context, data []byte, off int64) (uint32, 
 	var err error
 	if st.cf != nil {
 		r.stats.cryptWrites.Add(1)
+		r.activity()
 		r.gate.RLock()
 		r.markServed(f.n)
 		m, err = st.cf.WriteAt(data, off)

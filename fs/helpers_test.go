@@ -69,6 +69,7 @@ type envOpts struct {
 	timeout   time.Duration
 	allowWarn bool // corruption warnings are expected
 	loopback  bool // mount go-fuse's plain loopback instead (reference runs)
+	activity  func()
 }
 
 // testEnv is one mount of a fresh backing directory.
@@ -148,10 +149,11 @@ func newEnv(t testing.TB, o envOpts) *testEnv {
 		unmount = srv.Unmount
 	} else {
 		s, err := Mount(e.mnt, Options{
-			Backing: e.backing,
-			Protect: o.protect,
-			Keyring: e.kr,
-			Log:     logrus.NewEntry(logger),
+			Backing:  e.backing,
+			Protect:  o.protect,
+			Keyring:  e.kr,
+			Log:      logrus.NewEntry(logger),
+			Activity: o.activity,
 		}, nil)
 		if err != nil {
 			mountFailed(t, err)

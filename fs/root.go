@@ -62,6 +62,11 @@ type Options struct {
 	// how long it keeps trying (default 10 minutes).
 	ConvertRetry  time.Duration
 	ConvertMaxAge time.Duration
+
+	// Activity, if set, is called on every read and write of encrypted
+	// content through the mount (the idle lock's notion of use). It must
+	// be cheap and must not block.
+	Activity func()
 }
 
 // Root is the filesystem: the root directory node of the go-fuse tree plus
@@ -76,6 +81,8 @@ type Root struct {
 	protect []string
 	kr      *crypto.Keyring
 	log     *logrus.Entry
+
+	activity func() // Options.Activity, or a no-op
 
 	attrTimeout  time.Duration
 	entryTimeout time.Duration
@@ -156,6 +163,10 @@ func NewRoot(opts Options) (*Root, error) {
 		entryTimeout: timeoutOrDefault(opts.EntryTimeout),
 		table:        map[fileKey]*inodeState{},
 		served:       map[*node]struct{}{},
+		activity:     opts.Activity,
+	}
+	if r.activity == nil {
+		r.activity = func() {}
 	}
 	r.node.root = r
 	r.tableCond = sync.NewCond(&r.tableMu)
