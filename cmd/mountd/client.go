@@ -365,6 +365,7 @@ func printStatus(w io.Writer, st *control.Status) {
 	if t := st.Task; t != nil {
 		fmt.Fprintf(w, "task:         %s %s %s\n", t.ID, t.Kind, describeTask(t))
 	}
+	printLockStatus(w, st)
 }
 
 var passwdCmd = &command{

@@ -57,6 +57,7 @@ type serveConfig struct {
 	tokenFile           string
 	allowUIDs           []uint32
 	kdf                 crypto.KDFParams
+	lock                lockConfig // --lock-* (autolock.go)
 
 	kdfTime, kdfMiB, kdfThreads uint
 }
@@ -82,6 +83,7 @@ func serveFlags(f *flag.FlagSet) *serveConfig {
 	f.UintVar(&c.kdfTime, "kdf-time", uint(crypto.DefaultKDFParams.Time), "Argon2id passes for a new password (first login, passwd)")
 	f.UintVar(&c.kdfMiB, "kdf-memory", uint(crypto.DefaultKDFParams.MemoryKiB/1024), "Argon2id memory in `MiB` for a new password")
 	f.UintVar(&c.kdfThreads, "kdf-threads", uint(crypto.DefaultKDFParams.Threads), "Argon2id parallelism for a new password")
+	c.lock.flags(f)
 	return c
 }
 
@@ -97,6 +99,9 @@ func (c *serveConfig) validate() error {
 	}
 	if c.protect == nil {
 		c.protect = fs.DefaultProtect
+	}
+	if err := c.lock.validate(); err != nil {
+		return err
 	}
 	if c.logFormat != "text" && c.logFormat != "json" {
 		return usageError{fmt.Errorf("--log-format %q: want text or json", c.logFormat)}

@@ -6,16 +6,19 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
 
+	"github.com/mountd/mountd/autolock"
 	"github.com/mountd/mountd/control"
 	"github.com/mountd/mountd/crypto"
 	"github.com/mountd/mountd/fs"
+	"github.com/mountd/mountd/task"
 )
 
-// daemon is the wired filesystem and control backend.
+// daemon is the wired filesystem, control backend and lock policies.
 type daemon struct {
 	server    *fs.Server
 	migrator  *fs.Migrator
 	backend   control.Backend
+	policies  *autolock.Policies
 	unmounted <-chan struct{}
 }
 
@@ -25,17 +28,31 @@ func startDaemon(c *serveConfig, kr *crypto.Keyring, log *logrus.Entry) (*daemon
 	if _, err := fs.RemoveStaleTemps(c.data, log); err != nil {
 		return nil, fmt.Errorf("removing stale temp files: %w", err)
 	}
-	mo := &fuse.MountOptions{AllowOther: c.allowOther}
-	srv, err := fs.Mount(c.mount, fs.Options{
-		Backing: c.data,
-		Protect: c.protect,
-		Keyring: kr,
-		Log:     log,
-	}, mo)
+	// The lock policies first: a required one that cannot work stops
+	// the start before anything is mounted.
+	lo, err := c.lock.options(c.data, kr, log)
 	if err != nil {
 		return nil, err
 	}
-	mig := fs.NewMigrator(srv.Root, fs.MigrationOptions{})
+	var mig *fs.Migrator // set before the policies start
+	lo.Busy = func() bool { s, ok := mig.Last(); return ok && s.State == task.Running }
+	pol, err := autolock.New(lo)
+	if err != nil {
+		return nil, lockError(err)
+	}
+	mo := &fuse.MountOptions{AllowOther: c.allowOther}
+	srv, err := fs.Mount(c.mount, fs.Options{
+		Backing:  c.data,
+		Protect:  c.protect,
+		Keyring:  kr,
+		Log:      log,
+		Activity: pol.Activity,
+	}, mo)
+	if err != nil {
+		pol.Close()
+		return nil, err
+	}
+	mig = fs.NewMigrator(srv.Root, fs.MigrationOptions{})
 	svc, err := control.NewService(control.ServiceOptions{
 		Keyring:      kr,
 		VerifierPath: crypto.VerifierPath(c.data),
@@ -43,20 +60,26 @@ func startDaemon(c *serveConfig, kr *crypto.Keyring, log *logrus.Entry) (*daemon
 		KDF:          c.kdf,
 		Files:        srv.Root,
 		Tasks:        mig,
+		AutoLock:     lockPolicies{pol},
+		OnLogin:      pol.LoggedIn,
 	})
 	if err != nil {
+		pol.Close()
 		mig.Close()
 		srv.Unmount()
 		return nil, err
 	}
+	// Every automatic lock is the control plane's own logout.
+	pol.Start(policyLocker{svc})
 	done := make(chan struct{})
 	go func() { srv.Wait(); close(done) }()
-	return &daemon{server: srv, migrator: mig, backend: svc, unmounted: done}, nil
+	return &daemon{server: srv, migrator: mig, backend: svc, policies: pol, unmounted: done}, nil
 }
 
 // stop stops the migration task, if one runs, and unmounts (lazily if
 // busy).
 func (d *daemon) stop(log *logrus.Entry) {
+	d.policies.Close()
 	d.migrator.Close()
 	if err := d.server.Unmount(); err != nil {
 		log.WithError(err).Error("unmount failed")
