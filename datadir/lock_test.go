@@ -1,13 +1,30 @@
 package datadir
 
 import (
+	"bufio"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 )
+
+// TestMain lets the test binary act as a lock holder in a child process
+// (MOUNTD_DATADIR_HOLD=dir): it takes the lock, says so on stdout and
+// waits to be killed.
+func TestMain(m *testing.M) {
+	if dir := os.Getenv("MOUNTD_DATADIR_HOLD"); dir != "" {
+		if _, err := Acquire(dir, Holder{Command: "holder"}); err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
+		}
+		fmt.Println("held")
+		select {}
+	}
+	os.Exit(m.Run())
+}
 
 func TestAcquireExclusive(t *testing.T) {
 	dir := t.TempDir()
@@ -43,30 +60,33 @@ func TestAcquireExclusive(t *testing.T) {
 	l2.Release()
 }
 
-// TestLockDiesWithProcess: a killed holder leaves no lock behind.
+// TestLockDiesWithProcess: a killed holder (kill -9) leaves no lock behind,
+// and while it lives the refusal names it.
 func TestLockDiesWithProcess(t *testing.T) {
 	dir := t.TempDir()
-	if err := os.Mkdir(filepath.Join(dir, "auth"), 0o700); err != nil {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "MOUNTD_DATADIR_HOLD="+dir)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
 		t.Fatal(err)
 	}
-	// flock(1) holds the lock file (-o: not inherited by its child); kill it.
-	if _, err := exec.LookPath("flock"); err != nil {
-		t.Skip("flock(1) not installed")
-	}
-	cmd := exec.Command("flock", "-o", "-x", filepath.Join(dir, "auth", LockName), "sleep", "60")
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	// Wait until the child holds it.
-	for {
-		l, err := Acquire(dir, Holder{Command: "probe"})
-		if err != nil {
-			break
-		}
-		l.Release()
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || line != "held\n" {
+		t.Fatalf("holder said %q, %v", line, err)
 	}
-	cmd.Process.Kill()
-	cmd.Wait()
+	_, err = Acquire(dir, Holder{Command: "serve"})
+	var held *HeldError
+	if !errors.As(err, &held) || held.Holder.PID != cmd.Process.Pid || held.Holder.Command != "holder" {
+		t.Fatalf("while held: %v (%+v)", err, held)
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait() // the process is gone, and with it its descriptors
 	l, err := Acquire(dir, Holder{Command: "serve"})
 	if err != nil {
 		t.Fatalf("after the holder died: %v", err)
