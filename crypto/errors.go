@@ -31,6 +31,13 @@ var (
 	// ErrInvalidPassword means the password did not unwrap the master key.
 	ErrInvalidPassword = errors.New("crypto: invalid password")
 
+	// ErrInvalidRecoveryKey means a well-formed recovery key did not
+	// unwrap the master key: it is not this verifier's recovery key.
+	ErrInvalidRecoveryKey = errors.New("crypto: invalid recovery key")
+
+	// ErrNoRecoveryKey means the verifier has no recovery slot.
+	ErrNoRecoveryKey = errors.New("crypto: no recovery key is set")
+
 	// ErrNoVerifier means the verifier file does not exist.
 	ErrNoVerifier = errors.New("crypto: no verifier")
 

@@ -54,8 +54,15 @@ func FuzzParseVerifier(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
+	raw2, err := os.ReadFile("testdata/kat-verifier-v2.bin")
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Add(raw)
 	f.Add(raw[:50])
+	f.Add(raw2)
+	f.Add(raw2[:v2HeaderSize+pwSlotSize])
+	f.Add(raw2[:v2HeaderSize+pwSlotSize+10])
 	f.Fuzz(func(t *testing.T, b []byte) {
 		v, err := ParseVerifier(b)
 		if err != nil {
@@ -66,6 +73,16 @@ func FuzzParseVerifier(f *testing.F) {
 		}
 		if err := v.Params.Validate(); err != nil {
 			t.Fatalf("accepted invalid params: %v", err)
+		}
+		switch {
+		case v.Version == 1 && !v.Recovery && len(b) == v1Size:
+		case v.Version == 2 && !v.Recovery && len(b) == v2HeaderSize+pwSlotSize:
+		case v.Version == 2 && v.Recovery && len(b) == maxVerifierLen:
+		default:
+			t.Fatalf("accepted version %d, recovery %v, %d bytes", v.Version, v.Recovery, len(b))
+		}
+		if _, ok := v.recoverySlot(); ok != v.Recovery {
+			t.Fatal("recovery slot disagrees with Recovery")
 		}
 		if !bytes.Equal(v.Marshal(), b) {
 			t.Fatal("verifier does not round-trip")

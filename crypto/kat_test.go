@@ -3,7 +3,9 @@ package crypto
 import (
 	"bytes"
 	"encoding/hex"
+	"errors"
 	"flag"
+	iofs "io/fs"
 	"os"
 	"path/filepath"
 	"testing"
@@ -17,8 +19,14 @@ var updateKAT = flag.Bool("update-kat", false, "rewrite crypto/testdata known-an
 //
 //	kat-<name>.enc   the encrypted file
 //	kat-<name>.plain its plaintext
-//	kat.key          the master key, hex
-//	kat-verifier.bin a verifier wrapping that key under katPassword
+//	kat.key             the master key, hex
+//	kat-verifier.bin    a version 1 verifier wrapping that key under katPassword
+//	kat-verifier-v2.bin a version 2 verifier wrapping it under katPassword
+//	                    (password slot) and the recovery key in
+//	kat-recovery-key.txt (recovery slot), whose raw bytes are katRecoveryKey
+//
+// -update-kat writes only the files that are missing: vectors once checked
+// in are never regenerated (random nonces would change them).
 const katPassword = "mountd known-answer password ü"
 
 var katPlaintexts = map[string][]byte{
@@ -26,6 +34,14 @@ var katPlaintexts = map[string][]byte{
 	"short":     []byte("hello, mountd\n"),
 	"oneblock":  bytes.Repeat([]byte{0x5a}, BlockSize),
 	"threepart": append(bytes.Repeat([]byte("0123456789"), 1000), 'x'),
+}
+
+func katRecoveryKey() []byte {
+	k := make([]byte, RecoveryKeySize)
+	for i := range k {
+		k[i] = byte(i*11 + 5)
+	}
+	return k
 }
 
 func katKey() []byte {
@@ -73,20 +89,52 @@ func TestKnownAnswer(t *testing.T) {
 			}
 		})
 	}
+	id, _ := k.KeyID()
+	unlocked := func(t *testing.T, k2 *Keyring) {
+		t.Helper()
+		if id2, _ := k2.KeyID(); id2 != id {
+			t.Fatal("verifier unwraps a different key")
+		}
+	}
 	t.Run("verifier", func(t *testing.T) {
 		v, err := ReadVerifier(filepath.Join(dir, "kat-verifier.bin"))
 		if err != nil {
 			t.Fatal(err)
 		}
+		if v.Version != 1 || v.Recovery {
+			t.Fatalf("version %d, recovery %v", v.Version, v.Recovery)
+		}
 		k2 := NewKeyring()
 		if err := k2.Unlock(v, []byte(katPassword)); err != nil {
 			t.Fatal(err)
 		}
-		id1, _ := k.KeyID()
-		id2, _ := k2.KeyID()
-		if id1 != id2 {
-			t.Fatal("verifier unwraps a different key")
+		unlocked(t, k2)
+	})
+	t.Run("verifier-v2", func(t *testing.T) {
+		v, err := ReadVerifier(filepath.Join(dir, "kat-verifier-v2.bin"))
+		if err != nil {
+			t.Fatal(err)
 		}
+		if v.Version != 2 || !v.Recovery || v.KeyID != id {
+			t.Fatalf("version %d, recovery %v", v.Version, v.Recovery)
+		}
+		k2 := NewKeyring()
+		if err := k2.Unlock(v, []byte(katPassword)); err != nil {
+			t.Fatal(err)
+		}
+		unlocked(t, k2)
+		text, err := os.ReadFile(filepath.Join(dir, "kat-recovery-key.txt"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := FormatRecoveryKey(katRecoveryKey()); string(got) != string(bytes.TrimSpace(text)) {
+			t.Fatalf("recovery key text %q, want %q", text, got)
+		}
+		k3 := NewKeyring()
+		if err := k3.UnlockRecovery(v, text); err != nil {
+			t.Fatal(err)
+		}
+		unlocked(t, k3)
 	})
 }
 
@@ -97,27 +145,40 @@ func writeKAT(t *testing.T, dir string) {
 	if err := k.setKeyForTest(katKey()); err != nil {
 		t.Fatal(err)
 	}
-	os.WriteFile(filepath.Join(dir, "kat.key"), []byte(hex.EncodeToString(katKey())+"\n"), 0o644)
-	for name, plain := range katPlaintexts {
-		p := filepath.Join(dir, "kat-"+name+".enc")
-		os.Remove(p)
-		b, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	// create writes name unless it exists already.
+	create := func(name string, data []byte) {
+		f, err := os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+		if errors.Is(err, iofs.ErrExist) {
+			return
+		}
+		if err == nil {
+			_, err = f.Write(data)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
-		f, err := CreateFile(k, b)
+		t.Logf("wrote %s", name)
+	}
+	create("kat.key", []byte(hex.EncodeToString(katKey())+"\n"))
+	for name, plain := range katPlaintexts {
+		mb := &memBacking{}
+		f, err := CreateFile(k, mb)
 		if err == nil {
 			_, err = f.WriteAt(plain, 0)
 		}
-		b.Close()
 		if err != nil {
 			t.Fatal(err)
 		}
-		os.WriteFile(filepath.Join(dir, "kat-"+name+".plain"), plain, 0o644)
+		create("kat-"+name+".enc", mb.b)
+		create("kat-"+name+".plain", plain)
 	}
-	v, err := wrap(katKey(), []byte(katPassword), testKDF)
+	v, err := build(katKey(), nil, []byte(katPassword), testKDF, katRecoveryKey())
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.WriteFile(filepath.Join(dir, "kat-verifier.bin"), v.Marshal(), 0o644)
+	create("kat-verifier-v2.bin", v.Marshal())
+	create("kat-recovery-key.txt", append(FormatRecoveryKey(katRecoveryKey()), '\n'))
 }

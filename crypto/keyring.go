@@ -19,6 +19,8 @@ const (
 	labelKeyID   = "mountd/v1/key-id"
 	labelContent = "mountd/v1/content"
 	labelKEK     = "mountd/v1/kek"
+	// labelRecovery derives a recovery slot's wrapping key (verifier v2).
+	labelRecovery = "mountd/v2/recovery"
 )
 
 // Layout of the Keyring's secret page.

@@ -6,8 +6,10 @@ import (
 	"crypto/hkdf"
 	"crypto/sha256"
 	"encoding/binary"
+	"math/big"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/crypto/argon2"
@@ -60,11 +62,128 @@ func specUnwrap(t *testing.T, v, password []byte) []byte {
 	return mk
 }
 
+// specGCMOpen is AES-256-GCM open with a 12-byte nonce.
+func specGCMOpen(t *testing.T, key, nonce, ct, aad []byte) []byte {
+	t.Helper()
+	blk, _ := aes.NewCipher(key)
+	gcm, _ := cipher.NewGCM(blk)
+	pt, err := gcm.Open(nil, nonce, ct, aad)
+	if err != nil {
+		t.Fatalf("spec: open: %v", err)
+	}
+	return pt
+}
+
+// specUnwrapV2 unwraps the master key of a version 2 verifier from its
+// password slot (password) and from its recovery slot (recovery, raw key
+// bytes), and checks that both give the same key, with the key-id.
+func specUnwrapV2(t *testing.T, v, password, recovery []byte) []byte {
+	t.Helper()
+	if string(v[:8]) != "MTDVRF\x00\x02" || v[16] != 2 || string(v[17:20]) != "\x00\x00\x00" {
+		t.Fatal("spec: v2 header")
+	}
+	var fromPassword, fromRecovery []byte
+	off := 20
+	for n := 0; n < int(v[16]); n++ {
+		switch v[off] {
+		case 1: // password slot, 88 bytes
+			s := v[off : off+88]
+			if s[1] != 1 || s[3] != 0 {
+				t.Fatal("spec: password slot")
+			}
+			time := binary.BigEndian.Uint32(s[4:8])
+			mem := binary.BigEndian.Uint32(s[8:12])
+			stretched := argon2.IDKey(password, s[12:28], time, mem, s[2], 32)
+			kek, _ := hkdf.Key(sha256.New, stretched, nil, "mountd/v1/kek", 32)
+			aad := append(append([]byte(nil), v[:16]...), s[:40]...)
+			fromPassword = specGCMOpen(t, kek, s[28:40], s[40:88], aad)
+			off += 88
+		case 2: // recovery slot, 80 bytes
+			s := v[off : off+80]
+			kek, _ := hkdf.Key(sha256.New, recovery, s[4:20], "mountd/v2/recovery", 32)
+			aad := append(append([]byte(nil), v[:16]...), s[:32]...)
+			fromRecovery = specGCMOpen(t, kek, s[20:32], s[32:80], aad)
+			off += 80
+		default:
+			t.Fatalf("spec: slot type %d", v[off])
+		}
+	}
+	if off != len(v) || string(fromPassword) != string(fromRecovery) {
+		t.Fatal("spec: slots disagree")
+	}
+	keyID, _ := hkdf.Key(sha256.New, fromPassword, nil, "mountd/v1/key-id", 8)
+	if string(keyID) != string(v[8:16]) {
+		t.Fatal("spec: key-id")
+	}
+	return fromPassword
+}
+
+// specRecoveryKey decodes the text form of a recovery key as FORMAT.md
+// describes it, checks its two check groups, and returns the 32 bytes.
+func specRecoveryKey(t *testing.T, text string) []byte {
+	t.Helper()
+	const alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+	var syms []uint64
+	for _, c := range strings.ToUpper(strings.ReplaceAll(strings.TrimSpace(text), "-", "")) {
+		i := strings.IndexRune(alphabet, c)
+		if i < 0 {
+			t.Fatalf("spec: character %q", c)
+		}
+		syms = append(syms, uint64(i))
+	}
+	if len(syms) != 60 {
+		t.Fatalf("spec: %d characters", len(syms))
+	}
+	// GF(2^20): carry-less product, then reduction by x^20 + x^3 + 1.
+	mul := func(a, b uint64) uint64 {
+		var p uint64
+		for i := 0; i < 20; i++ {
+			if b>>i&1 == 1 {
+				p ^= a << i
+			}
+		}
+		for i := 39; i >= 20; i-- {
+			if p>>i&1 == 1 {
+				p ^= (1<<20 | 1<<3 | 1) << (i - 20)
+			}
+		}
+		return p
+	}
+	var s0, s1 uint64
+	weight := uint64(1)
+	bits := new(big.Int)
+	for g := 0; g < 15; g++ {
+		w := syms[4*g]<<15 | syms[4*g+1]<<10 | syms[4*g+2]<<5 | syms[4*g+3]
+		s0 ^= w
+		s1 ^= mul(weight, w)
+		weight = mul(weight, 2)
+		if g < 13 {
+			bits.Lsh(bits, 20).Or(bits, new(big.Int).SetUint64(w))
+		}
+	}
+	if s0 != 0 || s1 != 0 {
+		t.Fatal("spec: recovery key checksum")
+	}
+	if bits.Bit(0)|bits.Bit(1)|bits.Bit(2)|bits.Bit(3) != 0 {
+		t.Fatal("spec: padding bits")
+	}
+	return bits.Rsh(bits, 4).FillBytes(make([]byte, 32))
+}
+
 func TestSpecDecoder(t *testing.T) {
 	v, _ := os.ReadFile("testdata/kat-verifier.bin")
 	mk := specUnwrap(t, v, []byte(katPassword))
 	if string(mk) != string(katKey()) {
 		t.Fatal("spec unwrap gives a different key")
+	}
+	v2, _ := os.ReadFile("testdata/kat-verifier-v2.bin")
+	text, _ := os.ReadFile("testdata/kat-recovery-key.txt")
+	rk := specRecoveryKey(t, string(text))
+	if string(rk) != string(katRecoveryKey()) {
+		t.Fatal("spec recovery key decodes to other bytes")
+	}
+	if mk2 := specUnwrapV2(t, v2, []byte(katPassword), rk); string(mk2) != string(mk) {
+		t.Fatal("spec v2 unwrap gives a different key")
 	}
 	for name := range katPlaintexts {
 		enc, _ := os.ReadFile(filepath.Join("testdata", "kat-"+name+".enc"))

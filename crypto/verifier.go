@@ -1,6 +1,7 @@
 package crypto
 
 import (
+	"bytes"
 	"crypto/cipher"
 	"crypto/hkdf"
 	"crypto/rand"
@@ -19,7 +20,9 @@ import (
 	"golang.org/x/crypto/argon2"
 )
 
-// Verifier file layout (docs/FORMAT.md):
+// Verifier file layouts (docs/FORMAT.md, section 3).
+//
+// Version 1, 104 bytes, one password slot:
 //
 //	0  magic "MTDVRF\x00" (7) | version 0x01 (1)
 //	8  kdf id (1) = 1 (Argon2id) | threads (1) | reserved, zero (2)
@@ -29,21 +32,50 @@ import (
 //
 // The associated data is bytes 0..56. KEK = HKDF-SHA256(Argon2id(password,
 // salt, time, memory, threads, 32), info = "mountd/v1/kek").
+//
+// Version 2: a 20-byte header and key slots, each wrapping the same master
+// key under its own secret:
+//
+//	header   0 magic (7) | version 0x02 (1) | 8 key-id (8) | 16 slot count (1) | reserved, zero (3)
+//	password 0 type 0x01 | kdf id 1 | threads | reserved 0 | 4 time | 8 memory KiB
+//	         12 salt (16) | 28 nonce (12) | 40 wrapped key (32) | tag (16)       = 88 bytes
+//	recovery 0 type 0x02 | reserved, zero (3) | 4 salt (16) | 20 nonce (12)
+//	         32 wrapped key (32) | tag (16)                                       = 80 bytes
+//
+// A password slot comes first and is required; a recovery slot may follow.
+// A slot's associated data is header bytes 0..16 followed by the slot's
+// bytes up to its wrapped key, so a slot can be replaced without the other
+// slots' secrets. The recovery KEK is HKDF-SHA256(recovery key, salt,
+// info = "mountd/v2/recovery").
 const (
-	verifierVersion = 1
-	kdfArgon2id     = 1
-	saltSize        = 16
-	verifierAADSize = 56
-	verifierSize    = verifierAADSize + KeySize + TagSize
+	kdfArgon2id = 1
+	saltSize    = 16
+
+	v1Size    = 104
+	v1AADSize = 56
+
+	v2HeaderSize   = 20
+	v2AADHeader    = 16 // header bytes every slot's associated data starts with
+	slotPassword   = 1
+	slotRecovery   = 2
+	pwSlotSize     = 88
+	pwSlotAADSize  = 40
+	recSlotSize    = 80
+	recSlotAADSize = 32
+	wrappedSize    = KeySize + TagSize
+	maxSlots       = 2
+	maxVerifierLen = v2HeaderSize + pwSlotSize + recSlotSize
 
 	// VerifierDir is the directory under the data directory that holds the
 	// verifier; it is hidden from the mount.
 	VerifierDir = "auth"
 	// VerifierName is the verifier's file name inside VerifierDir.
 	VerifierName = "verifier.bin"
+	// VerifierVersion is the verifier version this package writes.
+	VerifierVersion = 2
 )
 
-var verifierMagic = [8]byte{'M', 'T', 'D', 'V', 'R', 'F', 0, verifierVersion}
+var verifierMagic = [7]byte{'M', 'T', 'D', 'V', 'R', 'F', 0}
 
 // Bounds on stored KDF parameters. The floor is OWASP's Argon2id minimum
 // (19 MiB, 2 passes); the ceilings keep a crafted file from exhausting
@@ -89,18 +121,44 @@ func VerifierPath(dataDir string) string {
 
 // Verifier is a parsed verifier file.
 type Verifier struct {
+	// Version is the file's layout version: 1 (password only) or 2 (key
+	// slots).
+	Version int
+	// Params are the password slot's KDF parameters.
 	Params KDFParams
-	KeyID  KeyID
-	raw    [verifierSize]byte
+	// KeyID names the wrapped master key.
+	KeyID KeyID
+	// Recovery reports whether a recovery slot is present.
+	Recovery bool
+
+	raw []byte
+	rec int // offset of the recovery slot; 0 if none
 }
 
-// ParseVerifier parses and validates the bytes of a verifier file.
+// slot is the parts of one wrapped copy of the master key.
+type slot struct {
+	salt, nonce, wrapped []byte
+	aad                  []byte // a fresh slice
+}
+
+// ParseVerifier parses and validates the bytes of a verifier file, of
+// either version. KDF parameters are checked here, before any KDF can run.
 func ParseVerifier(b []byte) (*Verifier, error) {
-	if len(b) != verifierSize {
-		return nil, fmt.Errorf("%w: %d bytes, want %d", ErrBadVerifier, len(b), verifierSize)
+	if len(b) < 8 || [7]byte(b[:7]) != verifierMagic {
+		return nil, fmt.Errorf("%w: bad magic", ErrBadVerifier)
 	}
-	if [8]byte(b[:8]) != verifierMagic {
-		return nil, fmt.Errorf("%w: bad magic or version", ErrBadVerifier)
+	switch b[7] {
+	case 1:
+		return parseV1(b)
+	case 2:
+		return parseV2(b)
+	}
+	return nil, fmt.Errorf("%w: unsupported version %d", ErrBadVerifier, b[7])
+}
+
+func parseV1(b []byte) (*Verifier, error) {
+	if len(b) != v1Size {
+		return nil, fmt.Errorf("%w: %d bytes, want %d", ErrBadVerifier, len(b), v1Size)
 	}
 	if b[8] != kdfArgon2id {
 		return nil, fmt.Errorf("%w: unknown kdf %d", ErrBadVerifier, b[8])
@@ -108,7 +166,7 @@ func ParseVerifier(b []byte) (*Verifier, error) {
 	if b[10] != 0 || b[11] != 0 {
 		return nil, fmt.Errorf("%w: reserved bytes set", ErrBadVerifier)
 	}
-	v := &Verifier{Params: KDFParams{
+	v := &Verifier{Version: 1, Params: KDFParams{
 		Threads:   b[9],
 		Time:      binary.BigEndian.Uint32(b[12:16]),
 		MemoryKiB: binary.BigEndian.Uint32(b[16:20]),
@@ -117,7 +175,74 @@ func ParseVerifier(b []byte) (*Verifier, error) {
 		return nil, err
 	}
 	copy(v.KeyID[:], b[36:44])
-	copy(v.raw[:], b)
+	v.raw = bytes.Clone(b)
+	return v, nil
+}
+
+func parseV2(b []byte) (*Verifier, error) {
+	if len(b) < v2HeaderSize {
+		return nil, fmt.Errorf("%w: %d bytes, shorter than the header", ErrBadVerifier, len(b))
+	}
+	n := int(b[16])
+	if b[17] != 0 || b[18] != 0 || b[19] != 0 {
+		return nil, fmt.Errorf("%w: reserved header bytes set", ErrBadVerifier)
+	}
+	if n < 1 || n > maxSlots {
+		return nil, fmt.Errorf("%w: %d key slots", ErrBadVerifier, n)
+	}
+	v := &Verifier{Version: 2}
+	copy(v.KeyID[:], b[8:16])
+	off, last := v2HeaderSize, 0
+	for i := 0; i < n; i++ {
+		if off >= len(b) {
+			return nil, fmt.Errorf("%w: truncated in slot %d", ErrBadVerifier, i+1)
+		}
+		typ := int(b[off])
+		if typ <= last {
+			return nil, fmt.Errorf("%w: slot %d of type %d out of order", ErrBadVerifier, i+1, typ)
+		}
+		last = typ
+		switch typ {
+		case slotPassword:
+			if len(b)-off < pwSlotSize {
+				return nil, fmt.Errorf("%w: truncated password slot", ErrBadVerifier)
+			}
+			s := b[off : off+pwSlotSize]
+			if s[1] != kdfArgon2id {
+				return nil, fmt.Errorf("%w: unknown kdf %d", ErrBadVerifier, s[1])
+			}
+			if s[3] != 0 {
+				return nil, fmt.Errorf("%w: reserved slot byte set", ErrBadVerifier)
+			}
+			v.Params = KDFParams{
+				Threads:   s[2],
+				Time:      binary.BigEndian.Uint32(s[4:8]),
+				MemoryKiB: binary.BigEndian.Uint32(s[8:12]),
+			}
+			if err := v.Params.Validate(); err != nil {
+				return nil, err
+			}
+			off += pwSlotSize
+		case slotRecovery:
+			if len(b)-off < recSlotSize {
+				return nil, fmt.Errorf("%w: truncated recovery slot", ErrBadVerifier)
+			}
+			if b[off+1] != 0 || b[off+2] != 0 || b[off+3] != 0 {
+				return nil, fmt.Errorf("%w: reserved slot bytes set", ErrBadVerifier)
+			}
+			v.Recovery, v.rec = true, off
+			off += recSlotSize
+		default:
+			return nil, fmt.Errorf("%w: unknown slot type %d", ErrBadVerifier, typ)
+		}
+		if i == 0 && typ != slotPassword {
+			return nil, fmt.Errorf("%w: no password slot", ErrBadVerifier)
+		}
+	}
+	if off != len(b) {
+		return nil, fmt.Errorf("%w: %d trailing bytes", ErrBadVerifier, len(b)-off)
+	}
+	v.raw = bytes.Clone(b)
 	return v, nil
 }
 
@@ -132,7 +257,7 @@ func ReadVerifier(path string) (*Verifier, error) {
 		return nil, err
 	}
 	defer f.Close()
-	var b [verifierSize + 1]byte
+	var b [maxVerifierLen + 1]byte
 	n, err := io.ReadFull(f, b[:])
 	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
 		return nil, err
@@ -141,7 +266,38 @@ func ReadVerifier(path string) (*Verifier, error) {
 }
 
 // Marshal returns the file bytes of v.
-func (v *Verifier) Marshal() []byte { return append([]byte(nil), v.raw[:]...) }
+func (v *Verifier) Marshal() []byte { return bytes.Clone(v.raw) }
+
+// Slots names the key slots present, password first.
+func (v *Verifier) Slots() []string {
+	if v.Recovery {
+		return []string{"password", "recovery"}
+	}
+	return []string{"password"}
+}
+
+// passwordSlot returns the parts of the password slot.
+func (v *Verifier) passwordSlot() slot {
+	b := v.raw
+	if v.Version == 1 {
+		return slot{salt: b[20:36], nonce: b[44:56], wrapped: b[56:v1Size], aad: bytes.Clone(b[:v1AADSize])}
+	}
+	s := b[v2HeaderSize : v2HeaderSize+pwSlotSize]
+	return slot{salt: s[12:28], nonce: s[28:40], wrapped: s[40:], aad: slotAAD(b, s[:pwSlotAADSize])}
+}
+
+// recoverySlot returns the parts of the recovery slot, if there is one.
+func (v *Verifier) recoverySlot() (slot, bool) {
+	if !v.Recovery {
+		return slot{}, false
+	}
+	s := v.raw[v.rec : v.rec+recSlotSize]
+	return slot{salt: s[4:20], nonce: s[20:32], wrapped: s[32:], aad: slotAAD(v.raw, s[:recSlotAADSize])}, true
+}
+
+func slotAAD(file, slotHead []byte) []byte {
+	return append(bytes.Clone(file[:v2AADHeader]), slotHead...)
+}
 
 // argonMu keeps Argon2 to one computation at a time process-wide, so a
 // flood of logins cannot multiply its memory use.
@@ -164,45 +320,75 @@ func kek(password []byte, salt []byte, p KDFParams) (cipher.AEAD, error) {
 	return newGCM(key)
 }
 
-// wrap builds a verifier holding mk under password.
-func wrap(mk []byte, password []byte, p KDFParams) (*Verifier, error) {
-	v := &Verifier{Params: p}
-	b := v.raw[:]
-	copy(b, verifierMagic[:])
-	b[8] = kdfArgon2id
-	b[9] = p.Threads
-	binary.BigEndian.PutUint32(b[12:16], p.Time)
-	binary.BigEndian.PutUint32(b[16:20], p.MemoryKiB)
-	if _, err := rand.Read(b[20:36]); err != nil {
-		return nil, fmt.Errorf("crypto: random salt: %w", err)
-	}
-	id, err := deriveKeyID(mk)
+// recoveryKEK derives the recovery slot's key-encryption AEAD.
+func recoveryKEK(rk, salt []byte) (cipher.AEAD, error) {
+	key, err := hkdf.Key(sha256.New, rk, salt, labelRecovery, KeySize)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("crypto: derive recovery kek: %w", err)
 	}
-	v.KeyID = id
-	copy(b[36:44], id[:])
-	if _, err := rand.Read(b[44:56]); err != nil {
-		return nil, fmt.Errorf("crypto: random nonce: %w", err)
-	}
-	a, err := kek(password, b[20:36], p)
-	if err != nil {
-		return nil, err
-	}
-	a.Seal(b[56:56], b[44:56], mk, b[:verifierAADSize])
-	return v, nil
+	defer clear(key)
+	return newGCM(key)
 }
 
-// unwrap decrypts the master key into dst (KeySize bytes).
-func (v *Verifier) unwrap(dst []byte, password []byte) error {
-	b := v.raw[:]
-	a, err := kek(password, b[20:36], v.Params)
+// newV2 returns the bytes of a version 2 verifier for the key with id,
+// with its slot types set and no slot sealed yet. The password slot is at
+// v2HeaderSize, the recovery slot (when withRecovery) right after it.
+func newV2(id KeyID, withRecovery bool) []byte {
+	n, size := 1, v2HeaderSize+pwSlotSize
+	if withRecovery {
+		n, size = 2, size+recSlotSize
+	}
+	b := make([]byte, size)
+	copy(b, verifierMagic[:])
+	b[7] = 2
+	copy(b[8:16], id[:])
+	b[16] = byte(n)
+	b[v2HeaderSize] = slotPassword
+	if withRecovery {
+		b[v2HeaderSize+pwSlotSize] = slotRecovery
+	}
+	return b
+}
+
+// sealPassword fills the password slot of the version 2 verifier b with mk
+// wrapped under password (fresh salt and nonce).
+func sealPassword(b, mk, password []byte, p KDFParams) error {
+	s := b[v2HeaderSize : v2HeaderSize+pwSlotSize]
+	s[1], s[2], s[3] = kdfArgon2id, p.Threads, 0
+	binary.BigEndian.PutUint32(s[4:8], p.Time)
+	binary.BigEndian.PutUint32(s[8:12], p.MemoryKiB)
+	if _, err := rand.Read(s[12:40]); err != nil {
+		return fmt.Errorf("crypto: random salt and nonce: %w", err)
+	}
+	a, err := kek(password, s[12:28], p)
 	if err != nil {
 		return err
 	}
-	if _, err := a.Open(dst[:0], b[44:56], b[56:], b[:verifierAADSize]); err != nil {
+	a.Seal(s[40:40], s[28:40], mk, slotAAD(b, s[:pwSlotAADSize]))
+	return nil
+}
+
+// sealRecovery fills the recovery slot of the version 2 verifier b with mk
+// wrapped under the recovery key rk.
+func sealRecovery(b, mk, rk []byte) error {
+	s := b[v2HeaderSize+pwSlotSize : v2HeaderSize+pwSlotSize+recSlotSize]
+	if _, err := rand.Read(s[4:32]); err != nil {
+		return fmt.Errorf("crypto: random salt and nonce: %w", err)
+	}
+	a, err := recoveryKEK(rk, s[4:20])
+	if err != nil {
+		return err
+	}
+	a.Seal(s[32:32], s[20:32], mk, slotAAD(b, s[:recSlotAADSize]))
+	return nil
+}
+
+// open unwraps s with a into dst (KeySize bytes) and checks the result
+// against the verifier's key-id; fail is the error of a wrong secret.
+func (v *Verifier) open(dst []byte, a cipher.AEAD, s slot, fail error) error {
+	if _, err := a.Open(dst[:0], s.nonce, s.wrapped, s.aad); err != nil {
 		clear(dst)
-		return ErrInvalidPassword
+		return fail
 	}
 	id, err := deriveKeyID(dst)
 	if err != nil || id != v.KeyID || isZero(dst) {
@@ -210,6 +396,79 @@ func (v *Verifier) unwrap(dst []byte, password []byte) error {
 		return fmt.Errorf("%w: key-id does not match the wrapped key", ErrBadVerifier)
 	}
 	return nil
+}
+
+// unwrap decrypts the master key into dst (KeySize bytes) with password.
+func (v *Verifier) unwrap(dst []byte, password []byte) error {
+	s := v.passwordSlot()
+	a, err := kek(password, s.salt, v.Params)
+	if err != nil {
+		return err
+	}
+	return v.open(dst, a, s, ErrInvalidPassword)
+}
+
+// unwrapRecovery decrypts the master key into dst with the recovery key in
+// its text form.
+func (v *Verifier) unwrapRecovery(dst []byte, text []byte) error {
+	s, ok := v.recoverySlot()
+	if !ok {
+		return ErrNoRecoveryKey
+	}
+	rk, _ := allocSecret(pageSize)
+	defer freeSecret(rk)
+	if err := ParseRecoveryKey(rk[:RecoveryKeySize], text); err != nil {
+		return err
+	}
+	a, err := recoveryKEK(rk[:RecoveryKeySize], s.salt)
+	if err != nil {
+		return err
+	}
+	return v.open(dst, a, s, ErrInvalidRecoveryKey)
+}
+
+// build makes a version 2 verifier for mk: the password slot sealed under
+// password, or copied from old when password is nil (old must then be
+// version 2); the recovery slot sealed under rk when rk is not nil, else
+// copied from old when it has one.
+func build(mk []byte, old *Verifier, password []byte, p KDFParams, rk []byte) (*Verifier, error) {
+	id, err := deriveKeyID(mk)
+	if err != nil {
+		return nil, err
+	}
+	keepRec := rk == nil && old != nil && old.Recovery
+	b := newV2(id, rk != nil || keepRec)
+	if password != nil {
+		if err := sealPassword(b, mk, password, p); err != nil {
+			return nil, err
+		}
+	} else {
+		copy(b[v2HeaderSize:v2HeaderSize+pwSlotSize], old.raw[v2HeaderSize:v2HeaderSize+pwSlotSize])
+	}
+	switch {
+	case rk != nil:
+		if err := sealRecovery(b, mk, rk); err != nil {
+			return nil, err
+		}
+	case keepRec:
+		copy(b[v2HeaderSize+pwSlotSize:], old.raw[old.rec:old.rec+recSlotSize])
+	}
+	return ParseVerifier(b)
+}
+
+// withNewRecoveryKey calls fn with a fresh random recovery key and returns
+// the key's text form when fn succeeds.
+func withNewRecoveryKey(fn func(rk []byte) error) ([]byte, error) {
+	page, _ := allocSecret(pageSize)
+	defer freeSecret(page)
+	rk := page[:RecoveryKeySize]
+	if _, err := rand.Read(rk); err != nil {
+		return nil, fmt.Errorf("crypto: random recovery key: %w", err)
+	}
+	if err := fn(rk); err != nil {
+		return nil, err
+	}
+	return FormatRecoveryKey(rk), nil
 }
 
 // Create makes a random master key, writes a verifier for it under password
@@ -229,7 +488,7 @@ func (k *Keyring) Create(path string, password []byte, p KDFParams) error {
 	if _, err := rand.Read(staging); err != nil {
 		return fmt.Errorf("crypto: random master key: %w", err)
 	}
-	v, err := wrap(staging, password, p)
+	v, err := build(staging, nil, password, p, nil)
 	if err != nil {
 		return err
 	}
@@ -239,15 +498,57 @@ func (k *Keyring) Create(path string, password []byte, p KDFParams) error {
 	return k.install()
 }
 
+// CreateVerifier makes a random master key and writes a verifier for it at
+// path (never replacing one: ErrVerifierExists) with a password slot and,
+// when withRecovery, a recovery slot under a new random recovery key, whose
+// text form it returns for the caller to show once and zero. No key is set
+// anywhere.
+func CreateVerifier(path string, password []byte, p KDFParams, withRecovery bool) (recoveryKey []byte, err error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	if _, err := os.Lstat(path); err == nil {
+		return nil, ErrVerifierExists
+	}
+	mk, _ := allocSecret(pageSize)
+	defer freeSecret(mk)
+	if _, err := rand.Read(mk[:KeySize]); err != nil {
+		return nil, fmt.Errorf("crypto: random master key: %w", err)
+	}
+	create := func(rk []byte) error {
+		v, err := build(mk[:KeySize], nil, password, p, rk)
+		if err != nil {
+			return err
+		}
+		return writeVerifier(path, v, false)
+	}
+	if !withRecovery {
+		return nil, create(nil)
+	}
+	return withNewRecoveryKey(create)
+}
+
 // Unlock sets the master key wrapped in v. A wrong password gives
 // ErrInvalidPassword and leaves the Keyring as it was. If the same key is
 // already set, Unlock does nothing; a different one gives ErrKeyAlreadySet.
 func (k *Keyring) Unlock(v *Verifier, password []byte) error {
+	return k.unlockWith(func(dst []byte) error { return v.unwrap(dst, password) })
+}
+
+// UnlockRecovery is Unlock with the recovery key (its text form) instead
+// of the password: ErrNoRecoveryKey when v has no recovery slot,
+// ErrBadRecoveryKey when the text is malformed, ErrInvalidRecoveryKey when
+// it is the wrong key.
+func (k *Keyring) UnlockRecovery(v *Verifier, recoveryKey []byte) error {
+	return k.unlockWith(func(dst []byte) error { return v.unwrapRecovery(dst, recoveryKey) })
+}
+
+func (k *Keyring) unlockWith(unwrap func(dst []byte) error) error {
 	k.stateMu.Lock()
 	defer k.stateMu.Unlock()
 	staging := k.page[stagingOff : stagingOff+KeySize]
 	defer clear(staging)
-	if err := v.unwrap(staging, password); err != nil {
+	if err := unwrap(staging); err != nil {
 		return err
 	}
 	if k.IsSet() {
@@ -259,26 +560,68 @@ func (k *Keyring) Unlock(v *Verifier, password []byte) error {
 	return k.install()
 }
 
-// ChangePassword rewraps the master key in the verifier at path under
-// newPassword with parameters p, atomically. File contents are untouched.
-func ChangePassword(path string, oldPassword, newPassword []byte, p KDFParams) error {
-	if err := p.Validate(); err != nil {
-		return err
-	}
+// rewrap reads the verifier at path, unwraps its master key with unwrap,
+// and replaces the file, atomically, with what remake builds from the key.
+func rewrap(path string, unwrap func(v *Verifier, mk []byte) error, remake func(v *Verifier, mk []byte) (*Verifier, error)) error {
 	v, err := ReadVerifier(path)
 	if err != nil {
 		return err
 	}
 	mk, _ := allocSecret(pageSize)
 	defer freeSecret(mk)
-	if err := v.unwrap(mk[:KeySize], oldPassword); err != nil {
+	if err := unwrap(v, mk[:KeySize]); err != nil {
 		return err
 	}
-	nv, err := wrap(mk[:KeySize], newPassword, p)
+	nv, err := remake(v, mk[:KeySize])
 	if err != nil {
 		return err
 	}
 	return writeVerifier(path, nv, true)
+}
+
+// ChangePassword rewraps the master key in the verifier at path under
+// newPassword with parameters p, atomically. File contents are untouched.
+// A recovery slot is kept; a version 1 verifier is rewritten as version 2.
+func ChangePassword(path string, oldPassword, newPassword []byte, p KDFParams) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	return rewrap(path,
+		func(v *Verifier, mk []byte) error { return v.unwrap(mk, oldPassword) },
+		func(v *Verifier, mk []byte) (*Verifier, error) { return build(mk, v, newPassword, p, nil) })
+}
+
+// ResetPassword sets a new password with the recovery key (its text form)
+// instead of the old password: ErrNoVerifier, ErrNoRecoveryKey,
+// ErrBadRecoveryKey (a typo) or ErrInvalidRecoveryKey (the wrong key)
+// change nothing. The recovery slot is kept, so the same recovery key goes
+// on working. File contents are untouched.
+func ResetPassword(path string, recoveryKey, newPassword []byte, p KDFParams) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	return rewrap(path,
+		func(v *Verifier, mk []byte) error { return v.unwrapRecovery(mk, recoveryKey) },
+		func(v *Verifier, mk []byte) (*Verifier, error) { return build(mk, v, newPassword, p, nil) })
+}
+
+// SetRecoveryKey creates, or replaces, the recovery slot of the verifier
+// at path under a new random recovery key, after checking password, and
+// returns the new key's text form for the caller to show once and zero. A
+// replaced recovery key stops working. The password slot is kept as is
+// (a version 1 verifier's is rewrapped, with its own KDF parameters, into
+// the version 2 layout).
+func SetRecoveryKey(path string, password []byte) ([]byte, error) {
+	return withNewRecoveryKey(func(rk []byte) error {
+		return rewrap(path,
+			func(v *Verifier, mk []byte) error { return v.unwrap(mk, password) },
+			func(v *Verifier, mk []byte) (*Verifier, error) {
+				if v.Version == 1 {
+					return build(mk, v, password, v.Params, rk)
+				}
+				return build(mk, v, nil, v.Params, rk)
+			})
+	})
 }
 
 // writeVerifier writes v to path atomically: an exclusive 0600 temp file,
@@ -296,13 +639,13 @@ func writeVerifier(path string, v *Verifier, replace bool) error {
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return err
 	}
-	tmp := filepath.Join(dir, verifierTempPrefix+hex.EncodeToString(rnd[:]))
+	tmp := filepath.Join(dir, VerifierTempPrefix+hex.EncodeToString(rnd[:]))
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp)
-	_, err = f.Write(v.raw[:])
+	_, err = f.Write(v.raw)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -332,8 +675,9 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// verifierTempPrefix starts the names of the temp files writeVerifier uses.
-const verifierTempPrefix = ".verifier.tmp-"
+// VerifierTempPrefix starts the names of the temp files the verifier is
+// written through (in VerifierDir); one left behind is a crash's leftover.
+const VerifierTempPrefix = ".verifier.tmp-"
 
 // RemoveStaleTemps deletes temp files a crash left in the verifier's
 // directory (dir is the data directory). Call it only at start-up, before
@@ -349,7 +693,7 @@ func RemoveStaleTemps(dataDir string) ([]string, error) {
 	}
 	var removed []string
 	for _, e := range entries {
-		if e.Type().IsRegular() && strings.HasPrefix(e.Name(), verifierTempPrefix) {
+		if e.Type().IsRegular() && strings.HasPrefix(e.Name(), VerifierTempPrefix) {
 			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, iofs.ErrNotExist) {
 				return removed, err
 			}
