@@ -23,6 +23,10 @@ type Backend interface {
 	Logout(ctx context.Context) error
 	// ChangePassword rewraps the master key under newPassword.
 	ChangePassword(ctx context.Context, oldPassword, newPassword []byte) error
+	// ResetPassword rewraps the master key under newPassword after
+	// unwrapping it with the recovery key (its text form) instead of the
+	// old password. It never sets or changes the key in memory.
+	ResetPassword(ctx context.Context, recoveryKey, newPassword []byte) error
 	// Status reports the encryption state; scan adds file counts.
 	Status(ctx context.Context, scan bool) (Status, error)
 	// StartEncryptExisting starts the migration task, or returns the running
@@ -48,11 +52,13 @@ type LoginResult struct {
 // Status is the encryption state reported by /api/system/encryption-status.
 // Its JSON form is the response body minus the envelope.
 type Status struct {
-	KeySet      bool     `json:"key_set"`
-	PasswordSet bool     `json:"password_set"`
-	Cipher      string   `json:"cipher"`
-	KDF         KDFInfo  `json:"kdf"`
-	Protect     []string `json:"protect"`
+	KeySet      bool `json:"key_set"`
+	PasswordSet bool `json:"password_set"`
+	// RecoveryKeySet reports whether the verifier holds a recovery slot.
+	RecoveryKeySet bool     `json:"recovery_key_set"`
+	Cipher         string   `json:"cipher"`
+	KDF            KDFInfo  `json:"kdf"`
+	Protect        []string `json:"protect"`
 	// Task is the running task, else the last one, else nil (JSON null).
 	Task *task.Record `json:"task"`
 	// AutoLock are the automatic lock policies.

@@ -15,6 +15,8 @@ import (
 // Clients match on these, never on the message.
 const (
 	CodeInvalidPassword               = "RESULT_INVALID_PASSWORD"
+	CodeInvalidRecoveryKey            = "RESULT_INVALID_RECOVERY_KEY"
+	CodeRecoveryKeyNotSet             = "RESULT_RECOVERY_KEY_NOT_SET"
 	CodeKeyNotSet                     = "RESULT_KEY_NOT_SET"
 	CodePasswordNotSet                = "RESULT_PASSWORD_NOT_SET"
 	CodeBadRequest                    = "RESULT_BAD_REQUEST"
@@ -122,6 +124,14 @@ func classify(err error) *apiError {
 	case errors.Is(err, crypto.ErrInvalidPassword):
 		return &apiError{status: http.StatusUnauthorized, code: CodeInvalidPassword,
 			msg: "Invalid password"}
+	case errors.Is(err, crypto.ErrInvalidRecoveryKey):
+		return &apiError{status: http.StatusUnauthorized, code: CodeInvalidRecoveryKey,
+			msg: "Invalid recovery key"}
+	case errors.Is(err, crypto.ErrBadRecoveryKey):
+		return badRequest("Malformed recovery key: a character is mistyped, missing or extra, or two groups are swapped")
+	case errors.Is(err, crypto.ErrNoRecoveryKey):
+		return &apiError{status: http.StatusConflict, code: CodeRecoveryKeyNotSet,
+			msg: "No recovery key is set for this data directory"}
 	case errors.Is(err, crypto.ErrLocked):
 		return &apiError{status: http.StatusConflict, code: CodeKeyNotSet,
 			msg: "File encryption key is not set; log in first"}

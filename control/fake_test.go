@@ -17,6 +17,7 @@ import (
 type fakeBackend struct {
 	mu                       sync.Mutex
 	password                 []byte // nil: no verifier yet
+	recovery                 []byte // nil: no recovery slot
 	keySet                   bool
 	encryptedWithoutVerifier bool
 	received                 [][]byte
@@ -88,6 +89,29 @@ func (f *fakeBackend) ChangePassword(_ context.Context, old, nw []byte) error {
 	}
 	if !bytes.Equal(old, f.password) {
 		return crypto.ErrInvalidPassword
+	}
+	f.password = bytes.Clone(nw)
+	return nil
+}
+
+// fakeRecoveryKey is a well-formed recovery key; the fake treats any
+// other text starting with "RK-" as well-formed but wrong, and anything
+// else as malformed.
+const fakeRecoveryKey = "RK-right"
+
+func (f *fakeBackend) ResetPassword(_ context.Context, rk, nw []byte) error {
+	f.kdf(rk, nw)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case f.password == nil:
+		return crypto.ErrNoVerifier
+	case f.recovery == nil:
+		return crypto.ErrNoRecoveryKey
+	case !bytes.HasPrefix(rk, []byte("RK-")):
+		return fmt.Errorf("reset: %w", crypto.ErrBadRecoveryKey)
+	case !bytes.Equal(rk, f.recovery):
+		return fmt.Errorf("reset: %w", crypto.ErrInvalidRecoveryKey)
 	}
 	f.password = bytes.Clone(nw)
 	return nil

@@ -25,6 +25,7 @@ const (
 	PathTask            = "/api/system/tasks/:id"
 	PathTaskCancel      = "/api/system/tasks/:id/cancel"
 	PathChangePassword  = "/api/system/change_password"
+	PathResetPassword   = "/api/system/reset_password"
 )
 
 // Cipher is the content cipher reported by encryption-status.
@@ -56,6 +57,7 @@ func (s *Server) routeTable() []route {
 		{[]string{get}, PathTask, "task", false, s.handleTask},
 		{[]string{post}, PathTaskCancel, "cancel_task", true, s.handleCancelTask},
 		{[]string{post}, PathChangePassword, "change_password", true, s.handleChangePassword},
+		{[]string{post}, PathResetPassword, "reset_password", true, s.handleResetPassword},
 	}
 }
 
@@ -219,7 +221,8 @@ type passwordRequest interface {
 //     is zeroed at once and req's secrets when passwordCall returns;
 //   - fn under the KDF gate (one password check at a time, bounded
 //     waiting: 503), after the caller's backoff is checked again;
-//     fn's crypto.ErrInvalidPassword counts as a failure of this caller,
+//     fn's crypto.ErrInvalidPassword (or ErrInvalidRecoveryKey) counts as
+//     a failure of this caller,
 //     a nil error resets the caller's count. fn's context is not
 //     cancelled when the client goes away (a KDF run cannot stop).
 //
@@ -261,12 +264,47 @@ func (s *Server) passwordCall(w http.ResponseWriter, r *http.Request, event stri
 	}
 	err = fn(context.WithoutCancel(r.Context()))
 	switch {
-	case errors.Is(err, crypto.ErrInvalidPassword):
+	case errors.Is(err, crypto.ErrInvalidPassword), errors.Is(err, crypto.ErrInvalidRecoveryKey):
 		s.backoff.failure(key)
 	case err == nil:
 		s.backoff.success(key)
 	}
 	return err
+}
+
+type resetPasswordRequest struct {
+	RecoveryKey secret `json:"recovery_key"`
+	NewPassword secret `json:"new_password"`
+}
+
+func (q *resetPasswordRequest) secrets() []namedSecret {
+	return []namedSecret{{"recovery_key", &q.RecoveryKey}, {"new_password", &q.NewPassword}}
+}
+
+// handleResetPassword: POST application/json {"recovery_key", "new_password"}.
+// It takes the same path as login (passwordCall): a wrong recovery key
+// counts as a failed login of this caller for the backoff, and the call
+// runs under the KDF gate (the new password's wrap runs Argon2). A
+// malformed key (a typo its checksum catches) says nothing about the key
+// and does not count.
+func (s *Server) handleResetPassword(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
+	var req resetPasswordRequest
+	err := s.passwordCall(w, r, "password reset", &req, func(ctx context.Context) error {
+		return s.backend.ResetPassword(ctx, req.RecoveryKey, req.NewPassword)
+	})
+	lg := s.reqLog(r)
+	switch {
+	case errors.Is(err, crypto.ErrInvalidRecoveryKey):
+		lg.Info("password reset failed: invalid recovery key")
+		return err
+	case errors.Is(err, crypto.ErrBadRecoveryKey):
+		lg.Info("password reset failed: malformed recovery key")
+		return err
+	case err != nil:
+		return err
+	}
+	lg.Info("password reset with the recovery key")
+	return writeJSON(w, http.StatusOK, ok("reset_password", "Password reset"))
 }
 
 // readSecrets reads and decodes a JSON body holding passwords, zeroing the

@@ -127,7 +127,7 @@ func TestStatus(t *testing.T) {
 	s := newTestServer(t, Options{})
 	res := do(t, s, req("GET", PathStatus, ""))
 	want := `{"command":"encryption-status","success":true,"message":"File encryption key is not set",` +
-		`"key_set":false,"password_set":false,"cipher":"AES-256-GCM",` +
+		`"key_set":false,"password_set":false,"recovery_key_set":false,"cipher":"AES-256-GCM",` +
 		`"kdf":{"name":"argon2id","time":3,"memory_kib":65536,"threads":4},"protect":["*.bin"],"task":null,` +
 		`"auto_lock":{"idle":{"state":"off","after_s":0},"suspend":{"state":"off"},"session_lock":{"state":"off"}},"last_lock":null}`
 	if res.status != 200 || string(res.body) != want {
@@ -449,6 +449,121 @@ func TestMatchPattern(t *testing.T) {
 	} {
 		if got := s.commandFor(path); got != want {
 			t.Errorf("commandFor(%q) = %q, want %q", path, got, want)
+		}
+	}
+}
+
+func TestResetPassword(t *testing.T) {
+	s := newTestServer(t, Options{})
+	reset := func(body string) result { return do(t, s, jsonReq("POST", PathResetPassword, body)) }
+	body := func(rk, pw string) string { return `{"recovery_key":"` + rk + `","new_password":"` + pw + `"}` }
+
+	if res := reset(body(fakeRecoveryKey, "b")); res.status != 409 || res.code() != CodePasswordNotSet {
+		t.Fatalf("reset before any password: %d %s", res.status, res.body)
+	}
+	do(t, s, jsonReq("POST", PathLogin, `{"password":"a"}`))
+	if res := reset(body(fakeRecoveryKey, "b")); res.status != 409 || res.code() != CodeRecoveryKeyNotSet {
+		t.Fatalf("reset without a recovery slot: %d %s", res.status, res.body)
+	}
+	s.fake.mu.Lock()
+	s.fake.recovery = []byte(fakeRecoveryKey)
+	s.fake.mu.Unlock()
+	if res := reset(body("RK-wrong", "b")); res.status != 401 || res.code() != CodeInvalidRecoveryKey ||
+		string(res.body) != `{"command":"reset_password","success":false,"message":"Invalid recovery key","error":"RESULT_INVALID_RECOVERY_KEY"}` {
+		t.Fatalf("wrong recovery key: %d %s", res.status, res.body)
+	}
+	if res := reset(body("typo", "b")); res.status != 400 || res.code() != CodeBadRequest || !strings.Contains(string(res.body), "Malformed recovery key") {
+		t.Fatalf("malformed recovery key: %d %s", res.status, res.body)
+	}
+	res := reset(body(fakeRecoveryKey, "b"))
+	if res.status != 200 || string(res.body) != `{"command":"reset_password","success":true,"message":"Password reset"}` {
+		t.Fatalf("reset: %d %s", res.status, res.body)
+	}
+	if string(s.fake.password) != "b" || !s.fake.keySet {
+		t.Fatalf("backend after reset: password %q, key set %v", s.fake.password, s.fake.keySet)
+	}
+	for _, b := range []string{
+		`{"recovery_key":"RK-right"}`,
+		`{"recovery_key":"","new_password":"x"}`,
+		`{"recovery_key":"RK-right","new_password":""}`,
+		`{"recovery_key":"RK-right","new_password":"c","old_password":"b"}`,
+		`{"recovery_key":7,"new_password":"c"}`,
+	} {
+		if res := reset(b); res.status != 400 || res.code() != CodeBadRequest {
+			t.Errorf("%s: %d %s", b, res.status, res.body)
+		}
+	}
+	for _, r := range []*http.Request{
+		req("GET", PathResetPassword, ""),
+		req("POST", PathResetPassword, body(fakeRecoveryKey, "x"), "Content-Type", "text/plain"),
+		jsonReq("POST", PathResetPassword+"?recovery_key=x", body(fakeRecoveryKey, "x")),
+		jsonReq("POST", PathResetPassword, body(fakeRecoveryKey, "x"), "Origin", "http://evil.example"),
+		jsonReq("POST", PathResetPassword, body(fakeRecoveryKey, "x"), "Sec-Fetch-Site", "cross-site"),
+		jsonReq("POST", PathResetPassword, body(fakeRecoveryKey, "x"), "Host", "evil.example:8080"),
+	} {
+		res := do(t, s, r)
+		if res.status < 400 || res.env["command"] != "reset_password" {
+			t.Errorf("%s %s %v: %d %s", r.Method, r.URL, r.Header, res.status, res.body)
+		}
+	}
+	if string(s.fake.password) != "b" {
+		t.Fatal("a refused request changed the password")
+	}
+	// Every secret the backend saw is zeroed after its request.
+	s.fake.mu.Lock()
+	defer s.fake.mu.Unlock()
+	for i, b := range s.fake.received {
+		if len(b) != 0 && !allZero(b) {
+			t.Errorf("secret %d not zeroed after the request: %q", i, b)
+		}
+	}
+}
+
+// TestResetPasswordBackoff: wrong recovery keys count as failed logins
+// (the same backoff, shared with login and change_password); while it
+// holds, even the right recovery key gets 429 without a check; a malformed
+// key (a typo caught by the checksum) tells nothing about the key and does
+// not count.
+func TestResetPasswordBackoff(t *testing.T) {
+	s := newTestServer(t, Options{})
+	clk := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	s.backoff.now = clk.Now
+	do(t, s, jsonReq("POST", PathLogin, `{"password":"right"}`))
+	s.fake.recovery = []byte(fakeRecoveryKey)
+	reset := func(rk string) result {
+		return do(t, s, jsonReq("POST", PathResetPassword, `{"recovery_key":"`+rk+`","new_password":"x"}`))
+	}
+	for range 10 {
+		if res := reset("typo"); res.status != 400 {
+			t.Fatalf("malformed: %d %s", res.status, res.body)
+		}
+	}
+	for i := range 5 {
+		if res := reset("RK-wrong"); res.status != 401 {
+			t.Fatalf("free failure %d: %d %s", i+1, res.status, res.body)
+		}
+	}
+	calls := s.fake.kdfCalls.Load()
+	for _, r := range []*http.Request{
+		jsonReq("POST", PathResetPassword, `{"recovery_key":"`+fakeRecoveryKey+`","new_password":"x"}`),
+		jsonReq("POST", PathLogin, `{"password":"right"}`),
+	} {
+		res := do(t, s, r)
+		if res.status != 429 || res.code() != CodeTooManyAttempts || res.header.Get("Retry-After") != "1" {
+			t.Fatalf("%s while locked: %d %s", r.URL.Path, res.status, res.body)
+		}
+	}
+	if s.fake.kdfCalls.Load() != calls {
+		t.Fatal("the backend checked a secret during the backoff")
+	}
+	clk.Advance(time.Second)
+	if res := reset(fakeRecoveryKey); res.status != 200 {
+		t.Fatalf("right recovery key after the wait: %d %s", res.status, res.body)
+	}
+	// The success reset the count: five free failures again.
+	for i := range 5 {
+		if res := do(t, s, jsonReq("POST", PathLogin, `{"password":"wrong"}`)); res.status != 401 {
+			t.Fatalf("after a reset, failure %d: %d", i+1, res.status)
 		}
 	}
 }

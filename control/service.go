@@ -213,6 +213,20 @@ func (s *Service) ChangePassword(_ context.Context, oldPassword, newPassword []b
 	return nil
 }
 
+// ResetPassword rewraps the master key under newPassword, unwrapping it
+// with the recovery key: crypto.ErrNoRecoveryKey, ErrBadRecoveryKey (a
+// typo) and ErrInvalidRecoveryKey (the wrong key) change nothing. The key
+// state in memory is left as it is: a set key stays set (it is the same
+// master key), and no key is set.
+func (s *Service) ResetPassword(_ context.Context, recoveryKey, newPassword []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := crypto.ResetPassword(s.path, recoveryKey, newPassword, s.kdf); err != nil {
+		return fmt.Errorf("control: reset password: %w", err)
+	}
+	return nil
+}
+
 // Status reports the key and verifier state, the KDF parameters in force
 // (the verifier's, else those a first login would use), the protect
 // patterns, the current or last task and, when scan is set, file counts.
@@ -237,6 +251,7 @@ func (s *Service) Status(ctx context.Context, scan bool) (Status, error) {
 	switch {
 	case err == nil:
 		st.PasswordSet = true
+		st.RecoveryKeySet = v.Recovery
 		st.KDF = kdfInfo(v.Params)
 	case !errors.Is(err, crypto.ErrNoVerifier):
 		return Status{}, fmt.Errorf("control: status: %w", err)

@@ -522,3 +522,48 @@ func TestServiceLastLock(t *testing.T) {
 		t.Fatalf("JSON: %s", b)
 	}
 }
+
+// TestServiceResetPassword runs the real verifier: a reset with the
+// recovery key sets the new password, keeps the master key, and leaves the
+// key state in memory alone (set stays set, with the same generation;
+// unset stays unset).
+func TestServiceResetPassword(t *testing.T) {
+	e := newSvc(t, "")
+	ctx := t.Context()
+	rk, err := crypto.CreateVerifier(e.path, []byte("old"), testKDF, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.svc.Login(ctx, []byte("old")); err != nil {
+		t.Fatal(err)
+	}
+	id1, _ := e.kr.KeyID()
+	gen := e.kr.Generation()
+	st, err := e.svc.Status(ctx, false)
+	if err != nil || !st.RecoveryKeySet || !st.PasswordSet {
+		t.Fatalf("status: %+v %v", st, err)
+	}
+	other := crypto.FormatRecoveryKey(bytes.Repeat([]byte{7}, crypto.RecoveryKeySize))
+	if err := e.svc.ResetPassword(ctx, other, []byte("new")); !errors.Is(err, crypto.ErrInvalidRecoveryKey) {
+		t.Fatalf("wrong recovery key: %v", err)
+	}
+	if err := e.svc.ResetPassword(ctx, rk, []byte("new")); err != nil {
+		t.Fatal(err)
+	}
+	if !e.kr.IsSet() || e.kr.Generation() != gen {
+		t.Fatal("a reset changed the key in memory")
+	}
+	e.svc.Logout(ctx)
+	if err := e.svc.ResetPassword(ctx, rk, []byte("newer")); err != nil || e.kr.IsSet() {
+		t.Fatalf("reset while logged out: %v, key set %v", err, e.kr.IsSet())
+	}
+	if _, err := e.svc.Login(ctx, []byte("new")); !errors.Is(err, crypto.ErrInvalidPassword) {
+		t.Fatalf("superseded password: %v", err)
+	}
+	if _, err := e.svc.Login(ctx, []byte("newer")); err != nil {
+		t.Fatal(err)
+	}
+	if id2, _ := e.kr.KeyID(); id2 != id1 {
+		t.Fatal("the reset changed the master key")
+	}
+}
