@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -161,30 +159,11 @@ func (c *client) status() (*control.Status, error) {
 	return &st, nil
 }
 
-// readPassword reads one password: without echo from a terminal, else one
-// line from stdin (for scripts). The caller zeroes the result.
+// isTerminal reports whether r is a terminal (passwords are then prompted
+// for without echo; see secrets.go).
 func isTerminal(r io.Reader) bool {
 	f, ok := r.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
-}
-
-func readPassword(prompt string, stdin io.Reader, stderr io.Writer, br **bufio.Reader) ([]byte, error) {
-	if isTerminal(stdin) {
-		fmt.Fprint(stderr, prompt)
-		pw, err := term.ReadPassword(int(stdin.(*os.File).Fd()))
-		fmt.Fprintln(stderr)
-		return pw, err
-	}
-	if *br == nil {
-		*br = bufio.NewReader(stdin)
-	}
-	line, err := (*br).ReadSlice('\n')
-	if err != nil && !(errors.Is(err, io.EOF) && len(line) > 0) {
-		return nil, fmt.Errorf("reading password from stdin: %w", err)
-	}
-	pw := append([]byte(nil), bytes.TrimRight(line, "\r\n")...)
-	clear(line)
-	return pw, nil
 }
 
 // jsonObject encodes {"k1": v1, ...} with byte-slice values, without
@@ -228,11 +207,13 @@ func writeJSONString(b *bytes.Buffer, s []byte) {
 var loginCmd = &command{
 	name:    "login",
 	summary: "log in: set the file encryption key from the password (the first login creates it)",
-	help: `Prompts for the password without echo (twice when none exists yet). When stdin is
-not a terminal, reads one line from it (for scripts and systemd units).`,
+	help: `Prompts for the password without echo (twice when none exists yet). With
+--password-file, or when stdin is not a terminal, reads one line from it (for
+scripts and systemd units).`,
 	group: groupClient,
 	setup: func(f *flag.FlagSet) runFunc {
 		o := clientFlags(f)
+		so := secretFlags(f)
 		return func(s stdio, _ []string) error {
 			c, err := o.client()
 			if err != nil {
@@ -242,25 +223,22 @@ not a terminal, reads one line from it (for scripts and systemd units).`,
 			if err != nil {
 				return err
 			}
-			var br *bufio.Reader
-			pw, err := readPassword("Password: ", s.in, s.err, &br)
+			src, err := openSecrets(s, so)
+			if err != nil {
+				return err
+			}
+			defer src.close()
+			// Confirm a new password typed by a person; a script gets no
+			// second prompt.
+			ask := src.next
+			if !st.PasswordSet {
+				ask = func(p string) ([]byte, error) { return src.newPassword(p, "No password is set yet. Repeat it: ") }
+			}
+			pw, err := ask("Password: ")
 			if err != nil {
 				return err
 			}
 			defer clear(pw)
-			if !st.PasswordSet && isTerminal(s.in) {
-				// Confirm a new password typed by a person; a script piping one
-				// line gets no second prompt.
-				again, err := readPassword("No password is set yet. Repeat it: ", s.in, s.err, &br)
-				if err != nil {
-					return err
-				}
-				same := bytes.Equal(pw, again)
-				clear(again)
-				if !same {
-					return fmt.Errorf("%w: the passwords differ", errDenied)
-				}
-			}
 			r, _, err := c.call(http.MethodPost, "/api/system/login", jsonObject("password", pw))
 			if err != nil {
 				return err
@@ -371,36 +349,33 @@ func printStatus(w io.Writer, st *control.Status) {
 var passwdCmd = &command{
 	name:    "passwd",
 	summary: "change the password (nothing is re-encrypted)",
-	help: `Asks for the current password, then the new one twice; reads three lines from stdin
-when it is not a terminal.`,
+	help: `Asks for the current password, then the new one twice. With --password-file, or
+when stdin is not a terminal, reads the current and the new password, one per
+line (a third line repeating the new one is ignored).`,
 	group: groupClient,
 	setup: func(f *flag.FlagSet) runFunc {
 		o := clientFlags(f)
+		so := secretFlags(f)
 		return func(s stdio, _ []string) error {
 			c, err := o.client()
 			if err != nil {
 				return err
 			}
-			var br *bufio.Reader
-			old, err := readPassword("Current password: ", s.in, s.err, &br)
+			src, err := openSecrets(s, so)
+			if err != nil {
+				return err
+			}
+			defer src.close()
+			old, err := src.next("Current password: ")
 			if err != nil {
 				return err
 			}
 			defer clear(old)
-			nw, err := readPassword("New password: ", s.in, s.err, &br)
+			nw, err := src.newPassword("New password: ", "Repeat the new password: ")
 			if err != nil {
 				return err
 			}
 			defer clear(nw)
-			again, err := readPassword("Repeat the new password: ", s.in, s.err, &br)
-			if err != nil {
-				return err
-			}
-			same := bytes.Equal(nw, again)
-			clear(again)
-			if !same {
-				return fmt.Errorf("%w: the new passwords differ", errDenied)
-			}
 			r, _, err := c.call(http.MethodPost, "/api/system/change_password", jsonObject("old_password", old, "new_password", nw))
 			if err != nil {
 				return err

@@ -58,8 +58,10 @@ const (
 	exitKeyNotSet   = 2   // status: the daemon answers and the key is not set (as 'vault status' when sealed)
 	exitDenied      = 3   // wrong password, missing token, refused by a guard or the backoff
 	exitUnreachable = 4   // the control plane could not be reached
-	exitPlaintext   = 5   // encrypt-existing: the task ended with protected files still plaintext
+	exitPlaintext   = 5   // encrypt-existing: the task ended with protected files still plaintext; fsck: found some
 	exitInUse       = 6   // the data directory or the mountpoint is in use (another daemon, a mount)
+	exitDamaged     = 7   // fsck, export: damaged or unreadable encrypted files (data not readable back)
+	exitLeftovers   = 8   // fsck: nothing wrong but temp files a crash left behind
 	exitUsage       = 64  // bad command line (EX_USAGE)
 	exitInterrupted = 130 // interrupted (Ctrl-C) while waiting; what the daemon does goes on
 )
@@ -72,6 +74,8 @@ var (
 	errPlaintext   = errors.New("protected files stay plaintext")
 	errInUse       = errors.New("in use")
 	errInterrupted = errors.New("interrupted")
+	errDamaged     = errors.New("damaged files found")
+	errLeftovers   = errors.New("stray temp files found")
 )
 
 // usageError marks an error in the command line.
@@ -105,6 +109,10 @@ func exitCode(err error) int {
 		return exitInUse
 	case errors.Is(err, errInterrupted):
 		return exitInterrupted
+	case errors.Is(err, errDamaged):
+		return exitDamaged
+	case errors.Is(err, errLeftovers):
+		return exitLeftovers
 	}
 	return exitError
 }
@@ -158,6 +166,12 @@ var commands = map[string]*command{
 	"passwd":           passwdCmd,
 	"encrypt-existing": encryptExistingCmd,
 	"version":          versionCmd,
+	"init":             initCmd,
+	"recovery-key":     recoveryKeyCmd,
+	"reset-password":   resetPasswordCmd,
+	"info":             infoCmd,
+	"fsck":             fsckCmd,
+	"export":           exportCmd,
 }
 
 // help lists the commands, so it joins the map at init (a reference in the
@@ -278,7 +292,8 @@ func printOverview(w io.Writer) {
 	}
 	fmt.Fprintf(w, "\nRun 'mountd help COMMAND' (or 'mountd COMMAND -h') for its flags.\n"+
 		"Exit codes: 0 ok, 1 error, 2 key not set (status), 3 denied, 4 daemon unreachable,\n"+
-		"5 protected files left plaintext (encrypt-existing), 6 in use, 64 bad usage, 130 interrupted.\n")
+		"5 protected files left plaintext (encrypt-existing, fsck), 6 in use, 7 damaged files (fsck, export),\n"+
+		"8 stray temp files (fsck), 64 bad usage, 130 interrupted.\n")
 }
 
 var helpCmd = &command{

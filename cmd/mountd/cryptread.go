@@ -1,0 +1,164 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/mountd/mountd/crypto"
+)
+
+// Reading encrypted files for fsck and export, through crypto's public API
+// only.
+
+// roBacking is a crypto.Backing over a file opened for reading: it cannot
+// write, and it shows the file as size bytes long, which may be less than
+// the real size (see openCrypt).
+type roBacking struct {
+	f    *os.File
+	size int64
+}
+
+func (b *roBacking) ReadAt(p []byte, off int64) (int, error) {
+	if off >= b.size {
+		return 0, io.EOF
+	}
+	short := false
+	if rest := b.size - off; int64(len(p)) > rest {
+		p, short = p[:rest], true
+	}
+	n, err := b.f.ReadAt(p, off)
+	if err == nil && short {
+		err = io.EOF
+	}
+	return n, err
+}
+
+func (b *roBacking) WriteAt([]byte, int64) (int, error) { return 0, syscall.EROFS }
+func (b *roBacking) Truncate(int64) error               { return syscall.EROFS }
+func (b *roBacking) Stat() (os.FileInfo, error)         { return sizeInfo(b.size), nil }
+
+// sizeInfo is the os.FileInfo of roBacking: only the size matters.
+type sizeInfo int64
+
+func (s sizeInfo) Name() string       { return "" }
+func (s sizeInfo) Size() int64        { return int64(s) }
+func (s sizeInfo) Mode() os.FileMode  { return 0o400 }
+func (s sizeInfo) ModTime() time.Time { return time.Time{} }
+func (s sizeInfo) IsDir() bool        { return false }
+func (s sizeInfo) Sys() any           { return nil }
+
+// cryptFile is an encrypted file open for reading.
+type cryptFile struct {
+	f    *crypto.File
+	size int64 // plaintext size
+	// cut is set when the file ends in a fragment too short to hold any
+	// plaintext (a truncation in the middle of a block): the file is read
+	// as if that fragment were not there, and the fragment is a damaged
+	// block of its own, numbered cutBlock.
+	cut      bool
+	cutBlock int64
+}
+
+// openCrypt opens the encrypted file f (of ciphertext size cipherSize)
+// under kr. ErrBadHeader, or ErrWrongKey when the file belongs to another
+// master key, come back wrapped; a truncated tail does not: the blocks
+// before it stay readable.
+func openCrypt(kr *crypto.Keyring, f *os.File, cipherSize int64) (*cryptFile, error) {
+	size := cipherSize
+	if _, err := crypto.PlainSize(size); err != nil {
+		// The largest size the format accepts at or below the real one:
+		// what precedes a torn tail.
+		for size--; size >= 0 && cipherSize-size <= crypto.CipherBlockSize; size-- {
+			if _, err := crypto.PlainSize(size); err == nil {
+				break
+			}
+		}
+		if size < crypto.HeaderSize {
+			return nil, fmt.Errorf("%w: %d bytes is not a header and blocks", crypto.ErrBadHeader, cipherSize)
+		}
+	}
+	cf, err := crypto.OpenFile(kr, &roBacking{f: f, size: size})
+	if err != nil {
+		return nil, err
+	}
+	id, err := kr.KeyID()
+	if err != nil {
+		return nil, err
+	}
+	if cf.Header().KeyID != id {
+		return nil, crypto.ErrWrongKey
+	}
+	c := &cryptFile{f: cf, cut: size != cipherSize}
+	if c.size, err = cf.Size(); err != nil {
+		return nil, err
+	}
+	c.cutBlock = (c.size + crypto.BlockSize - 1) / crypto.BlockSize
+	return c, nil
+}
+
+// badBlock describes a damaged block of a file.
+type badBlock struct {
+	Block int64  `json:"block"`
+	Off   int64  `json:"offset"` // plaintext offset of the block
+	Len   int64  `json:"length"` // plaintext bytes lost (zero-filled by export)
+	Why   string `json:"reason"` // "authentication failed" or "truncated"
+}
+
+// stream reads c's plaintext from the start through buf, handing emit
+// each run of authentic plaintext in order. A damaged block goes to bad;
+// when bad returns true the block's bytes are emitted as zeros and the
+// read goes on after it, else stream stops there (returning nil).
+func (c *cryptFile) stream(buf []byte, emit func([]byte) error, bad func(badBlock) bool) error {
+	if emit == nil {
+		emit = func([]byte) error { return nil }
+	}
+	for off := int64(0); off < c.size; {
+		n := min(int64(len(buf)), c.size-off)
+		got, err := c.f.ReadAt(buf[:n], off)
+		var be *crypto.BlockError
+		if errors.As(err, &be) && errors.Is(err, crypto.ErrUnauthenticated) {
+			start := be.Block * crypto.BlockSize
+			if start < off || start >= off+n {
+				return err
+			}
+			// ReadAt names the first failing block: what precedes it in
+			// this read is authentic.
+			if start > off {
+				if _, err := c.f.ReadAt(buf[:start-off], off); err != nil {
+					return err
+				}
+				if err := emit(buf[:start-off]); err != nil {
+					return err
+				}
+			}
+			blen := min(crypto.BlockSize, c.size-start)
+			if !bad(badBlock{Block: be.Block, Off: start, Len: blen, Why: "authentication failed"}) {
+				return nil
+			}
+			clear(buf[:blen])
+			if err := emit(buf[:blen]); err != nil {
+				return err
+			}
+			off = start + blen
+			continue
+		}
+		if errors.Is(err, io.EOF) && int64(got) < n {
+			return fmt.Errorf("file shrank while being read (at %d of %d bytes)", off+int64(got), c.size)
+		}
+		if err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+		if err := emit(buf[:got]); err != nil {
+			return err
+		}
+		off += int64(got)
+	}
+	if c.cut {
+		bad(badBlock{Block: c.cutBlock, Off: c.size, Why: "truncated"})
+	}
+	return nil
+}
