@@ -128,7 +128,7 @@ func export(s stdio, o *offlineOpts, out string, ko *keyOpts, asJSON bool) error
 	defer unix.Close(outFd)
 	x := &exporter{src: d.fd, dst: outFd, root: os.Geteuid() == 0, warnSet: map[string]bool{},
 		rep: &exportReport{DataDir: d.path, Out: outAbs}}
-	switch _, verr := crypto.ReadVerifier(d.verifierPath()); {
+	switch _, verr := d.readVerifier(); {
 	case verr == nil:
 		kr, _, err := d.unlock(s, ko)
 		if err != nil {
@@ -192,10 +192,16 @@ func prepareOut(data, out string) (int, string, error) {
 	if err != nil {
 		return -1, "", err
 	}
-	if err := os.Mkdir(abs, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return -1, "", fmt.Errorf("--out: %w", err)
-	}
+	// Where it is (or would be), symlinks resolved, before anything is
+	// created.
 	real, err := filepath.EvalSymlinks(abs)
+	create := errors.Is(err, os.ErrNotExist)
+	if create {
+		var parent string
+		if parent, err = filepath.EvalSymlinks(filepath.Dir(abs)); err == nil {
+			real = filepath.Join(parent, filepath.Base(abs))
+		}
+	}
 	if err != nil {
 		return -1, "", fmt.Errorf("--out: %w", err)
 	}
@@ -205,6 +211,11 @@ func prepareOut(data, out string) (int, string, error) {
 	}
 	if real == realData || strings.HasPrefix(real+"/", realData+"/") {
 		return -1, "", usageError{fmt.Errorf("--out %s is inside the data directory %s", abs, data)}
+	}
+	if create {
+		if err := os.Mkdir(real, 0o700); err != nil {
+			return -1, "", fmt.Errorf("--out: %w", err)
+		}
 	}
 	f, err := os.Open(real)
 	if err != nil {

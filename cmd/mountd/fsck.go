@@ -66,7 +66,7 @@ func fsck(s stdio, o *offlineOpts, protect protectMatcher, ko *keyOpts, asJSON b
 	// With a verifier, the key; without one (or a corrupt one), only
 	// what can be seen without it, and that is damage as soon as an
 	// encrypted file exists.
-	v, verr := crypto.ReadVerifier(d.verifierPath())
+	v, verr := d.readVerifier()
 	switch {
 	case verr == nil:
 		kr, _, err := d.unlock(s, ko)

@@ -65,7 +65,7 @@ func info(s stdio, o *offlineOpts, protect protectMatcher, asJSON bool) error {
 	defer d.close()
 	rep := &infoReport{DataDir: d.path, Protect: protect}
 	opts := scanOpts{protect: protect}
-	v, err := crypto.ReadVerifier(d.verifierPath())
+	v, err := d.readVerifier()
 	switch {
 	case err == nil:
 		rep.Verifier = &verifierInfo{Version: v.Version, KeyID: hex.EncodeToString(v.KeyID[:]),

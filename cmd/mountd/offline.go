@@ -131,6 +131,30 @@ func (d *dataDir) close() {
 
 func (d *dataDir) verifierPath() string { return crypto.VerifierPath(d.path) }
 
+// readVerifier reads and parses the verifier like crypto.ReadVerifier,
+// without following a symlink and without updating its access time.
+func (d *dataDir) readVerifier() (*crypto.Verifier, error) {
+	rel := crypto.VerifierDir + "/" + crypto.VerifierName
+	fd, err := openBeneath(d.fd, rel, unix.O_RDONLY|noatime(), 0)
+	if err == unix.EPERM {
+		fd, err = openBeneath(d.fd, rel, unix.O_RDONLY, 0)
+	}
+	if err != nil {
+		perr := &os.PathError{Op: "open", Path: d.verifierPath(), Err: err}
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %w", crypto.ErrNoVerifier, perr)
+		}
+		return nil, perr
+	}
+	f := os.NewFile(uintptr(fd), d.verifierPath())
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 4096))
+	if err != nil {
+		return nil, err
+	}
+	return crypto.ParseVerifier(b)
+}
+
 // keyOpts selects the secret that unlocks the master key.
 type keyOpts struct {
 	secretOpts
@@ -148,7 +172,7 @@ func keyFlags(f *flag.FlagSet) *keyOpts {
 // --recovery, the recovery key) until it has a Keyring holding the master
 // key. A wrong secret is errDenied.
 func (d *dataDir) unlock(s stdio, o *keyOpts) (*crypto.Keyring, *crypto.Verifier, error) {
-	v, err := crypto.ReadVerifier(d.verifierPath())
+	v, err := d.readVerifier()
 	if err != nil {
 		return nil, nil, verifierError(d, err)
 	}

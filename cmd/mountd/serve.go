@@ -23,6 +23,7 @@ import (
 
 	"github.com/mountd/mountd/control"
 	"github.com/mountd/mountd/crypto"
+	"github.com/mountd/mountd/datadir"
 	"github.com/mountd/mountd/fs"
 )
 
@@ -255,6 +256,13 @@ func serve(c *serveConfig, s stdio) error {
 	if err := prepareData(c.data); err != nil {
 		return err
 	}
+	// One process per data directory: the offline commands take the same
+	// lock and refuse while the daemon holds it.
+	lock, err := datadir.Acquire(c.data, datadir.Holder{Command: "serve", Mount: c.mount, Listen: c.listen})
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
 	if err := prepareMountpoint(c.mount); err != nil {
 		return err
 	}
