@@ -296,7 +296,7 @@ func checkFile(d *dataDir, o *scanOpts, j scanJob, buf []byte, res *scanResult, 
 		o.progress.add(0, n)
 		return nil
 	}
-	err = cf.stream(buf, emit, func(b badBlock) bool { first = &b; return false })
+	err = cf.stream(func() []byte { return buf }, emit, func(b badBlock) bool { first = &b; return false })
 	if err != nil {
 		bad(findUnreadable, errText(err))
 		return

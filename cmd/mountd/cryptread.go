@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
@@ -108,15 +109,16 @@ type badBlock struct {
 	Why   string `json:"reason"` // "authentication failed" or "truncated"
 }
 
-// stream reads c's plaintext from the start through buf, handing emit
-// each run of authentic plaintext in order. A damaged block goes to bad;
-// when bad returns true the block's bytes are emitted as zeros and the
-// read goes on after it, else stream stops there (returning nil).
-func (c *cryptFile) stream(buf []byte, emit func([]byte) error, bad func(badBlock) bool) error {
-	if emit == nil {
-		emit = func([]byte) error { return nil }
-	}
+// stream reads c's plaintext from the start, handing emit each run of
+// authentic plaintext in order. Each read goes into a buffer from get;
+// emit owns the slice it is given until it hands it back to get's pool
+// (so a writer may still be writing one buffer while the next is filled).
+// A damaged block goes to bad; when bad returns true the block's bytes
+// are emitted as zeros and the read goes on after it, else stream stops
+// there (returning nil).
+func (c *cryptFile) stream(get func() []byte, emit func([]byte) error, bad func(badBlock) bool) error {
 	for off := int64(0); off < c.size; {
+		buf := get()
 		n := min(int64(len(buf)), c.size-off)
 		got, err := c.f.ReadAt(buf[:n], off)
 		var be *crypto.BlockError
@@ -134,6 +136,7 @@ func (c *cryptFile) stream(buf []byte, emit func([]byte) error, bad func(badBloc
 				if err := emit(buf[:start-off]); err != nil {
 					return err
 				}
+				buf = get()
 			}
 			blen := min(crypto.BlockSize, c.size-start)
 			if !bad(badBlock{Block: be.Block, Off: start, Len: blen, Why: "authentication failed"}) {
@@ -161,4 +164,69 @@ func (c *cryptFile) stream(buf []byte, emit func([]byte) error, bad func(badBloc
 		bad(badBlock{Block: c.cutBlock, Off: c.size, Why: "truncated"})
 	}
 	return nil
+}
+
+// pipeWriter writes buffers to w in its own goroutine, so that the next
+// buffer is decrypted while the last one is written. It owns a fixed set
+// of buffers: get hands out a free one (waiting for the writer when none
+// is), emit queues one for writing.
+type pipeWriter struct {
+	w     io.Writer
+	free  chan []byte
+	queue chan []byte
+	done  chan struct{}
+	err   error // the first write error; read after done, or via failed
+	fail  chan struct{}
+	once  sync.Once
+}
+
+// newPipeWriter returns a writer over bufs (at least two, for overlap).
+func newPipeWriter(w io.Writer, bufs [][]byte) *pipeWriter {
+	p := &pipeWriter{w: w, free: make(chan []byte, len(bufs)), queue: make(chan []byte, len(bufs)),
+		done: make(chan struct{}), fail: make(chan struct{})}
+	for _, b := range bufs {
+		p.free <- b[:cap(b)]
+	}
+	go func() {
+		defer close(p.done)
+		for b := range p.queue {
+			if p.err == nil {
+				if _, err := p.w.Write(b); err != nil {
+					p.err = err
+					p.once.Do(func() { close(p.fail) })
+				}
+			}
+			p.free <- b[:cap(b)]
+		}
+	}()
+	return p
+}
+
+// get returns a free buffer. After a write error it returns a spare one,
+// so the reader can run on to emit, which reports the error.
+func (p *pipeWriter) get() []byte {
+	select {
+	case b := <-p.free:
+		return b
+	case <-p.fail:
+		return make([]byte, crypto.BlockSize)
+	}
+}
+
+func (p *pipeWriter) emit(b []byte) error {
+	select {
+	case <-p.fail:
+		return p.err
+	default:
+	}
+	p.queue <- b
+	return nil
+}
+
+// close waits for every queued buffer to be written and returns the first
+// write error.
+func (p *pipeWriter) close() error {
+	close(p.queue)
+	<-p.done
+	return p.err
 }

@@ -57,9 +57,10 @@ the end, and the exit status is then 7. Asks for the password (or, with
 	},
 }
 
-// exportBuf is each worker's read buffer: large reads let crypto decrypt
-// a chunk's blocks in parallel, and bound the memory used per worker.
-const exportBuf = 4 << 20
+// exportBuf is each worker's buffer, two halves: one decrypted into while
+// the other is written. Large reads let crypto decrypt a chunk's blocks in
+// parallel; the buffer bounds the memory used per worker.
+const exportBuf = 8 << 20
 
 // exportReport is export's result; --json prints it.
 type exportReport struct {
@@ -512,16 +513,19 @@ func (x *exporter) file(j exportJob, buf []byte) {
 	var written int64
 	var bad []badBlock
 	if encrypted {
-		err = cf.stream(buf, func(p []byte) error {
-			if _, err := dst.Write(p); err != nil {
-				return err
-			}
+		// Decrypt into one half of buf while the other half is written.
+		half := len(buf) / 2
+		pw := newPipeWriter(dst, [][]byte{buf[:half:half], buf[half:]})
+		err = cf.stream(pw.get, func(p []byte) error {
 			written += int64(len(p))
 			n := min(int64(len(p)), j.ent.st.Size-reported)
 			reported += n
 			x.progress.add(0, n)
-			return nil
+			return pw.emit(p)
 		}, func(b badBlock) bool { bad = append(bad, b); return true })
+		if werr := pw.close(); err == nil {
+			err = werr
+		}
 	} else {
 		// Plain copy, in pieces for the progress bar; os.File's ReadFrom
 		// lets the kernel copy (copy_file_range) where it can.

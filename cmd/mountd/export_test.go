@@ -297,3 +297,36 @@ func unixOpenDir(t *testing.T, p string) int {
 	t.Cleanup(func() { unix.Close(fd) })
 	return fd
 }
+
+// failingWriter fails every write after the first n bytes.
+type failingWriter struct{ n int }
+
+func (w *failingWriter) Write(p []byte) (int, error) {
+	if w.n < len(p) {
+		return 0, unix.ENOSPC
+	}
+	w.n -= len(p)
+	return len(p), nil
+}
+
+// TestPipeWriterError: a write error reaches the reader (emit, close)
+// without a deadlock, however many buffers it still pushes.
+func TestPipeWriterError(t *testing.T) {
+	bufs := [][]byte{make([]byte, 8), make([]byte, 8)}
+	pw := newPipeWriter(&failingWriter{n: 16}, bufs)
+	var emitErr error
+	for i := 0; i < 100 && emitErr == nil; i++ {
+		b := pw.get()
+		emitErr = pw.emit(b[:8])
+	}
+	if err := pw.close(); err != unix.ENOSPC || emitErr != unix.ENOSPC {
+		t.Fatalf("close %v, emit %v", err, emitErr)
+	}
+	ok := newPipeWriter(io.Discard, bufs)
+	for range 10 {
+		ok.emit(ok.get())
+	}
+	if err := ok.close(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -157,13 +157,12 @@ func (d *dataDir) readVerifier() (*crypto.Verifier, error) {
 
 // keyOpts selects the secret that unlocks the master key.
 type keyOpts struct {
-	secretOpts
+	secret   *secretOpts
 	recovery bool
 }
 
 func keyFlags(f *flag.FlagSet) *keyOpts {
-	o := &keyOpts{}
-	o.secretOpts = *secretFlags(f)
+	o := &keyOpts{secret: secretFlags(f)}
 	f.BoolVar(&o.recovery, "recovery", false, "unlock with the recovery key instead of the password")
 	return o
 }
@@ -176,7 +175,7 @@ func (d *dataDir) unlock(s stdio, o *keyOpts) (*crypto.Keyring, *crypto.Verifier
 	if err != nil {
 		return nil, nil, verifierError(d, err)
 	}
-	src, err := openSecrets(s, &o.secretOpts)
+	src, err := openSecrets(s, o.secret)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -264,6 +264,20 @@ func TestPasswordFile(t *testing.T) {
 		}
 		keyring(t, d, "from a file") // the trailing newline is not part of it
 	}
+	// fsck and export read it too (stdin is ignored then).
+	os.Chmod(pwFile, 0o600)
+	d := filepath.Join(dir, "ok600")
+	if code, _, errs := mountd(t, "wrong\n", "fsck", "--data", d, "--password-file", pwFile); code != 0 {
+		t.Fatalf("fsck --password-file: exit %d: %s", code, errs)
+	}
+	if code, _, errs := mountd(t, "wrong\n", "export", "--data", d, "--out", filepath.Join(dir, "exp"), "--password-file", pwFile); code != 0 {
+		t.Fatalf("export --password-file: exit %d: %s", code, errs)
+	}
+	os.Chmod(pwFile, 0o644)
+	if code, _, errs := mountd(t, "from a file\n", "fsck", "--data", d, "--password-file", pwFile); code == 0 || !strings.Contains(errs, "mode 0644") {
+		t.Fatalf("fsck with a 0644 password file: exit %d: %s", code, errs)
+	}
+	os.Chmod(pwFile, 0o600)
 	// Two secrets from one file: the recovery key, then the new password.
 	data, rk := initData(t, "old")
 	os.WriteFile(pwFile, []byte(rk+"\r\nnew one\r\n"), 0o600)
