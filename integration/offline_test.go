@@ -426,4 +426,3 @@ func compareTrees(t *testing.T, a, b string) {
 	}
 	t.Logf("%d entries identical in the mount and the export", len(ma))
 }
-
