@@ -133,7 +133,7 @@ func (r *Root) prepareConvert(ctx context.Context, rel string, o convertOpts) (*
 		return nil, convBusy, crypto.ErrLocked
 	}
 
-	dirfd, err := r.openRel(filepath.Clean(dirRel), unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	dirfd, err := r.openDirRel(filepath.Clean(dirRel))
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
 			return nil, convSkipped, nil
@@ -148,23 +148,18 @@ func (r *Root) prepareConvert(ctx context.Context, rel string, o convertOpts) (*
 		}
 	}()
 
-	// O_NONBLOCK: a FIFO swapped in under the name must not block us.
-	src, err := unix.Openat(dirfd, base, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOATIME, 0)
-	if err == unix.EPERM {
-		src, err = unix.Openat(dirfd, base, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
-	}
+	// Only a regular file is opened (a FIFO or device swapped in under
+	// the name is not).
+	sx := &p.sx
+	src, err := openRegularAt(dirfd, base, unix.O_RDONLY|unix.O_NONBLOCK, sx)
 	if err != nil {
-		if err == unix.ENOENT || err == unix.ELOOP {
+		if err == unix.ENOENT || err == unix.ELOOP || err == unix.EISDIR || err == unix.ENXIO {
 			return nil, convSkipped, nil
 		}
 		return nil, convSkipped, err
 	}
 	defer unix.Close(src)
-	sx := &p.sx
-	if err := fstatx(src, sx); err != nil {
-		return nil, convSkipped, err
-	}
-	if !isReg(sx) || sx.Nlink != 1 || sx.Size == 0 {
+	if sx.Nlink != 1 || sx.Size == 0 {
 		return nil, convSkipped, nil
 	}
 	var magic [crypto.MagicSize]byte
@@ -208,7 +203,7 @@ func (p *pendingConv) writeCopy(ctx context.Context, src int, o convertOpts) (co
 		return convSkipped, err
 	}
 	tmpName := tempPrefix + hex.EncodeToString(rnd[:])
-	tfd, err := unix.Openat(p.dirfd, tmpName, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	tfd, err := createAt(p.dirfd, tmpName, unix.O_RDWR, 0o600)
 	if err != nil {
 		return convSkipped, err
 	}
@@ -287,7 +282,7 @@ func (p *pendingConv) writeCopy(ctx context.Context, src int, o convertOpts) (co
 func (p *pendingConv) abort() {
 	if p.tmp != nil {
 		p.tmp.Close()
-		_ = unix.Unlinkat(p.dirfd, p.tmpName, 0)
+		_ = unlinkAt(p.dirfd, p.tmpName, 0)
 		p.tmp = nil
 	}
 	p.done()
@@ -338,7 +333,7 @@ func (p *pendingConv) exchange(o convertOpts) (convertResult, error) {
 	// Unchanged since we started? The claim kept the mount out; this
 	// catches changes made in the backing directory itself.
 	var now unix.Statx_t
-	if err := unix.Statx(dirfd, base, unix.AT_SYMLINK_NOFOLLOW, statxMask, &now); err != nil {
+	if err := statAt(dirfd, base, &now); err != nil {
 		if err == unix.ENOENT {
 			return convSkipped, nil
 		}
@@ -350,13 +345,13 @@ func (p *pendingConv) exchange(o convertOpts) (convertResult, error) {
 	}
 
 	// Swap, and make sure what we swapped out is what we copied.
-	if err := unix.Renameat2(dirfd, tmpName, dirfd, base, unix.RENAME_EXCHANGE); err != nil {
+	if err := renameAt(dirfd, tmpName, dirfd, base, unix.RENAME_EXCHANGE); err != nil {
 		return convSkipped, err
 	}
 	var old unix.Statx_t
-	if err := unix.Statx(dirfd, tmpName, unix.AT_SYMLINK_NOFOLLOW, statxMask, &old); err != nil || old.Ino != sx.Ino {
+	if err := statAt(dirfd, tmpName, &old); err != nil || old.Ino != sx.Ino {
 		// Someone put another file at base meanwhile: give it back.
-		if xerr := unix.Renameat2(dirfd, tmpName, dirfd, base, unix.RENAME_EXCHANGE); xerr != nil {
+		if xerr := renameAt(dirfd, tmpName, dirfd, base, unix.RENAME_EXCHANGE); xerr != nil {
 			p.tmp.Close()
 			p.tmp = nil // tmp now holds someone's file; never delete it
 			return convSkipped, fmt.Errorf("fs: encryptInPlace: cannot undo exchange of %s: %w", base, xerr)
@@ -372,7 +367,7 @@ func (p *pendingConv) exchange(o convertOpts) (convertResult, error) {
 	p.tmp = nil
 	if o.keepOld != nil {
 		o.keepOld(filepath.Join(filepath.Dir(p.rel), tmpName))
-	} else if err := unix.Unlinkat(dirfd, tmpName, 0); err != nil {
+	} else if err := unlinkAt(dirfd, tmpName, 0); err != nil {
 		p.r.log.WithField(fieldPath, tmpName).WithError(err).Warn("cannot remove the plaintext left by a conversion")
 	}
 	if o.noDirSync {

@@ -70,6 +70,9 @@ type envOpts struct {
 	allowWarn bool // corruption warnings are expected
 	loopback  bool // mount go-fuse's plain loopback instead (reference runs)
 	activity  func()
+	// cacheTimeout, if set, is the kernel's attribute and entry
+	// timeout (default one second).
+	cacheTimeout time.Duration
 }
 
 // testEnv is one mount of a fresh backing directory.
@@ -149,11 +152,13 @@ func newEnv(t testing.TB, o envOpts) *testEnv {
 		unmount = srv.Unmount
 	} else {
 		s, err := Mount(e.mnt, Options{
-			Backing:  e.backing,
-			Protect:  o.protect,
-			Keyring:  e.kr,
-			Log:      logrus.NewEntry(logger),
-			Activity: o.activity,
+			Backing:      e.backing,
+			Protect:      o.protect,
+			Keyring:      e.kr,
+			Log:          logrus.NewEntry(logger),
+			Activity:     o.activity,
+			AttrTimeout:  o.cacheTimeout,
+			EntryTimeout: o.cacheTimeout,
 		}, nil)
 		if err != nil {
 			mountFailed(t, err)

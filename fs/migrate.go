@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	iofs "io/fs"
 	"math"
 	"path/filepath"
 	"strings"
@@ -376,47 +375,17 @@ func (t *migration) finish(ctx context.Context, stop error, log *logrus.Entry) {
 func (t *migration) count(ctx context.Context) ([]migItem, error) {
 	r := t.m.r
 	var items []migItem
-	err := filepath.WalkDir(r.backing, func(path string, d iofs.DirEntry, err error) error {
-		if cerr := ctx.Err(); cerr != nil {
-			return cerr
-		}
-		if err != nil {
-			if path == r.backing {
-				return err
-			}
-			if errors.Is(err, iofs.ErrNotExist) {
-				return nil // removed while we walked
-			}
-			rel, _ := filepath.Rel(r.backing, path)
-			t.m.log.WithField(fieldTaskID, t.id).WithField(fieldPath, rel).WithError(err).
-				Warn("encrypt_existing_files: cannot read; its protected files stay as they are")
-			t.update(func(st *task.Record) { st.FilesTotal++; st.Fail(rel, err) })
-			if d != nil && d.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		rel, err := filepath.Rel(r.backing, path)
-		if err != nil {
-			return err
-		}
-		name := d.Name()
-		if d.IsDir() {
-			if rel == reservedDir {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if strings.HasPrefix(name, tempPrefix) || !r.protected(name) {
+	err := walkTree(ctx, r.rootFd, func(e walkEntry) error {
+		if e.typ == unix.S_IFDIR || strings.HasPrefix(e.name, tempPrefix) || !r.protected(e.name) {
 			return nil
 		}
 		reason := ""
 		var size int64
-		if !d.Type().IsRegular() {
+		if e.typ != unix.S_IFREG {
 			reason = task.SkipNotRegular
 		} else {
 			var x unix.Statx_t
-			switch err := r.statRel(rel, &x); {
+			switch err := statAt(e.dir, e.name, &x); {
 			case err == unix.ENOENT:
 				return nil
 			case err != nil:
@@ -429,7 +398,7 @@ func (t *migration) count(ctx context.Context) ([]migItem, error) {
 				reason = task.SkipEmpty
 			default:
 				size = int64(x.Size)
-				if enc, err := t.peekMagic(rel); err == nil && enc {
+				if enc, err := hasMagicAt(e.dir, e.name); err == nil && enc {
 					reason = task.SkipAlreadyEncrypted
 				}
 			}
@@ -437,33 +406,28 @@ func (t *migration) count(ctx context.Context) ([]migItem, error) {
 		t.update(func(st *task.Record) {
 			st.FilesTotal++
 			if reason != "" {
-				st.Skip(rel, reason)
+				st.Skip(e.rel, reason)
 			} else {
 				st.BytesTotal += size
 			}
 		})
 		if reason == "" {
-			items = append(items, migItem{rel: rel, size: size})
+			items = append(items, migItem{rel: e.rel, size: size})
 		}
+		return nil
+	}, func(rel string, err error) error {
+		if rel == "" {
+			return err // the backing directory itself
+		}
+		if err == unix.ENOENT {
+			return nil // removed while we walked
+		}
+		t.m.log.WithField(fieldTaskID, t.id).WithField(fieldPath, rel).WithError(err).
+			Warn("encrypt_existing_files: cannot read; its protected files stay as they are")
+		t.update(func(st *task.Record) { st.FilesTotal++; st.Fail(rel, err) })
 		return nil
 	})
 	return items, err
-}
-
-// peekMagic reports whether the backing file rel starts with the magic.
-// Unlike hasMagic it does not block on a FIFO swapped in under the name.
-func (t *migration) peekMagic(rel string) (bool, error) {
-	fd, err := t.m.r.openNoatime(rel, unix.O_RDONLY|unix.O_NONBLOCK, 0)
-	if err != nil {
-		return false, err
-	}
-	defer unix.Close(fd)
-	var b [crypto.MagicSize]byte
-	n, err := preadFull(fd, b[:], 0)
-	if err != nil {
-		return false, err
-	}
-	return crypto.HasMagic(b[:n]), nil
 }
 
 // convert converts items with the workers, retrying busy ones, and
@@ -872,24 +836,6 @@ func (rm *remover) finish() {
 	<-rm.done
 }
 
-// removeTemp removes the temp file rel if it is still a regular file.
-func (r *Root) removeTemp(rel string) error {
-	dirfd, err := r.openRel(filepath.Dir(rel), unix.O_RDONLY|unix.O_DIRECTORY, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(dirfd)
-	base := filepath.Base(rel)
-	var x unix.Statx_t
-	if err := unix.Statx(dirfd, base, unix.AT_SYMLINK_NOFOLLOW, statxMask, &x); err != nil {
-		return err
-	}
-	if !isReg(&x) || !isStaleTemp(base) {
-		return nil
-	}
-	return unix.Unlinkat(dirfd, base, 0)
-}
-
 // syncDirs fsyncs the directories with renames not yet durable.
 func (t *migration) syncDirs() error {
 	t.m.mu.Lock()
@@ -898,11 +844,7 @@ func (t *migration) syncDirs() error {
 	t.m.mu.Unlock()
 	var first error
 	for dir := range dirs {
-		fd, err := t.m.r.openRel(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
-		if err == nil {
-			err = unix.Fsync(fd)
-			unix.Close(fd)
-		}
+		err := t.m.r.fsyncDir(dir)
 		if err != nil && err != unix.ENOENT && err != unix.ENOTDIR && first == nil {
 			first = fmt.Errorf("fsync directory %s: %w", dir, err)
 		}
@@ -934,7 +876,7 @@ func (t *migration) skipReason(rel string) string {
 	case x.Size == 0:
 		return task.SkipEmpty
 	}
-	if enc, err := t.peekMagic(rel); err == nil && enc {
+	if enc, err := t.m.r.hasMagicRel(rel); err == nil && enc {
 		return task.SkipAlreadyEncrypted
 	}
 	return task.SkipOther
@@ -970,38 +912,11 @@ func RemoveStaleTemps(backing string, log *logrus.Entry) (int, error) {
 	}
 	log = log.WithField(fieldComponent, "fs")
 	removed := 0
-	err := filepath.WalkDir(backing, func(path string, d iofs.DirEntry, err error) error {
-		if err != nil {
-			if path == backing {
-				return err
-			}
-			if !errors.Is(err, iofs.ErrNotExist) {
-				log.WithField(fieldPath, path).WithError(err).Warn("cannot look for stale temp files here")
-			}
-			if d != nil && d.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if d.IsDir() {
-			if filepath.Dir(path) == filepath.Clean(backing) && d.Name() == reservedDir {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if !d.Type().IsRegular() || !isStaleTemp(d.Name()) {
-			return nil
-		}
-		rel, _ := filepath.Rel(backing, path)
-		if err := unix.Unlink(path); err != nil {
-			if err != unix.ENOENT {
-				log.WithField(fieldPath, rel).WithError(err).Warn("cannot remove stale temp file")
-			}
-			return nil
-		}
+	err := removeTempsBelow(context.Background(), backing, func(rel string) {
 		removed++
 		log.WithField(fieldPath, rel).Info("removed stale temp file of an interrupted encryption")
-		return nil
+	}, func(rel string, err error) {
+		log.WithField(fieldPath, rel).WithError(err).Warn("cannot look for or remove stale temp files here")
 	})
 	if removed > 0 {
 		log.WithField("files", removed).Info("removed stale temp files")

@@ -78,7 +78,7 @@ func TestMigrateBoundedMemory(t *testing.T) {
 // isEncryptedHead is isEncrypted without reading the whole file.
 func (e *testEnv) isEncryptedHead(name string) bool {
 	e.t.Helper()
-	ok, err := e.root.hasMagic(name)
+	ok, err := e.root.hasMagicRel(name)
 	if err != nil {
 		e.t.Fatal(err)
 	}

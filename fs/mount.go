@@ -35,6 +35,10 @@ func Mount(mountpoint string, opts Options, mountOpts *fuse.MountOptions) (*Serv
 	if err != nil {
 		return nil, err
 	}
+	if err := root.checkMountpoint(mountpoint); err != nil {
+		root.Close()
+		return nil, fmt.Errorf("fs: %w", err)
+	}
 	srv, err := gofs.Mount(mountpoint, root, root.nodeOptions(mountOpts))
 	if err != nil {
 		root.Close()

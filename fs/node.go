@@ -1,10 +1,6 @@
 package fs
 
 import (
-	"context"
-	"os"
-	"path"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -17,8 +13,9 @@ import (
 )
 
 // node is one inode of the mount: a directory, file, symlink or special
-// file of the backing tree. Its backing path is recomputed from the go-fuse
-// tree on every operation, like go-fuse's LoopbackNode.
+// file of the backing tree. Its backing object is found from the go-fuse
+// tree on every operation (its parent's directory descriptor and its
+// name), and checked to be the inode the node stands for (backing.go).
 type node struct {
 	gofs.Inode
 	root *Root
@@ -56,8 +53,9 @@ func asNode(e gofs.InodeEmbedder) *node {
 }
 
 // rel returns the backing path of n relative to the backing root ("." for
-// the root). A node that is in no directory any more gets a path that
-// does not exist, so path-based operations on it fail with ENOENT.
+// the root), as go-fuse's tree has it: it may lag behind a rename, so it
+// is only resolved through dirOf, which checks what it finds. A node that
+// is in no directory any more gets a path that does not exist.
 func (n *node) rel() string {
 	if n.isRoot() {
 		return "."
@@ -81,56 +79,19 @@ func (n *node) name() string {
 	return name
 }
 
-// preserveOwner gives a file that n's caller created to the caller, as a
-// kernel filesystem would (the daemon runs as root).
-func (r *Root) preserveOwner(ctx context.Context, rel string) {
-	if os.Getuid() != 0 {
-		return
-	}
-	if caller, ok := fuse.FromContext(ctx); ok {
-		_ = unix.Fchownat(r.rootFd, rel, int(caller.Uid), int(caller.Gid), unix.AT_SYMLINK_NOFOLLOW)
-	}
-}
-
-func preserveOwnerFd(ctx context.Context, fd int) {
-	if os.Getuid() != 0 {
-		return
-	}
-	if caller, ok := fuse.FromContext(ctx); ok {
-		_ = unix.Fchown(fd, int(caller.Uid), int(caller.Gid))
-	}
-}
-
-// ---- stat helpers ----
-
-const statxMask = unix.STATX_BASIC_STATS | unix.STATX_BTIME
-
-// statRel stats rel without following a final symlink (the root itself is
-// stat'ed through its descriptor).
-func (r *Root) statRel(rel string, x *unix.Statx_t) error {
-	if rel == "." {
-		return fstatx(r.rootFd, x)
-	}
-	return unix.Statx(r.rootFd, rel, unix.AT_SYMLINK_NOFOLLOW, statxMask, x)
-}
-
-func fstatx(fd int, x *unix.Statx_t) error {
-	return unix.Statx(fd, "", unix.AT_EMPTY_PATH, statxMask, x)
-}
-
 func isReg(x *unix.Statx_t) bool { return uint32(x.Mode)&unix.S_IFMT == unix.S_IFREG }
 
 // needsHeader reports whether x is a file whose header decides its class.
 func needsHeader(x *unix.Statx_t) bool { return isReg(x) && x.Size >= crypto.MagicSize }
 
-// probes reports whether attribute lookups read the header of the file at
-// rel (whose state is x) to report its plaintext size. Only protected
+// probes reports whether attribute lookups read the header of the file
+// name (whose state is x) to report its plaintext size. Only protected
 // names are probed: reading the first block of every file would make a
 // cold "ls -l" read the data of the whole tree. Open always classifies by
 // content, and its result is cached, so an encrypted file under another
 // name shows its plaintext size once opened (and stays readable either way).
-func (r *Root) probes(rel string, x *unix.Statx_t) bool {
-	return needsHeader(x) && r.protected(path.Base(rel))
+func (r *Root) probes(name string, x *unix.Statx_t) bool {
+	return needsHeader(x) && r.protected(name)
 }
 
 // attrFromStatx fills a from x the way fuse.Attr.FromStat does from a
@@ -174,74 +135,6 @@ type fileKey struct{ dev, ino uint64 }
 
 func keyOf(x *unix.Statx_t) fileKey {
 	return fileKey{dev: unix.Mkdev(x.Dev_major, x.Dev_minor), ino: x.Ino}
-}
-
-// ---- opening backing files ----
-
-const resolveFlags = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS
-
-// openRel opens rel below the backing root. No component may be a
-// symlink (a symlink swapped in by a racing process gives ELOOP instead of
-// opening its target), and the path cannot leave the backing directory.
-func (r *Root) openRel(rel string, flags int, mode uint32) (int, error) {
-	how := unix.OpenHow{
-		Flags:   uint64(flags | unix.O_CLOEXEC | unix.O_NOFOLLOW),
-		Resolve: resolveFlags,
-	}
-	if flags&(unix.O_CREAT|unix.O_TMPFILE) != 0 {
-		how.Mode = uint64(mode & 0o7777)
-	}
-	for i := 0; ; i++ {
-		fd, err := unix.Openat2(r.rootFd, rel, &how)
-		if (err == unix.EAGAIN || err == unix.EINTR) && i < 16 {
-			continue
-		}
-		return fd, err
-	}
-}
-
-// openNoatime opens rel like openRel, without updating its access time
-// where the kernel allows that (the daemon's own header reads must not
-// look like reads by a user).
-func (r *Root) openNoatime(rel string, flags int, mode uint32) (int, error) {
-	fd, err := r.openRel(rel, flags|unix.O_NOATIME, mode)
-	if err == unix.EPERM && flags&unix.O_NOATIME == 0 {
-		fd, err = r.openRel(rel, flags, mode)
-	}
-	return fd, err
-}
-
-// statForAttr stats rel into x. For a regular file that may be encrypted
-// and whose class n does not have cached (n may be nil), it opens the file
-// and stats the descriptor instead, so that the header that classify then
-// reads through fd belongs to the inode whose attributes are reported: a
-// name swapped between the stat and the read cannot make an encrypted
-// file show its raw size. The caller closes fd if it is >= 0.
-func (r *Root) statForAttr(rel string, n *node, x *unix.Statx_t) (fd int, err error) {
-	for attempt := 0; ; attempt++ {
-		if err := r.statRel(rel, x); err != nil {
-			return -1, err
-		}
-		if !r.probes(rel, x) || (n != nil && n.classCached(x)) {
-			return -1, nil
-		}
-		fd, err := r.openNoatime(rel, unix.O_RDONLY, 0)
-		if err != nil {
-			if attempt < 5 && (err == unix.ELOOP || err == unix.ENOENT || err == unix.ENXIO || err == unix.EISDIR) {
-				continue // replaced under us: stat again
-			}
-			return -1, nil
-		}
-		if err := fstatx(fd, x); err != nil {
-			unix.Close(fd)
-			return -1, err
-		}
-		if !isReg(x) {
-			unix.Close(fd)
-			continue
-		}
-		return fd, nil
-	}
 }
 
 // ---- content classification ----
@@ -312,15 +205,15 @@ func (n *node) classCached(x *unix.Statx_t) bool {
 	return n.cls.valid && n.cls.key == k
 }
 
-// classifyAt caches the class of n, a regular file now at rel.
-func (r *Root) classifyAt(n *node, rel string) {
-	fd, err := r.openNoatime(rel, unix.O_RDONLY|unix.O_NONBLOCK, 0)
+// classifyAt caches the class of n, a regular file now at name in dir.
+func (r *Root) classifyAt(n *node, dir int, name string) {
+	var x unix.Statx_t
+	fd, err := openRegularAt(dir, name, unix.O_RDONLY|unix.O_NONBLOCK, &x)
 	if err != nil {
 		return
 	}
 	defer unix.Close(fd)
-	var x unix.Statx_t
-	if fstatx(fd, &x) == nil && isReg(&x) {
+	if r.isNode(n, &x) {
 		n.classify(&x, fd)
 	}
 }
@@ -336,16 +229,13 @@ func (n *node) invalidateClass() {
 // checking that the path still names the file whose state is k.
 func (n *node) readHeader(b []byte, fd int, k statKey) (int, error) {
 	if fd < 0 {
+		var x unix.Statx_t
 		var err error
-		fd, err = n.root.openNoatime(n.rel(), unix.O_RDONLY, 0)
+		fd, err = n.root.openNode(n, unix.O_RDONLY|unix.O_NONBLOCK, &x)
 		if err != nil {
 			return 0, err
 		}
 		defer unix.Close(fd)
-		var x unix.Statx_t
-		if err := fstatx(fd, &x); err != nil {
-			return 0, err
-		}
 		if keyOfStat(&x) != k {
 			return 0, errChanged
 		}
@@ -361,17 +251,6 @@ func (n *node) readHeader(b []byte, fd int, k statKey) (int, error) {
 		}
 	}
 	return preadFull(fd, b, 0)
-}
-
-// reopenFd opens the file of fd again (also when it was unlinked), with
-// flags, without updating its access time where the kernel allows that.
-func reopenFd(fd, flags int) (int, error) {
-	p := "/proc/self/fd/" + strconv.Itoa(fd)
-	nfd, err := unix.Open(p, flags|unix.O_CLOEXEC|unix.O_NOATIME, 0)
-	if err == unix.EPERM {
-		nfd, err = unix.Open(p, flags|unix.O_CLOEXEC, 0)
-	}
-	return nfd, err
 }
 
 // preadFull reads up to len(b) bytes at off; a short result means EOF.

@@ -2,7 +2,6 @@ package fs
 
 import (
 	"context"
-	"strconv"
 	"syscall"
 	"time"
 	"unsafe"
@@ -27,7 +26,7 @@ func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut
 		}
 	}
 	var x unix.Statx_t
-	fd, err := n.root.statForAttr(n.rel(), n, &x)
+	fd, err := n.root.statNode(n, &x)
 	if err != nil {
 		return errnoOf(err)
 	}
@@ -71,7 +70,7 @@ func (n *node) Statx(ctx context.Context, f gofs.FileHandle, flags uint32, mask 
 			st.mu.RUnlock()
 			return syscall.EBADF
 		}
-		err := unix.Statx(st.fd, "", unix.AT_EMPTY_PATH|sync, req, &x)
+		err := statxFd(st.fd, sync, req, &x)
 		if err == nil && st.cf != nil {
 			if ps, perr := crypto.PlainSize(int64(x.Size)); perr == nil {
 				plain = ps
@@ -91,22 +90,19 @@ func (n *node) Statx(ctx context.Context, f gofs.FileHandle, flags uint32, mask 
 			if fd < 0 {
 				var probe unix.Statx_t
 				var err error
-				if own, err = n.root.statForAttr(n.rel(), n, &probe); err != nil {
+				if own, err = n.root.statNode(n, &probe); err != nil {
 					return errnoOf(err)
 				}
 			}
 			sfd := max(fd, own)
 			var err error
-			switch {
-			case sfd >= 0:
-				err = unix.Statx(sfd, "", unix.AT_EMPTY_PATH|sync, req, &x)
-			case n.isRoot():
-				err = unix.Statx(n.root.rootFd, "", unix.AT_EMPTY_PATH|sync, req, &x)
-			default:
-				err = unix.Statx(n.root.rootFd, n.rel(), unix.AT_SYMLINK_NOFOLLOW|sync, req, &x)
+			if sfd >= 0 {
+				err = statxFd(sfd, sync, req, &x)
+			} else {
+				err = n.root.statxNode(ctx, n, sync, req, &x)
 			}
-			if err == nil && sfd < 0 && n.root.probes(n.rel(), &x) && !n.classCached(&x) && attempt < 3 {
-				continue // changed since statForAttr looked
+			if err == nil && sfd < 0 && n.root.probes(n.name(), &x) && !n.classCached(&x) && attempt < 3 {
+				continue // changed since statNode looked
 			}
 			if err == nil && needsHeader(&x) {
 				if n.classifyAttr(&x, sfd) == classEncrypted {
@@ -149,16 +145,18 @@ func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 		}
 		return errnoOf(op(fd))
 	}
-	rel := n.rel()
+	// Without a handle, mode, owner and times change n's backing object
+	// (backing.go: the name in n's checked directory, or a pinned
+	// descriptor for other users' requests).
+	onObj := func(op func(o obj) error) syscall.Errno {
+		if cf != nil || fd >= 0 {
+			return withFd(func(fd int) error { return op(obj{dir: -1, fd: fd}) })
+		}
+		return errnoOf(r.withObj(ctx, n, op))
+	}
 
 	if mode, ok := in.GetMode(); ok {
-		errno := withFd(func(fd int) error {
-			if fd >= 0 {
-				return unix.Fchmod(fd, mode)
-			}
-			return unix.Fchmodat(r.rootFd, rel, mode, 0)
-		})
-		if errno != 0 {
+		if errno := onObj(func(o obj) error { return o.chmod(mode) }); errno != 0 {
 			return errno
 		}
 	}
@@ -173,13 +171,7 @@ func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 		if gok {
 			g = int(gid)
 		}
-		errno := withFd(func(fd int) error {
-			if fd >= 0 {
-				return unix.Fchown(fd, u, g)
-			}
-			return unix.Fchownat(r.rootFd, rel, u, g, unix.AT_SYMLINK_NOFOLLOW)
-		})
-		if errno != 0 {
+		if errno := onObj(func(o obj) error { return o.chown(u, g) }); errno != 0 {
 			return errno
 		}
 	}
@@ -213,16 +205,7 @@ func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 		if mok {
 			ts[1] = timespec(mtime)
 		}
-		errno := withFd(func(fd int) error {
-			if fd >= 0 {
-				return futimens(fd, &ts)
-			}
-			if rel == "." {
-				return unix.UtimesNanoAt(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(r.rootFd), ts[:], 0)
-			}
-			return unix.UtimesNanoAt(r.rootFd, rel, ts[:], unix.AT_SYMLINK_NOFOLLOW)
-		})
-		if errno != 0 {
+		if errno := onObj(func(o obj) error { return o.utimes(&ts) }); errno != 0 {
 			return errno
 		}
 	}

@@ -2,7 +2,6 @@ package fs
 
 import (
 	"context"
-	"path"
 	"syscall"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
@@ -11,7 +10,7 @@ import (
 )
 
 // Directory and namespace operations. They mirror go-fuse's LoopbackNode,
-// with paths resolved relative to the backing root descriptor, and keep
+// acting on names in the directory's checked descriptor (backing.go), and keep
 // the reserved auth/ directory out of reach: it is never listed, looked up
 // or removed (ENOENT), and nothing can be created, renamed or linked onto
 // its name (EPERM).
@@ -21,23 +20,27 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*go
 	if n.hidden(name) {
 		return nil, syscall.ENOENT
 	}
-	return n.newChild(ctx, n.childRel(name), out)
+	d, err := n.root.dirOf(n)
+	if err != nil {
+		return nil, errnoOf(err)
+	}
+	defer d.release()
+	return n.newChild(ctx, d.fd, name, out)
 }
 
-// newChild makes (or finds) the node for the backing file at rel, a child
-// of n, and fills out with its attributes.
-func (n *node) newChild(ctx context.Context, rel string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	_, name := path.Split(rel)
+// newChild makes (or finds) the node for name in dir, the backing
+// directory of n, and fills out with its attributes.
+func (n *node) newChild(ctx context.Context, dir int, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	hint := nodeOf(n.GetChild(name))
 	for attempt := 0; ; attempt++ {
 		var x unix.Statx_t
-		fd, err := n.root.statForAttr(rel, hint, &x)
+		fd, err := n.root.statChild(dir, name, hint, &x)
 		if err != nil {
 			return nil, errnoOf(err)
 		}
 		ch := n.NewInode(ctx, n.root.newNode(), n.root.stableAttr(&x))
 		cn := nodeOf(ch)
-		if fd < 0 && n.root.probes(rel, &x) && !cn.classCached(&x) && attempt < 3 {
+		if fd < 0 && n.root.probes(name, &x) && !cn.classCached(&x) && attempt < 3 {
 			// The class was cached in another node than the one
 			// for this inode: classify through a descriptor.
 			hint = cn
@@ -53,7 +56,7 @@ func (n *node) newChild(ctx context.Context, rel string, out *fuse.EntryOut) (*g
 
 // OpendirHandle opens directory n for reading.
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
-	fd, err := n.root.openRel(n.rel(), unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	fd, err := n.root.openDir(n)
 	if err != nil {
 		return nil, 0, errnoOf(err)
 	}
@@ -110,51 +113,42 @@ func (d *dirHandle) Releasedir(ctx context.Context, flags uint32) {
 
 // Mkdir creates directory name in n.
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	if n.hidden(name) {
-		return nil, syscall.EPERM
-	}
-	rel := n.childRel(name)
-	if err := unix.Mkdirat(n.root.rootFd, rel, mode); err != nil {
-		return nil, errnoOf(err)
-	}
-	n.root.preserveOwner(ctx, rel)
-	ch, errno := n.newChild(ctx, rel, out)
-	if errno != 0 {
-		_ = unix.Unlinkat(n.root.rootFd, rel, unix.AT_REMOVEDIR)
-	}
-	return ch, errno
+	return n.makeChild(ctx, name, unix.S_IFDIR, func(dir int) error { return mkdirAt(dir, name, mode) }, out)
 }
 
 // Mknod creates a special (or empty regular) file name in n.
 func (n *node) Mknod(ctx context.Context, name string, mode, rdev uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
-	if n.hidden(name) {
-		return nil, syscall.EPERM
-	}
-	rel := n.childRel(name)
-	if err := unix.Mknodat(n.root.rootFd, rel, mode, int(rdev)); err != nil {
-		return nil, errnoOf(err)
-	}
-	n.root.preserveOwner(ctx, rel)
-	ch, errno := n.newChild(ctx, rel, out)
-	if errno != 0 {
-		_ = unix.Unlinkat(n.root.rootFd, rel, 0)
-	}
-	return ch, errno
+	return n.makeChild(ctx, name, mode, func(dir int) error { return mknodAt(dir, name, mode, rdev) }, out)
 }
 
 // Symlink creates symlink name in n pointing at target.
 func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	return n.makeChild(ctx, name, unix.S_IFLNK, func(dir int) error { return symlinkAt(target, dir, name) }, out)
+}
+
+// makeChild makes name, of type typ, in directory n with mk, as the
+// caller (it is born with the caller's owner), and returns its node.
+func (n *node) makeChild(ctx context.Context, name string, typ uint32, mk func(dir int) error, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	if n.hidden(name) {
 		return nil, syscall.EPERM
 	}
-	rel := n.childRel(name)
-	if err := unix.Symlinkat(target, n.root.rootFd, rel); err != nil {
+	r := n.root
+	d, err := r.dirOf(n)
+	if err != nil {
 		return nil, errnoOf(err)
 	}
-	n.root.preserveOwner(ctx, rel)
-	ch, errno := n.newChild(ctx, rel, out)
+	defer d.release()
+	err = r.asOwner(ctx, func() error { return mk(d.fd) }, func(uid, gid int) { chownNew(d.fd, name, typ, uid, gid) })
+	if err != nil {
+		return nil, errnoOf(err)
+	}
+	ch, errno := n.newChild(ctx, d.fd, name, out)
 	if errno != 0 {
-		_ = unix.Unlinkat(n.root.rootFd, rel, 0)
+		flags := 0
+		if typ&unix.S_IFMT == unix.S_IFDIR {
+			flags = unix.AT_REMOVEDIR
+		}
+		_ = unlinkAt(d.fd, name, flags)
 	}
 	return ch, errno
 }
@@ -173,27 +167,44 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 	if _, parent := tn.Parent(); parent == nil {
 		return nil, syscall.EXDEV
 	}
-	rel := n.childRel(name)
-	if err := unix.Linkat(n.root.rootFd, tn.rel(), n.root.rootFd, rel, 0); err != nil {
+	r := n.root
+	d, err := r.dirOf(n)
+	if err != nil {
 		return nil, errnoOf(err)
 	}
-	return n.newChild(ctx, rel, out)
+	defer d.release()
+	if err := r.linkNode(tn, d.fd, name); err != nil {
+		return nil, errnoOf(err)
+	}
+	return n.newChild(ctx, d.fd, name, out)
 }
 
 // Unlink removes file name from n.
 func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
-	if n.hidden(name) {
-		return syscall.ENOENT
-	}
-	return errnoOf(unix.Unlinkat(n.root.rootFd, n.childRel(name), 0))
+	return n.remove(name, 0)
 }
 
 // Rmdir removes directory name from n.
 func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	errno := n.remove(name, unix.AT_REMOVEDIR)
+	if errno == 0 {
+		if ch := nodeOf(n.GetChild(name)); ch != nil {
+			n.root.dirs.drop(ch)
+		}
+	}
+	return errno
+}
+
+func (n *node) remove(name string, flags int) syscall.Errno {
 	if n.hidden(name) {
 		return syscall.ENOENT
 	}
-	return errnoOf(unix.Unlinkat(n.root.rootFd, n.childRel(name), unix.AT_REMOVEDIR))
+	d, err := n.root.dirOf(n)
+	if err != nil {
+		return errnoOf(err)
+	}
+	defer d.release()
+	return errnoOf(unlinkAt(d.fd, name, flags))
 }
 
 // Rename moves name in n to newName in newParent (flags as renameat2).
@@ -211,22 +222,40 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 		return syscall.EPERM
 	}
 	r := n.root
-	from, to := n.childRel(name), np.childRel(newName)
+	d1, err := r.dirOf(n)
+	if err != nil {
+		return errnoOf(err)
+	}
+	defer d1.release()
+	d2 := d1
+	if np != n {
+		if d2, err = r.dirOf(np); err != nil {
+			return errnoOf(err)
+		}
+		defer d2.release()
+	}
 	moved := nodeOf(n.GetChild(name))
-	if err := unix.Renameat2(r.rootFd, from, r.rootFd, to, uint(flags)); err != nil {
+	rename := func() error { return renameAt(d1.fd, name, d2.fd, newName, uint(flags)) }
+	if flags&unix.RENAME_WHITEOUT != 0 {
+		// The whiteout left at name is a new object: the caller's.
+		err = r.asOwner(ctx, rename, nil)
+	} else {
+		err = rename()
+	}
+	if err != nil {
 		return errnoOf(err)
 	}
 	if moved != nil && !r.protected(newName) {
 		// Classify now, so an encrypted file renamed to a name that
 		// lookups do not probe keeps showing its plaintext size.
-		r.classifyAt(moved, to)
+		r.classifyAt(moved, d2.fd, newName)
 	}
 	if r.kr.IsSet() {
 		if r.protected(newName) {
-			r.conv.enqueue(to)
+			r.conv.enqueue(np.childRel(newName))
 		}
 		if flags&unix.RENAME_EXCHANGE != 0 && r.protected(name) {
-			r.conv.enqueue(from)
+			r.conv.enqueue(n.childRel(name))
 		}
 	}
 	return 0
@@ -234,23 +263,27 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 
 // Readlink reads symlink n.
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	rel := n.rel()
-	for size := 256; ; size *= 2 {
-		buf := make([]byte, size)
-		m, err := unix.Readlinkat(n.root.rootFd, rel, buf)
-		if err != nil {
-			return nil, errnoOf(err)
+	var target []byte
+	err := n.root.withObj(ctx, n, func(o obj) error {
+		for size := 256; ; size *= 2 {
+			buf := make([]byte, size)
+			m, err := o.readlink(buf)
+			if err != nil {
+				return err
+			}
+			if m < size {
+				target = buf[:m]
+				return nil
+			}
 		}
-		if m < size {
-			return buf[:m], 0
-		}
-	}
+	})
+	return target, errnoOf(err)
 }
 
 // Statfs reports the backing filesystem's statistics.
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	var s syscall.Statfs_t
-	if err := syscall.Fstatfs(n.root.rootFd, &s); err != nil {
+	if err := n.root.statfs(&s); err != nil {
 		return errnoOf(err)
 	}
 	out.FromStatfsT(&s)
@@ -260,6 +293,7 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 // OnForget drops n from the set of nodes to invalidate at logout: the
 // kernel has forgotten the inode, so it caches nothing of it.
 func (n *node) OnForget() {
+	n.root.dirs.drop(n)
 	n.root.servedMu.Lock()
 	delete(n.root.served, n)
 	n.servedEpoch.Store(0)

@@ -33,7 +33,10 @@ func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32,
 	name := n.name()
 	bflags := backingFlags(flags, r.protected(name))
 	fh, ff, errno := r.openHandle(ctx, name, flags, false, func() (int, bool, error) {
-		fd, err := openWithFallback(r, n.rel(), bflags, flags)
+		fd, err := openWithFallback(func(fl int) (int, error) {
+			var x unix.Statx_t
+			return r.openNode(n, fl, &x)
+		}, bflags, flags)
 		return fd, false, err
 	}, func(*unix.Statx_t) *node { return n })
 	return fh, ff, errno
@@ -45,19 +48,29 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return nil, nil, 0, syscall.EPERM
 	}
 	r := n.root
-	rel := n.childRel(name)
+	d, err := r.dirOf(n)
+	if err != nil {
+		return nil, nil, 0, errnoOf(err)
+	}
+	defer d.release()
 	bflags := backingFlags(flags, r.protected(name))
 	var child *gofs.Inode
 	fh, ff, errno := r.openHandle(ctx, name, flags, false, func() (int, bool, error) {
-		fd, err := r.openNoatime(rel, bflags|unix.O_CREAT|unix.O_EXCL, mode)
+		fd := -1
+		err := r.asOwner(ctx, func() (err error) {
+			fd, err = createAt(d.fd, name, bflags, mode)
+			return err
+		}, func(uid, gid int) { _ = unix.Fchown(fd, uid, gid) })
 		if err == nil {
-			preserveOwnerFd(ctx, fd)
 			return fd, true, nil
 		}
 		if err != unix.EEXIST || flags&unix.O_EXCL != 0 {
 			return -1, false, err
 		}
-		fd, err = openWithFallback(r, rel, bflags, flags)
+		fd, err = openWithFallback(func(fl int) (int, error) {
+			var x unix.Statx_t
+			return openRegularAt(d.fd, name, fl, &x)
+		}, bflags, flags)
 		return fd, false, err
 	}, func(x *unix.Statx_t) *node {
 		child = n.NewInode(ctx, r.newNode(), r.stableAttr(x))
@@ -76,13 +89,19 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 // Tmpfile creates an unnamed file in n (open with O_TMPFILE).
 func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse.EntryOut) (*gofs.Inode, gofs.FileHandle, uint32, syscall.Errno) {
 	r := n.root
+	d, err := r.dirOf(n)
+	if err != nil {
+		return nil, nil, 0, errnoOf(err)
+	}
+	defer d.release()
 	bflags := backingFlags(flags, r.protected(""))
 	var child *gofs.Inode
 	fh, ff, errno := r.openHandle(ctx, "", flags, true, func() (int, bool, error) {
-		fd, err := r.openNoatime(n.rel(), bflags|unix.O_TMPFILE, mode)
-		if err == nil {
-			preserveOwnerFd(ctx, fd)
-		}
+		fd := -1
+		err := r.asOwner(ctx, func() (err error) {
+			fd, err = tmpfileAt(d.fd, bflags, mode)
+			return err
+		}, func(uid, gid int) { _ = unix.Fchown(fd, uid, gid) })
 		return fd, true, err
 	}, func(x *unix.Statx_t) *node {
 		child = n.NewInode(ctx, r.newNode(), r.stableAttr(x))
@@ -121,12 +140,12 @@ func backingFlags(flags uint32, protected bool) int {
 	return f
 }
 
-// openWithFallback opens rel with bflags; if widening write-only to
+// openWithFallback opens with bflags; if widening write-only to
 // read-write was refused, it opens write-only as asked.
-func openWithFallback(r *Root, rel string, bflags int, flags uint32) (int, error) {
-	fd, err := r.openNoatime(rel, bflags, 0)
+func openWithFallback(open func(flags int) (int, error), bflags int, flags uint32) (int, error) {
+	fd, err := open(bflags)
 	if (err == unix.EACCES || err == unix.EPERM) && int(flags)&unix.O_ACCMODE == unix.O_WRONLY {
-		fd, err = r.openNoatime(rel, bflags&^unix.O_ACCMODE|unix.O_WRONLY, 0)
+		fd, err = open(bflags&^unix.O_ACCMODE | unix.O_WRONLY)
 	}
 	return fd, err
 }
@@ -357,7 +376,8 @@ func (r *Root) truncateLocked(st *inodeState, n *node, protected bool, size int6
 func (r *Root) truncatePath(n *node, size int64) syscall.Errno {
 	for attempt := 0; ; attempt++ {
 		seq := r.convSeq.Load()
-		fd, err := r.openNoatime(n.rel(), unix.O_RDWR, 0)
+		var ox unix.Statx_t
+		fd, err := r.openNode(n, unix.O_RDWR, &ox)
 		if err != nil {
 			return errnoOf(err)
 		}

@@ -78,6 +78,8 @@ type Root struct {
 	backing string // absolute path of the backing directory
 	rootFd  int    // O_PATH|O_DIRECTORY descriptor of backing
 	rootDev uint64
+	dirs    dirCache // directory descriptors of nodes (backing.go)
+	own     owners   // making objects for other users (backing.go)
 	protect []string
 	kr      *crypto.Keyring
 	log     *logrus.Entry
@@ -137,14 +139,9 @@ func NewRoot(opts Options) (*Root, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fs: backing directory: %w", err)
 	}
-	fd, err := unix.Open(backing, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	fd, dev, err := openBacking(backing)
 	if err != nil {
 		return nil, fmt.Errorf("fs: open backing directory %s: %w", backing, err)
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("fs: stat backing directory %s: %w", backing, err)
 	}
 	log := opts.Log
 	if log == nil {
@@ -155,7 +152,7 @@ func NewRoot(opts Options) (*Root, error) {
 	r := &Root{
 		backing:      backing,
 		rootFd:       fd,
-		rootDev:      st.Dev,
+		rootDev:      dev,
 		protect:      append([]string(nil), protect...),
 		kr:           opts.Keyring,
 		log:          log.WithField(fieldComponent, "fs"),
@@ -169,6 +166,8 @@ func NewRoot(opts Options) (*Root, error) {
 		r.activity = func() {}
 	}
 	r.node.root = r
+	r.dirs.init(r.entryTimeout)
+	r.own.init()
 	r.tableCond = sync.NewCond(&r.tableMu)
 	r.conv = newConverter(r, opts.ConvertRetry, opts.ConvertMaxAge)
 	r.removeOnClear = r.kr.OnClear(r.onClear)
@@ -191,6 +190,7 @@ func (r *Root) Close() {
 	r.closeOnce.Do(func() {
 		r.removeOnClear()
 		r.conv.close()
+		r.dirs.clear()
 		unix.Close(r.rootFd)
 	})
 }

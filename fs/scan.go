@@ -2,9 +2,7 @@ package fs
 
 import (
 	"context"
-	"errors"
-	iofs "io/fs"
-	"path/filepath"
+	"fmt"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -20,11 +18,11 @@ import (
 // skips auth/ and the temp files of in-place conversions, and does not
 // follow symlinks.
 func (r *Root) Scan(ctx context.Context) (encrypted, plaintext int, err error) {
-	err = r.walk(ctx, func(rel, name string) (bool, error) {
+	err = r.walkFiles(ctx, func(dir int, name string) (bool, error) {
 		if !r.protected(name) {
 			return true, nil
 		}
-		enc, err := r.hasMagic(rel)
+		enc, err := hasMagicAt(dir, name)
 		if err != nil {
 			return false, err
 		}
@@ -42,8 +40,8 @@ func (r *Root) Scan(ctx context.Context) (encrypted, plaintext int, err error) {
 // directory, outside auth/, carries the crypto magic.
 func (r *Root) AnyEncrypted(ctx context.Context) (bool, error) {
 	found := false
-	err := r.walk(ctx, func(rel, name string) (bool, error) {
-		enc, err := r.hasMagic(rel)
+	err := r.walkFiles(ctx, func(dir int, name string) (bool, error) {
+		enc, err := hasMagicAt(dir, name)
 		if err != nil {
 			return false, err
 		}
@@ -53,35 +51,15 @@ func (r *Root) AnyEncrypted(ctx context.Context) (bool, error) {
 	return found, err
 }
 
-var errStopWalk = errors.New("stop walk")
-
-// walk calls fn for every regular file below the backing root except
-// auth/ and conversion temp files; fn returns false to stop.
-func (r *Root) walk(ctx context.Context, fn func(rel, name string) (bool, error)) error {
-	err := filepath.WalkDir(r.backing, func(path string, d iofs.DirEntry, err error) error {
-		if err != nil {
-			if errors.Is(err, iofs.ErrNotExist) {
-				return nil // removed while we walked
-			}
-			return err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		rel, rerr := filepath.Rel(r.backing, path)
-		if rerr != nil {
-			return rerr
-		}
-		if d.IsDir() {
-			if rel == reservedDir {
-				return filepath.SkipDir
-			}
+// walkFiles calls fn for every regular file below the backing root
+// except auth/ and conversion temp files (walkTree); fn returns false to
+// stop. A directory that cannot be read stops the walk with its error.
+func (r *Root) walkFiles(ctx context.Context, fn func(dir int, name string) (bool, error)) error {
+	return walkTree(ctx, r.rootFd, func(e walkEntry) error {
+		if e.typ != unix.S_IFREG || strings.HasPrefix(e.name, tempPrefix) {
 			return nil
 		}
-		if !d.Type().IsRegular() || strings.HasPrefix(d.Name(), tempPrefix) {
-			return nil
-		}
-		more, err := fn(rel, d.Name())
+		more, err := fn(e.dir, e.name)
 		if err != nil {
 			return err
 		}
@@ -89,23 +67,16 @@ func (r *Root) walk(ctx context.Context, fn func(rel, name string) (bool, error)
 			return errStopWalk
 		}
 		return nil
+	}, func(rel string, err error) error {
+		if err == unix.ENOENT {
+			return nil // removed while we walked
+		}
+		return fmt.Errorf("fs: scan %s: %w", rel, err)
 	})
-	if errors.Is(err, errStopWalk) {
-		return nil
-	}
-	return err
 }
 
-// hasMagic reports whether the backing file rel starts with the magic.
-func (r *Root) hasMagic(rel string) (bool, error) {
-	fd, err := r.openNoatime(rel, unix.O_RDONLY|unix.O_NONBLOCK, 0)
-	if err != nil {
-		if err == unix.ENOENT || err == unix.ELOOP {
-			return false, nil // gone, or replaced by a symlink
-		}
-		return false, err
-	}
-	defer unix.Close(fd)
+// readMagic reports whether the file open as fd starts with the magic.
+func readMagic(fd int) (bool, error) {
 	var b [crypto.MagicSize]byte
 	m, err := preadFull(fd, b[:], 0)
 	if err != nil {
