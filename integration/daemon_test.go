@@ -22,6 +22,10 @@ import (
 var mountdBin string
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(escapeEnv); spec != "" {
+		// This binary, run as the attacker of TestEscapeRace.
+		os.Exit(escapeChild(spec))
+	}
 	dir, err := os.MkdirTemp("", "mountd-integration-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -1,0 +1,486 @@
+package integration
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Confinement under attack: another local user of an --allow-other mount
+// (uid 65534 here) must not make the daemon, which runs as root, change
+// anything outside the backing directory, or in its auth/. The attacker
+// owns a directory of the mount and swaps a directory in it with a
+// symlink to the target, again and again with renameat2(RENAME_EXCHANGE),
+// while another thread loops one operation on a name inside that
+// directory. The swap is made through the mount (any user of the mount
+// can) or directly in the backing directory (a user who owns part of it
+// can; the kernel then still caches the old directory for its entry
+// timeout). The target's files and directories must never change: mode,
+// owner, times, xattrs, links, existence, content.
+//
+// Each operation runs in a child process (this test binary again) with
+// the credentials of uid/gid 65534, for escapeSeconds or escapeMaxIter
+// iterations, whichever ends first.
+
+const (
+	escapeUID     = 65534
+	escapeEnv     = "MOUNTD_ESCAPE_CHILD"
+	escapeMaxIter = 20000
+)
+
+// escapeOps are the operations each child loops on a name inside the
+// swapped directory, with what undoes a success so the next iteration
+// can try again.
+var escapeOps = []string{
+	"chmod", "chown", "utimes", "setxattr", "removexattr", "truncate", "unlink",
+	"rmdir", "rename", "link", "mkdir", "mknod", "symlink", "create",
+}
+
+// escapeSpec tells a child what to do.
+type escapeSpec struct {
+	Op       string // one of escapeOps
+	Dir      string // a fresh directory for the child, through the mount
+	SwapIn   string // where to swap: Dir, or the same directory in the backing directory
+	Target   string // the symlink's target
+	File     string // the name of the file aimed at (a directory is "victimdir")
+	Duration time.Duration
+	MaxIter  int
+}
+
+// escapeResult is what a child reports.
+type escapeResult struct {
+	OK     int            // iterations in which the operation succeeded
+	Errors map[string]int // errno -> count
+	Swaps  int
+}
+
+// escapeSeconds is how long each operation is raced (MOUNTD_ESCAPE_SECONDS
+// overrides it for longer runs).
+func escapeSeconds(through string) time.Duration {
+	if s, err := strconv.ParseFloat(os.Getenv("MOUNTD_ESCAPE_SECONDS"), 64); err == nil && s > 0 {
+		return time.Duration(s * float64(time.Second))
+	}
+	if through == "backing" {
+		// Deterministic: the kernel caches the directory.
+		return 300 * time.Millisecond
+	}
+	return time.Second
+}
+
+func TestEscapeRace(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("TestEscapeRace needs root (a root daemon, a child as uid 65534); CI runs as root")
+		}
+		t.Skip("needs root")
+	}
+	d := newDaemon(t, "--allow-other")
+	// Everything on the way must be reachable for uid 65534.
+	root := filepath.Dir(d.data)
+	for _, p := range []string{filepath.Dir(root), root} {
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(d.data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d.start()
+	d.mustLogin("escape-password") // creates auth/verifier.bin
+	if err := os.Mkdir(filepath.Join(d.data, "auth", "victimdir"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// The attacker's own part of the mount.
+	if err := os.Mkdir(filepath.Join(d.data, "w"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(filepath.Join(d.data, "w"), escapeUID, escapeUID); err != nil {
+		t.Fatal(err)
+	}
+	exe := childBinary(t, root)
+
+	for _, target := range []string{"outside", "auth"} {
+		for _, through := range []string{"mount", "backing"} {
+			t.Run(target+"/swap-through-"+through, func(t *testing.T) {
+				for _, op := range escapeOps {
+					t.Run(op, func(t *testing.T) {
+						name := fmt.Sprintf("%s-%s-%s", target, through, op)
+						var dst, file string
+						if target == "outside" {
+							dst = filepath.Join(root, "outside", name)
+							file = "victim"
+							if err := os.MkdirAll(dst, 0o755); err != nil {
+								t.Fatal(err)
+							}
+							mustWriteFile(t, filepath.Join(dst, file), "canary")
+							if err := os.Mkdir(filepath.Join(dst, "victimdir"), 0o755); err != nil {
+								t.Fatal(err)
+							}
+						} else {
+							dst = filepath.Join(d.data, "auth")
+							file = "verifier.bin"
+						}
+						markCanary(t, dst, file)
+						before := snapshotDir(t, dst)
+						spec := escapeSpec{
+							Op:       op,
+							Dir:      filepath.Join(d.mnt, "w", name),
+							SwapIn:   filepath.Join(d.mnt, "w", name),
+							Target:   dst,
+							File:     file,
+							Duration: escapeSeconds(through),
+							MaxIter:  escapeMaxIter,
+						}
+						if through == "backing" {
+							spec.SwapIn = filepath.Join(d.data, "w", name)
+						}
+						res := runEscapeChild(t, exe, spec)
+						t.Logf("%s: %d successes, errors %v, %d swaps", op, res.OK, res.Errors, res.Swaps)
+						if diff := diffSnapshots(before, snapshotDir(t, dst)); diff != "" {
+							t.Fatalf("%s by uid %d through the mount changed %s:\n\t%s", op, escapeUID, dst, diff)
+						}
+						if res.Swaps == 0 {
+							t.Errorf("the child never swapped the directory")
+						}
+						if through == "mount" && res.OK == 0 {
+							t.Errorf("%s never succeeded on the attacker's own directory: the race was not run", op)
+						}
+					})
+				}
+			})
+		}
+	}
+}
+
+// childBinary copies this test binary where uid 65534 can run it.
+func childBinary(t *testing.T, dir string) string {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := os.Open(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	exe := filepath.Join(dir, "escape-child")
+	out, err := os.OpenFile(exe, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return exe
+}
+
+func runEscapeChild(t *testing.T, exe string, spec escapeSpec) escapeResult {
+	t.Helper()
+	b, _ := json.Marshal(spec)
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), escapeEnv+"="+string(b))
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: escapeUID, Gid: escapeUID, Groups: []uint32{}}}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("child: %v\n%s", err, stderr.String())
+		}
+	case <-time.After(spec.Duration + 60*time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("child still running after %v\n%s", spec.Duration+60*time.Second, stderr.String())
+	}
+	var res escapeResult
+	if err := json.Unmarshal(stdout.Bytes(), &res); err != nil {
+		t.Fatalf("child output %q: %v\n%s", stdout.String(), err, stderr.String())
+	}
+	return res
+}
+
+// escapeChild is the attacker: it runs as uid 65534, prepares its
+// directory through the mount, and races spec.Op against the swapper.
+func escapeChild(raw string) int {
+	var spec escapeSpec
+	if err := json.Unmarshal([]byte(raw), &spec); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	dir, swapIn := spec.Dir, spec.SwapIn
+	d := filepath.Join(dir, "d")
+	file := filepath.Join(d, spec.File)
+	setup := func() error {
+		if err := os.MkdirAll(filepath.Join(d, "victimdir"), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(file, []byte("mine"), 0o644); err != nil {
+			return err
+		}
+		if err := unix.Setxattr(file, "user.canary", []byte("mine"), 0); err != nil {
+			return err
+		}
+		return os.Symlink(spec.Target, filepath.Join(dir, "s"))
+	}
+	if err := setup(); err != nil {
+		fmt.Fprintln(os.Stderr, "setup:", err)
+		return 2
+	}
+
+	var stop atomic.Bool
+	swaps := make(chan int)
+	go func() {
+		n := 0
+		a, b := filepath.Join(swapIn, "d"), filepath.Join(swapIn, "s")
+		for !stop.Load() {
+			if unix.Renameat2(unix.AT_FDCWD, a, unix.AT_FDCWD, b, unix.RENAME_EXCHANGE) == nil {
+				n++
+			}
+		}
+		swaps <- n
+	}()
+
+	op := childOp(spec.Op, d, spec.File)
+	res := escapeResult{Errors: map[string]int{}}
+	deadline := time.Now().Add(spec.Duration)
+	for i := 0; i < spec.MaxIter && time.Now().Before(deadline); i++ {
+		if err := op(); err != nil {
+			var en syscall.Errno
+			if errors.As(err, &en) {
+				res.Errors[unix.ErrnoName(en)]++
+			} else {
+				res.Errors[err.Error()]++
+			}
+		} else {
+			res.OK++
+		}
+	}
+	stop.Store(true)
+	res.Swaps = <-swaps
+	b, _ := json.Marshal(res)
+	os.Stdout.Write(b)
+	return 0
+}
+
+// childOp returns one iteration of op on names in d; it undoes what a
+// success changed (best effort: d may be the symlink by then, and the
+// undo is an attack of its own).
+func childOp(op, d, name string) func() error {
+	p := filepath.Join(d, name)
+	n := 0
+	switch op {
+	case "chmod":
+		return func() error { n++; return unix.Chmod(p, 0o644|uint32(n&1)<<1) }
+	case "chown":
+		return func() error { return unix.Chown(p, escapeUID, escapeUID) }
+	case "utimes":
+		return func() error {
+			n++
+			ts := []unix.Timespec{{Sec: int64(1e9 + n)}, {Sec: int64(1e9 + n)}}
+			return unix.UtimesNano(p, ts)
+		}
+	case "setxattr":
+		return func() error { return unix.Setxattr(p, "user.attack", []byte("x"), 0) }
+	case "removexattr":
+		return func() error {
+			err := unix.Removexattr(p, "user.canary")
+			if err == nil {
+				_ = unix.Setxattr(p, "user.canary", []byte("mine"), 0)
+			}
+			return err
+		}
+	case "truncate":
+		return func() error { return unix.Truncate(p, 0) }
+	case "unlink":
+		return func() error {
+			err := unix.Unlink(p)
+			if err == nil {
+				_ = os.WriteFile(p, []byte("mine"), 0o644)
+			}
+			return err
+		}
+	case "rmdir":
+		q := filepath.Join(d, "victimdir")
+		return func() error {
+			err := unix.Rmdir(q)
+			if err == nil {
+				_ = unix.Mkdir(q, 0o755)
+			}
+			return err
+		}
+	case "rename":
+		q := filepath.Join(d, "moved")
+		return func() error {
+			err := unix.Rename(p, q)
+			if err == nil {
+				_ = unix.Rename(q, p)
+			}
+			return err
+		}
+	case "link":
+		q := filepath.Join(d, "linked")
+		return func() error {
+			err := unix.Link(p, q)
+			if err == nil {
+				_ = unix.Unlink(q)
+			}
+			return err
+		}
+	case "mkdir":
+		q := filepath.Join(d, "new")
+		return func() error {
+			err := unix.Mkdir(q, 0o755)
+			if err == nil {
+				_ = unix.Rmdir(q)
+			}
+			return err
+		}
+	case "mknod":
+		q := filepath.Join(d, "new")
+		return func() error {
+			err := unix.Mknod(q, unix.S_IFIFO|0o644, 0)
+			if err == nil {
+				_ = unix.Unlink(q)
+			}
+			return err
+		}
+	case "symlink":
+		q := filepath.Join(d, "new")
+		return func() error {
+			err := unix.Symlink("x", q)
+			if err == nil {
+				_ = unix.Unlink(q)
+			}
+			return err
+		}
+	case "create":
+		q := filepath.Join(d, "new")
+		return func() error {
+			fd, err := unix.Open(q, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY, 0o644)
+			if err == nil {
+				unix.Close(fd)
+				_ = unix.Unlink(q)
+			}
+			return err
+		}
+	}
+	panic("unknown op " + op)
+}
+
+func mustWriteFile(t *testing.T, p, content string) {
+	t.Helper()
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// markCanary gives file in dir an xattr and old times (so that a change
+// of either shows), unless it has them.
+func markCanary(t *testing.T, dir, file string) {
+	t.Helper()
+	p := filepath.Join(dir, file)
+	if err := unix.Lsetxattr(p, "user.canary", []byte("canary"), 0); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Unix(1e8, 0)
+	for _, q := range []string{p, filepath.Join(dir, "victimdir")} {
+		if err := os.Chtimes(q, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// snapshotDir describes dir and every entry in it: type, mode, owner,
+// link count, size, inode, times, xattrs, content or target.
+func snapshotDir(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	s := map[string]string{}
+	names := []string{"."}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	for _, n := range names {
+		p := filepath.Join(dir, n)
+		var x unix.Statx_t
+		if err := unix.Statx(unix.AT_FDCWD, p, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_BASIC_STATS, &x); err != nil {
+			t.Fatal(err)
+		}
+		desc := fmt.Sprintf("mode=%o uid=%d gid=%d nlink=%d size=%d ino=%d mtime=%d.%09d ctime=%d.%09d",
+			x.Mode, x.Uid, x.Gid, x.Nlink, x.Size, x.Ino, x.Mtime.Sec, x.Mtime.Nsec, x.Ctime.Sec, x.Ctime.Nsec)
+		buf := make([]byte, 64<<10)
+		if m, err := unix.Llistxattr(p, buf); err == nil {
+			attrs := strings.Split(strings.TrimRight(string(buf[:m]), "\x00"), "\x00")
+			slices.Sort(attrs)
+			for _, a := range attrs {
+				if a == "" {
+					continue
+				}
+				v := make([]byte, 64<<10)
+				k, _ := unix.Lgetxattr(p, a, v)
+				desc += fmt.Sprintf(" %s=%q", a, v[:max(k, 0)])
+			}
+		}
+		switch x.Mode & unix.S_IFMT {
+		case unix.S_IFREG:
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			desc += fmt.Sprintf(" sha256=%x", sha256.Sum256(b))
+		case unix.S_IFLNK:
+			l, _ := os.Readlink(p)
+			desc += " target=" + l
+		}
+		s[n] = desc
+	}
+	return s
+}
+
+func diffSnapshots(a, b map[string]string) string {
+	var out []string
+	for n, v := range a {
+		switch w, ok := b[n]; {
+		case !ok:
+			out = append(out, fmt.Sprintf("%s removed (was %s)", n, v))
+		case w != v:
+			out = append(out, fmt.Sprintf("%s changed:\n\t\twas %s\n\t\tnow %s", n, v, w))
+		}
+	}
+	for n, w := range b {
+		if _, ok := a[n]; !ok {
+			out = append(out, fmt.Sprintf("%s appeared: %s", n, w))
+		}
+	}
+	sort.Strings(out)
+	return strings.Join(out, "\n\t")
+}
