@@ -4,6 +4,7 @@
 # See bench/README.md. Run as root from anywhere:
 #
 #   bench/run.sh [--size 1G] [--quick] [--rounds N] [--targets native,loopnopt,mountd]
+#                [--base REV] [--meta-only]
 #
 # Progress goes to stderr, the result table (markdown) to stdout.
 set -euo pipefail
@@ -18,6 +19,9 @@ usage: bench/run.sh [options]
   --rounds N        run every workload N times and report medians (default 1;
                     a round takes about 3 minutes with the defaults)
   --targets LIST    comma-separated subset of native,loopnopt,mountd (default all)
+  --base REV        also run mountd built from git revision REV (target "base"),
+                    side by side with the working tree's, and report mountd/base
+  --meta-only       only the metadata workloads (untar, ls -lR, rm -rf)
   --dir DIR         where the temp dirs go (default $BENCH_DIR or /var/tmp/mountd-bench;
                     must be on a real disk, not tmpfs); the tarball is cached there
   -h, --help        this help
@@ -30,9 +34,10 @@ runtime=10
 rounds=1
 targets="native,loopnopt,mountd"
 base="${BENCH_DIR:-/var/tmp/mountd-bench}"
+base_rev="" meta_only=""
 while (($#)); do
 	case "$1" in
-	--size | --runtime | --rounds | --targets | --dir)
+	--size | --runtime | --rounds | --targets | --dir | --base)
 		[[ $# -ge 2 ]] || { echo "$1 needs a value" >&2; exit 2; } ;;
 	esac
 	case "$1" in
@@ -48,6 +53,8 @@ while (($#)); do
 	--rounds) rounds=$2; shift 2 ;;
 	--targets) targets=$2; shift 2 ;;
 	--dir) base=$2; shift 2 ;;
+	--base) base_rev=$2; shift 2 ;;
+	--meta-only) meta_only=1; shift ;;
 	-h | --help) usage; exit 0 ;;
 	*) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
 	esac
@@ -55,9 +62,10 @@ done
 [[ $size_mib =~ ^[0-9]+$ && $size_mib -ge 16 ]] || { echo "--size: want whole MiB or GiB (e.g. 512M, 1G), at least 16M" >&2; exit 2; }
 [[ $runtime =~ ^[0-9]+$ && $runtime -ge 1 ]] || { echo "--runtime: want whole seconds" >&2; exit 2; }
 [[ $rounds =~ ^[0-9]+$ && $rounds -ge 1 ]] || { echo "--rounds: want a positive count" >&2; exit 2; }
+[[ -z $base_rev ]] || targets+=",base"
 has_target() { [[ ",$targets," == *",$1,"* ]]; }
 for t in ${targets//,/ }; do
-	case "$t" in native | loopnopt | mountd) ;; *) echo "--targets: unknown target $t" >&2; exit 2 ;; esac
+	case "$t" in native | loopnopt | mountd | base) ;; *) echo "--targets: unknown target $t" >&2; exit 2 ;; esac
 done
 
 # Progress goes to fd 9, a copy of the original stderr: a trap can fire while
@@ -82,7 +90,8 @@ run=$(mktemp -d "$base/run.XXXXXX")
 native="$run/native"
 loop_back="$run/loop-back" loop_mnt="$run/loop-mnt"
 md_data="$run/mountd-data" md_mnt="$run/mountd-mnt"
-mkdir -p "$native" "$loop_back" "$loop_mnt" "$md_data" "$md_mnt"
+base_data="$run/base-data" base_mnt="$run/base-mnt"
+mkdir -p "$native" "$loop_back" "$loop_mnt" "$md_data" "$md_mnt" "$base_data" "$base_mnt"
 
 # ---------------------------------------------------------------- cleanup
 # Long commands run in the background and are waited for, so that a signal
@@ -99,7 +108,7 @@ bg() {
 	return "$rc"
 }
 
-loop_pid="" md_pid=""
+loop_pid="" md_pid="" base_pid=""
 mounted() { awk -v m="$1" '$2 == m { found = 1 } END { exit !found }' /proc/mounts; }
 
 # stop_fs PID MOUNTPOINT: SIGTERM the daemon (it unmounts), then umount,
@@ -140,6 +149,7 @@ cleanup() {
 	fi
 	# A child stuck in a FUSE request gets unstuck when its daemon dies.
 	stop_fs "$md_pid" "$md_mnt"
+	stop_fs "$base_pid" "$base_mnt"
 	stop_fs "$loop_pid" "$loop_mnt"
 	if [[ -n $child ]]; then
 		kill -KILL "$child" 2>/dev/null
@@ -243,6 +253,7 @@ note_rss() {
 	local msg=""
 	[[ -z $loop_pid ]] || msg+=" loopnopt $(proc_mib "$loop_pid" VmHWM) MiB"
 	[[ -z $md_pid ]] || msg+=" mountd $(proc_mib "$md_pid" VmHWM) MiB"
+	[[ -z $base_pid ]] || msg+=" base $(proc_mib "$base_pid" VmHWM) MiB"
 	[[ -z $msg ]] || log "peak RSS after $1:$msg"
 }
 
@@ -273,6 +284,13 @@ fi
 if has_target mountd; then
 	(cd "$repo" && go build -o "$run/mountd" ./cmd/mountd) || die "building cmd/mountd failed"
 fi
+if has_target base; then
+	base_commit=$(git -C "$repo" rev-parse --short "$base_rev^{commit}") || die "--base: no such revision $base_rev"
+	mkdir -p "$run/base-src"
+	git -C "$repo" archive "$base_commit" | tar -x -C "$run/base-src" || die "git archive $base_rev failed"
+	(cd "$run/base-src" && go build -o "$run/base" ./cmd/mountd) || die "building cmd/mountd at $base_rev failed"
+	rm -rf "$run/base-src"
+fi
 
 # ---------------------------------------------------------------- mounts
 declare -A DIR # DIR[target] = the directory the workloads run in
@@ -289,22 +307,33 @@ if has_target loopnopt; then
 	DIR[loopnopt]=$loop_mnt
 	order+=(loopnopt)
 fi
-if has_target mountd; then
+# start_mountd TARGET DATA MNT: start "$run/TARGET" as a daemon, log in;
+# sets started_pid.
+start_mountd() {
+	local tg=$1 data=$2 mnt=$3 port url resp i
 	port=$(free_port)
-	"$run/mountd" --data "$md_data" --mount "$md_mnt" --listen "127.0.0.1:$port" >"$run/mountd.log" 2>&1 9>&- &
-	md_pid=$!
-	wait_mount "$md_mnt" "$md_pid" "$run/mountd.log"
+	"$run/$tg" --data "$data" --mount "$mnt" --listen "127.0.0.1:$port" >"$run/$tg.log" 2>&1 9>&- &
+	started_pid=$!
+	wait_mount "$mnt" "$started_pid" "$run/$tg.log"
 	url="http://127.0.0.1:$port/api/system"
 	for ((i = 0; i < 50; i++)); do
 		curl -sf "$url/encryption-status" >/dev/null && break
 		sleep 0.1
 	done
-	log "mountd: login (the first login derives the key with Argon2id)"
+	log "$tg: login (the first login derives the key with Argon2id)"
 	resp=$(curl -s -X POST -H 'Content-Type: application/json' -d '{"password":"bench-password"}' "$url/login") || true
-	[[ $resp == *'"success":true'* ]] || { cat "$run/mountd.log" >&2; die "mountd login failed: $resp"; }
-	R[mountd,rss_start]=$(proc_mib "$md_pid" VmHWM)
-	DIR[mountd]=$md_mnt
-	order+=(mountd)
+	[[ $resp == *'"success":true'* ]] || { cat "$run/$tg.log" >&2; die "$tg login failed: $resp"; }
+	R[$tg,rss_start]=$(proc_mib "$started_pid" VmHWM)
+	DIR[$tg]=$mnt
+	order+=("$tg")
+}
+if has_target mountd; then
+	start_mountd mountd "$md_data" "$md_mnt"
+	md_pid=$started_pid
+fi
+if has_target base; then
+	start_mountd base "$base_data" "$base_mnt"
+	base_pid=$started_pid
 fi
 
 # ---------------------------------------------------------------- runs
@@ -313,28 +342,33 @@ t_runs=$EPOCHREALTIME psi_cpu=$(psi cpu) psi_io=$(psi io)
 # ratios in a row compare runs made under the same background load.
 for ((round = 1; round <= rounds; round++)); do
 	((rounds == 1)) || log "round $round of $rounds"
-	for tg in "${order[@]}"; do
-		seq_rw "$tg" prot "${DIR[$tg]}/big.bin"
-	done
-	if [[ -n ${DIR[mountd]:-} ]]; then
-		# The protected file must really be encrypted on disk and the other
-		# one must not, or the numbers measure the wrong thing.
-		[[ $(head -c 6 "$md_data/big.bin") == MTDENC ]] || die "mountd: big.bin is not encrypted in the backing dir"
-		seq_rw mountd plain "$md_mnt/big.dat"
-		[[ -z $(head -c 4096 "$md_data/big.dat" | tr -d '\0') ]] || die "mountd: big.dat is not plaintext in the backing dir"
-		rm -f "$md_mnt/big.dat"
-	fi
-	note_rss "streaming"
-	for rw in randread randwrite; do
+	if [[ -z $meta_only ]]; then
 		for tg in "${order[@]}"; do
-			fio_iops "$tg" "${DIR[$tg]}/big.bin" "$rw"
+			seq_rw "$tg" prot "${DIR[$tg]}/big.bin"
 		done
-	done
-	note_rss "random I/O"
-	for tg in "${order[@]}"; do
-		rm -f "${DIR[$tg]}/big.bin"
-	done
-	sync
+		for tg in mountd base; do
+			[[ -n ${DIR[$tg]:-} ]] || continue
+			data=$md_data
+			[[ $tg == base ]] && data=$base_data
+			# The protected file must really be encrypted on disk and the other
+			# one must not, or the numbers measure the wrong thing.
+			[[ $(head -c 6 "$data/big.bin") == MTDENC ]] || die "$tg: big.bin is not encrypted in the backing dir"
+			seq_rw "$tg" plain "${DIR[$tg]}/big.dat"
+			[[ -z $(head -c 4096 "$data/big.dat" | tr -d '\0') ]] || die "$tg: big.dat is not plaintext in the backing dir"
+			rm -f "${DIR[$tg]}/big.dat"
+		done
+		note_rss "streaming"
+		for rw in randread randwrite; do
+			for tg in "${order[@]}"; do
+				fio_iops "$tg" "${DIR[$tg]}/big.bin" "$rw"
+			done
+		done
+		note_rss "random I/O"
+		for tg in "${order[@]}"; do
+			rm -f "${DIR[$tg]}/big.bin"
+		done
+		sync
+	fi
 
 	for tg in "${order[@]}"; do
 		mkdir "${DIR[$tg]}/tree"
@@ -359,7 +393,7 @@ done
 for tg in "${order[@]}"; do
 	# No protected files on native and loopnopt: one streaming figure
 	# is the reference for both rows.
-	[[ $tg == mountd ]] || R[$tg,plain_w]=${R[$tg,prot_w]} R[$tg,plain_r]=${R[$tg,prot_r]}
+	[[ $tg == mountd || $tg == base ]] || R[$tg,plain_w]=${R[$tg,prot_w]:-} R[$tg,plain_r]=${R[$tg,prot_r]:-}
 done
 
 if [[ -n $loop_pid ]]; then
@@ -373,6 +407,12 @@ if [[ -n $md_pid ]]; then
 	R[mountd,rss_end]=$(proc_mib "$md_pid" VmRSS)
 	stop_fs "$md_pid" "$md_mnt"
 	md_pid=""
+fi
+if [[ -n $base_pid ]]; then
+	R[base,rss]=$(proc_mib "$base_pid" VmHWM)
+	R[base,rss_end]=$(proc_mib "$base_pid" VmRSS)
+	stop_fs "$base_pid" "$base_mnt"
+	base_pid=""
 fi
 wall=$(awk -v a="$t_start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.0f", b - a }')
 noise="CPU $(pressure cpu "$psi_cpu"), IO $(pressure io "$psi_io")"
@@ -427,18 +467,28 @@ echo "Commit $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown
 echo "$([[ $rounds -gt 1 ]] && echo "Medians of $rounds rounds. ")Stall pressure during the run (PSI some; 0% = quiet machine, high = noisy figures): $noise."
 echo "Ratios are speed ratios: >1 means mountd is faster (for times: reference time / mountd time)."
 echo "Native and loopnopt have no protected files: their one streaming figure is the reference for both rows."
+[[ -z $base_rev ]] || echo "base is mountd built from $base_rev ($base_commit): mountd/base > 1 means the working tree is faster."
 echo
-echo "| workload | unit | native | loopnopt | mountd | mountd/native | mountd/loopnopt |"
-echo "|---|---|---:|---:|---:|---:|---:|"
+if [[ -n $base_rev ]]; then
+	echo "| workload | unit | native | loopnopt | mountd | base | mountd/native | mountd/loopnopt | mountd/base |"
+	echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+else
+	echo "| workload | unit | native | loopnopt | mountd | mountd/native | mountd/loopnopt |"
+	echo "|---|---|---:|---:|---:|---:|---:|"
+fi
 for row in "${rows[@]}"; do
 	IFS='|' read -r key name unit kind <<<"$row"
-	n=$(val native "$key") l=$(val loopnopt "$key") m=$(val mountd "$key")
+	n=$(val native "$key") l=$(val loopnopt "$key") m=$(val mountd "$key") b=$(val base "$key")
 	if [[ $kind == none ]]; then
-		rn="-" rl="-"
+		rn="-" rl="-" rb="-"
 	else
-		rn=$(ratio "$m" "$n" "$kind") rl=$(ratio "$m" "$l" "$kind")
+		rn=$(ratio "$m" "$n" "$kind") rl=$(ratio "$m" "$l" "$kind") rb=$(ratio "$m" "$b" "$kind")
 	fi
-	echo "| $name | $unit | $(show "$unit" "$n") | $(show "$unit" "$l") | $(show "$unit" "$m") | $rn | $rl |"
+	if [[ -n $base_rev ]]; then
+		echo "| $name | $unit | $(show "$unit" "$n") | $(show "$unit" "$l") | $(show "$unit" "$m") | $(show "$unit" "$b") | $rn | $rl | $rb |"
+	else
+		echo "| $name | $unit | $(show "$unit" "$n") | $(show "$unit" "$l") | $(show "$unit" "$m") | $rn | $rl |"
+	fi
 done
 
 # check NAME VALUE OP LIMIT
