@@ -76,7 +76,7 @@ die() { log "ERROR: $*"; exit 1; }
 
 # ---------------------------------------------------------------- checks
 [[ $(id -u) -eq 0 ]] || die "run as root (needs drop_caches and FUSE mounts)"
-command -v fio >/dev/null || die "fio is missing: apt-get install -y fio"
+[[ -n $meta_only ]] || command -v fio >/dev/null || die "fio is missing: apt-get install -y fio"
 for c in go curl tar dd awk; do
 	command -v "$c" >/dev/null || die "$c is missing"
 done
