@@ -257,14 +257,31 @@ note_rss() {
 	[[ -z $msg ]] || log "peak RSS after $1:$msg"
 }
 
-# timed TARGET KEY CMD...: run CMD followed by sync, store the seconds.
+# daemon_pid TARGET: the PID of the target's daemon ("" for native).
+daemon_pid() {
+	case $1 in
+	loopnopt) echo "$loop_pid" ;;
+	mountd) echo "$md_pid" ;;
+	base) echo "$base_pid" ;;
+	esac
+}
+# cpu_ticks PID: user + system clock ticks the process has used.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+
+# timed TARGET KEY CMD...: run CMD followed by sync, store the seconds,
+# and the daemon's CPU seconds (user + system) under KEY_cpu: on a busy
+# machine the wall time is mostly other people's load, the CPU time much
+# less so.
 timed() {
-	local tg=$1 key=$2 t0
+	local tg=$1 key=$2 t0 pid c0=""
 	shift 2
+	pid=$(daemon_pid "$tg")
+	[[ -z $pid ]] || c0=$(cpu_ticks "$pid")
 	t0=$EPOCHREALTIME
 	bg "$@"
 	sync
 	put "$tg" "$key" "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }')"
+	[[ -z $c0 ]] || put "$tg" "${key}_cpu" "$(awk -v a="$c0" -v b="$(cpu_ticks "$pid")" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", (b - a) / hz }')"
 }
 
 # psi RESOURCE: microseconds some task stalled on it since boot (Linux PSI).
@@ -342,8 +359,15 @@ t_runs=$EPOCHREALTIME psi_cpu=$(psi cpu) psi_io=$(psi io)
 # ratios in a row compare runs made under the same background load.
 for ((round = 1; round <= rounds; round++)); do
 	((rounds == 1)) || log "round $round of $rounds"
+	# Every other round runs the targets in reverse order, so that going
+	# first or second (a warmer disk, the other's freed blocks) evens out.
+	ord=("${order[@]}")
+	if ((round % 2 == 0)); then
+		ord=()
+		for ((i = ${#order[@]} - 1; i >= 0; i--)); do ord+=("${order[i]}"); done
+	fi
 	if [[ -z $meta_only ]]; then
-		for tg in "${order[@]}"; do
+		for tg in "${ord[@]}"; do
 			seq_rw "$tg" prot "${DIR[$tg]}/big.bin"
 		done
 		for tg in mountd base; do
@@ -359,29 +383,29 @@ for ((round = 1; round <= rounds; round++)); do
 		done
 		note_rss "streaming"
 		for rw in randread randwrite; do
-			for tg in "${order[@]}"; do
+			for tg in "${ord[@]}"; do
 				fio_iops "$tg" "${DIR[$tg]}/big.bin" "$rw"
 			done
 		done
 		note_rss "random I/O"
-		for tg in "${order[@]}"; do
+		for tg in "${ord[@]}"; do
 			rm -f "${DIR[$tg]}/big.bin"
 		done
 		sync
 	fi
 
-	for tg in "${order[@]}"; do
+	for tg in "${ord[@]}"; do
 		mkdir "${DIR[$tg]}/tree"
 		drop_caches
 		log "$tg: untar $ntar entries + sync"
 		timed "$tg" untar tar -C "${DIR[$tg]}/tree" -xf "$tarball"
 	done
-	for tg in "${order[@]}"; do
+	for tg in "${ord[@]}"; do
 		drop_caches
 		log "$tg: ls -lR (cold cache)"
 		timed "$tg" lsR ls -lR "${DIR[$tg]}/tree" >/dev/null
 	done
-	for tg in "${order[@]}"; do
+	for tg in "${ord[@]}"; do
 		drop_caches
 		log "$tg: rm -rf + sync"
 		timed "$tg" rmrf rm -rf "${DIR[$tg]}/tree"
@@ -455,6 +479,9 @@ rows=(
 	"lsR|ls -lR (cold cache)|s|time"
 	"rmrf|rm -rf + sync|s|time"
 	"meta|metadata total|s|time"
+	"untar_cpu|untar: daemon CPU (user+sys)|s|time"
+	"lsR_cpu|ls -lR: daemon CPU (user+sys)|s|time"
+	"rmrf_cpu|rm -rf: daemon CPU (user+sys)|s|time"
 	"rss_start|daemon RSS after mount (+ login for mountd), VmHWM|MiB|none"
 	"rss|daemon peak RSS over the run, VmHWM|MiB|none"
 	"rss_end|daemon RSS at the end, VmRSS|MiB|none"
