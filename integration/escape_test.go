@@ -54,7 +54,7 @@ var escapeOps = []string{
 
 // escapeSpec tells a child what to do.
 type escapeSpec struct {
-	Op       string // one of escapeOps
+	Op       string // one of escapeOps, or "privileges" (TestAllowOtherPrivileges)
 	Dir      string // a fresh directory for the child, through the mount
 	SwapIn   string // where to swap: Dir, or the same directory in the backing directory
 	Target   string // the symlink's target
@@ -232,6 +232,9 @@ func escapeChild(raw string) int {
 	if err := json.Unmarshal([]byte(raw), &spec); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
+	}
+	if spec.Op == "privileges" {
+		return privilegesChild(spec)
 	}
 	dir, swapIn := spec.Dir, spec.SwapIn
 	d := filepath.Join(dir, "d")
@@ -483,4 +486,201 @@ func diffSnapshots(a, b map[string]string) string {
 	}
 	sort.Strings(out)
 	return strings.Join(out, "\n\t")
+}
+
+// TestAllowOtherPrivileges: what another user of an --allow-other mount
+// makes through a root daemon is theirs, and no more than the kernel lets
+// them do on a local filesystem: files, directories, symlinks and FIFOs
+// belong to them (a setgid directory gives its group), device nodes are
+// refused, a hard link to a root file they cannot write is refused, chown
+// to root is refused, and an O_TMPFILE file cannot be linked in.
+func TestAllowOtherPrivileges(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("TestAllowOtherPrivileges needs root; CI runs as root")
+		}
+		t.Skip("needs root")
+	}
+	d := newDaemon(t, "--allow-other")
+	root := filepath.Dir(d.data)
+	for _, p := range []string{filepath.Dir(root), root} {
+		if err := os.Chmod(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(d.data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d.start()
+	w := filepath.Join(d.data, "w")
+	sg := filepath.Join(d.data, "sg")
+	for _, p := range []string{w, sg} {
+		if err := os.Mkdir(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chown(w, escapeUID, escapeUID); err != nil {
+		t.Fatal(err)
+	}
+	// A setgid directory of group 4242 that everyone may write.
+	if err := os.Chown(sg, 0, 4242); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(sg, 0o777|os.ModeSetgid); err != nil {
+		t.Fatal(err)
+	}
+	// A root file in the attacker's directory.
+	mustWriteFile(t, filepath.Join(w, "secret"), "root's")
+	exe := childBinary(t, root)
+
+	res := runPrivilegesChild(t, exe, escapeSpec{
+		Op:     "privileges",
+		Dir:    filepath.Join(d.mnt, "w"),
+		SwapIn: filepath.Join(d.mnt, "sg"),
+	})
+	t.Logf("results: %v", res)
+	want := map[string]string{
+		"create": "OK", "mkdir": "OK", "symlink": "OK", "fifo": "OK",
+		"chardev": "EPERM", "blockdev": "EPERM", "link-secret": "EPERM", "chown-root": "EPERM",
+		"setgid-create": "OK", "setgid-mkdir": "OK", "tmpfile-link": "EXDEV",
+		"chmod-secret": "EPERM", "setxattr-trusted": "EPERM", "setxattr-security-capability": "EPERM",
+	}
+	for k, v := range want {
+		if res[k] != v {
+			t.Errorf("%s: %s, want %s", k, res[k], v)
+		}
+	}
+	owned := func(p string, uid, gid uint32) *unix.Stat_t {
+		t.Helper()
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			t.Errorf("%s: %v", p, err)
+			return &st
+		}
+		if st.Uid != uid || st.Gid != gid {
+			t.Errorf("%s belongs to %d:%d, want %d:%d", p, st.Uid, st.Gid, uid, gid)
+		}
+		return &st
+	}
+	for _, n := range []string{"f", "d", "s", "p"} {
+		owned(filepath.Join(w, n), escapeUID, escapeUID)
+	}
+	for _, n := range []string{"c", "b", "l", "t"} {
+		if _, err := os.Lstat(filepath.Join(w, n)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s exists in the backing directory (%v)", n, err)
+		}
+	}
+	if st := owned(filepath.Join(w, "secret"), 0, 0); st.Nlink != 1 || st.Mode&0o7777 != 0o600 {
+		t.Errorf("secret has %d links, mode %o", st.Nlink, st.Mode)
+	}
+	buf := make([]byte, 1024)
+	if m, err := unix.Llistxattr(filepath.Join(w, "f"), buf); err != nil || m != 0 {
+		t.Errorf("f has xattrs %q (%v)", buf[:max(m, 0)], err)
+	}
+	// Objects that would be inert on a nosuid,nodev backing filesystem
+	// must stay inert through the mount.
+	if opts := mountOptions(t, d.mnt); !slices.Contains(opts, "nosuid") || !slices.Contains(opts, "nodev") {
+		t.Errorf("the mount's options %v lack nosuid or nodev", opts)
+	}
+	owned(filepath.Join(sg, "f"), escapeUID, 4242)
+	if st := owned(filepath.Join(sg, "d"), escapeUID, 4242); st.Mode&unix.S_ISGID == 0 {
+		t.Errorf("sg/d has mode %o: a setgid directory's subdirectory must be setgid", st.Mode)
+	}
+	if res["whiteout"] == "OK" {
+		// The whiteout left behind is a 0:0 character device: the
+		// caller's, like anything else it makes.
+		if st := owned(filepath.Join(w, "wo"), escapeUID, escapeUID); st.Mode&unix.S_IFMT != unix.S_IFCHR || st.Rdev != 0 {
+			t.Errorf("whiteout: mode %o rdev %d", st.Mode, st.Rdev)
+		}
+	}
+}
+
+func runPrivilegesChild(t *testing.T, exe string, spec escapeSpec) map[string]string {
+	t.Helper()
+	b, _ := json.Marshal(spec)
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), escapeEnv+"="+string(b))
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: escapeUID, Gid: escapeUID, Groups: []uint32{}}}
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("child: %v", err)
+	}
+	res := map[string]string{}
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("child output %q: %v", out, err)
+	}
+	return res
+}
+
+// privilegesChild tries, as the unprivileged user, what
+// TestAllowOtherPrivileges checks; spec.Dir is its own directory and
+// spec.SwapIn the setgid one, both through the mount.
+func privilegesChild(spec escapeSpec) int {
+	res := map[string]string{}
+	rec := func(k string, err error) {
+		var en syscall.Errno
+		switch {
+		case err == nil:
+			res[k] = "OK"
+		case errors.As(err, &en):
+			res[k] = unix.ErrnoName(en)
+		default:
+			res[k] = err.Error()
+		}
+	}
+	w, sg := spec.Dir, spec.SwapIn
+	p := func(n string) string { return filepath.Join(w, n) }
+	fd, err := unix.Open(p("f"), unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY, 0o644)
+	if err == nil {
+		unix.Close(fd)
+	}
+	rec("create", err)
+	rec("mkdir", unix.Mkdir(p("d"), 0o755))
+	rec("symlink", unix.Symlink("target", p("s")))
+	rec("fifo", unix.Mknod(p("p"), unix.S_IFIFO|0o644, 0))
+	rec("chardev", unix.Mknod(p("c"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))))
+	rec("blockdev", unix.Mknod(p("b"), unix.S_IFBLK|0o666, int(unix.Mkdev(8, 0))))
+	rec("link-secret", unix.Link(p("secret"), p("l")))
+	rec("chown-root", unix.Chown(p("f"), 0, 0))
+	rec("chmod-secret", unix.Chmod(p("secret"), 0o666))
+	rec("setxattr-trusted", unix.Setxattr(p("f"), "trusted.x", []byte("x"), 0))
+	// A file capability (any valid one) would give privileges to whoever
+	// runs the backing file directly.
+	rec("setxattr-security-capability", unix.Setxattr(p("f"), "security.capability",
+		[]byte{0x01, 0x00, 0x00, 0x02, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, 0))
+	fd, err = unix.Open(filepath.Join(sg, "f"), unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY, 0o644)
+	if err == nil {
+		unix.Close(fd)
+	}
+	rec("setgid-create", err)
+	rec("setgid-mkdir", unix.Mkdir(filepath.Join(sg, "d"), 0o755))
+	fd, err = unix.Open(w, unix.O_TMPFILE|unix.O_WRONLY, 0o644)
+	if err == nil {
+		err = unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(fd), unix.AT_FDCWD, p("t"), unix.AT_SYMLINK_FOLLOW)
+		unix.Close(fd)
+	}
+	rec("tmpfile-link", err)
+	if err := os.WriteFile(p("wo"), nil, 0o644); err == nil {
+		rec("whiteout", unix.Renameat2(unix.AT_FDCWD, p("wo"), unix.AT_FDCWD, p("wo2"), unix.RENAME_WHITEOUT))
+	}
+	b, _ := json.Marshal(res)
+	os.Stdout.Write(b)
+	return 0
+}
+
+// mountOptions returns the options of the mount at dir.
+func mountOptions(t *testing.T, dir string) []string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 4 && f[1] == dir {
+			return strings.Split(f[3], ",")
+		}
+	}
+	t.Fatalf("%s is not mounted", dir)
+	return nil
 }
