@@ -383,8 +383,14 @@ func (c *dirCache) add(n *node, fd int) *dirEntry {
 	e.refs++
 	e.el = c.lru.PushFront(e)
 	c.m[n] = e
-	for c.lru.Len() > c.max {
-		c.removeLocked(c.lru.Back().Value.(*dirEntry))
+	// Drop the least recently used beyond max, and expired ones from
+	// the cold end, so that no descriptor outlives its time for long.
+	for b := c.lru.Back(); b != nil; b = c.lru.Back() {
+		old := b.Value.(*dirEntry)
+		if c.lru.Len() <= c.max && time.Since(old.born) < c.ttl {
+			break
+		}
+		c.removeLocked(old)
 	}
 	return e
 }

@@ -32,6 +32,11 @@
 //     unmaps mmaps, before the key is zeroed.
 //   - Call a kernel notification while holding a filesystem lock, or from
 //     inside a FUSE request handler: both can deadlock.
+//   - Touch anything outside the backing directory, or follow a symlink in
+//     it: backing.go is the only code that reaches files by name, relative
+//     to directory descriptors checked to be the node's inode, never
+//     following a symlink (TestBackingConfinedToOneFile), and it acts for
+//     other users only on objects pinned by descriptor.
 //   - Import the control package, or log key material or plaintext.
 //
 // Known limits: pages of a shared writable mapping of an encrypted file
