@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"time"
 
 	"github.com/mountd/mountd/task"
 )
@@ -68,6 +69,22 @@ type Status struct {
 	LastLock *LockEvent `json:"last_lock"`
 	// Files is set only when a scan was asked for.
 	Files *FileCounts `json:"files,omitempty"`
+	// Daemon describes the process serving the call; nil when the
+	// Service was not told (ServiceOptions.Daemon).
+	Daemon *DaemonInfo `json:"daemon,omitempty"`
+}
+
+// DaemonInfo describes the daemon process: what it serves, where, since
+// when, and which build it is.
+type DaemonInfo struct {
+	Version    string    `json:"version"`
+	PID        int       `json:"pid"`
+	DataDir    string    `json:"data_dir"`
+	Mountpoint string    `json:"mountpoint"`
+	Listen     string    `json:"listen"`
+	StartedAt  time.Time `json:"started_at"`
+	// UptimeS is the whole seconds since StartedAt, filled in by Status.
+	UptimeS int64 `json:"uptime_s"`
 }
 
 // KDFInfo describes the password KDF: the parameters recorded in the

@@ -174,7 +174,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, command stri
 	ae := classify(err)
 	if info := infoFrom(r); info != nil {
 		info.code = ae.code
-		if ae.code == CodeInternal {
+		if ae.cause != nil {
+			// RESULT_INTERNAL and RESULT_BAD_VERIFIER: the operator
+			// needs the cause, which the client never gets.
 			info.cause = err
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/julienschmidt/httprouter"
 	"github.com/sirupsen/logrus"
@@ -74,7 +75,9 @@ func (s *Server) newRouter() *httprouter.Router {
 		s.writeError(w, r, "unknown", errNotFound)
 	})
 	rt.MethodNotAllowed = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		// httprouter has set the Allow header already.
+		// httprouter's Allow adds OPTIONS, which answers 405 here too:
+		// list only the methods that work.
+		w.Header().Set("Allow", s.allowFor(r.URL.Path))
 		s.writeError(w, r, s.commandFor(r.URL.Path), errMethodNotAllowed)
 	})
 	rt.PanicHandler = func(w http.ResponseWriter, r *http.Request, v any) {
@@ -86,6 +89,16 @@ func (s *Server) newRouter() *httprouter.Router {
 		}
 	}
 	return rt
+}
+
+// allowFor lists the methods of the route at path, for the Allow header.
+func (s *Server) allowFor(path string) string {
+	for _, rt := range s.routes {
+		if matchPattern(rt.path, path) {
+			return strings.Join(rt.methods, ", ")
+		}
+	}
+	return ""
 }
 
 // wrap runs the per-route guard and maps the handler's error.

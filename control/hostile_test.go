@@ -137,8 +137,18 @@ func TestHostileInput(t *testing.T) {
 				t.Fatalf("got %d %q %q, want %d %q %q: %s", res.status, res.code(), res.env["command"],
 					c.status, c.code, c.cmd, res.body)
 			}
-			if c.status == 405 && res.header.Get("Allow") == "" {
-				t.Error("405 without Allow header")
+			if c.status == 405 {
+				// Allow lists exactly the methods that work: each answers
+				// something else than 405, and OPTIONS is not among them.
+				allow := res.header.Get("Allow")
+				if allow == "" || strings.Contains(allow, "OPTIONS") {
+					t.Errorf("405 with Allow %q", allow)
+				}
+				for _, m := range strings.Split(allow, ", ") {
+					if r := do(t, s, req(m, c.r.URL.Path, "")); r.status == 405 {
+						t.Errorf("Allow lists %s, which answers 405", m)
+					}
+				}
 			}
 			if c.status >= 400 && c.status != 401 && s.fake.kdfCalls.Load() != 0 {
 				t.Error("a rejected request reached the password check")

@@ -8,6 +8,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/mountd/mountd/crypto"
 )
 
 const logoutBody = `{"command":"logout","success":true,"message":"File encryption key cleared","key_set":false}`
@@ -249,6 +253,27 @@ func TestInternalErrorsCarryNoInternals(t *testing.T) {
 	res = do(t, s, req("GET", PathStatus, ""))
 	if res.status != 500 || string(res.body) != want {
 		t.Fatalf("panic: got %d %s", res.status, res.body)
+	}
+}
+
+// TestBadVerifierLogged: a corrupt verifier is RESULT_BAD_VERIFIER for the
+// client, with a fixed message, and its cause is logged at Error.
+func TestBadVerifierLogged(t *testing.T) {
+	s := newTestServer(t, Options{}, "request failed")
+	s.fake.statusErr = fmt.Errorf("control: status: %w: kdf memory 1 TiB out of range", crypto.ErrBadVerifier)
+	res := do(t, s, req("GET", PathStatus, ""))
+	if res.status != 500 || res.code() != CodeBadVerifier || strings.Contains(string(res.body), "TiB") {
+		t.Fatalf("got %d %s", res.status, res.body)
+	}
+	found := false
+	for _, e := range s.hook.AllEntries() {
+		if err, ok := e.Data["error"].(error); ok && e.Level == logrus.ErrorLevel && e.Data[fieldCode] == CodeBadVerifier &&
+			strings.Contains(err.Error(), "kdf memory 1 TiB out of range") {
+			found = true
+		}
+	}
+	if !found {
+		t.Error("the bad verifier's cause is not logged at Error")
 	}
 }
 

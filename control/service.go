@@ -61,6 +61,8 @@ type ServiceOptions struct {
 	// OnLogin, if set, is called after every successful Login (the idle
 	// policy counts a login as activity and restarts its timer).
 	OnLogin func()
+	// Daemon, when not zero, is reported by Status (with the uptime).
+	Daemon DaemonInfo
 }
 
 // Service is the real Backend: the Keyring and verifier file from crypto,
@@ -78,6 +80,7 @@ type Service struct {
 	tasks   TaskRunner
 	policy  LockPolicies
 	onLogin func()
+	daemon  DaemonInfo
 
 	lockMu   sync.Mutex
 	lastLock *LockEvent // guarded by lockMu; nil until the first logout that cleared a key
@@ -117,6 +120,7 @@ func NewService(opts ServiceOptions) (*Service, error) {
 		policy:       opts.AutoLock,
 		onLogin:      opts.OnLogin,
 		now:          time.Now,
+		daemon:       opts.Daemon,
 		readVerifier: crypto.ReadVerifier,
 	}, nil
 }
@@ -258,6 +262,11 @@ func (s *Service) Status(ctx context.Context, scan bool) (Status, error) {
 	}
 	if t, ok := s.tasks.Last(); ok {
 		st.Task = &t
+	}
+	if s.daemon != (DaemonInfo{}) {
+		d := s.daemon
+		d.UptimeS = int64(time.Since(d.StartedAt) / time.Second)
+		st.Daemon = &d
 	}
 	if scan {
 		enc, plain, err := s.files.Scan(ctx)

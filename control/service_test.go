@@ -567,3 +567,35 @@ func TestServiceResetPassword(t *testing.T) {
 		t.Fatal("the reset changed the master key")
 	}
 }
+
+// TestServiceDaemonInfo: Status reports the daemon it was given, with the
+// uptime counted from its start; without one, no daemon field.
+func TestServiceDaemonInfo(t *testing.T) {
+	e := newSvc(t, "")
+	if st, err := e.svc.Status(context.Background(), false); err != nil || st.Daemon != nil {
+		t.Fatalf("without daemon info: %+v %v", st.Daemon, err)
+	}
+	info := DaemonInfo{Version: "v1", PID: 42, DataDir: "/d", Mountpoint: "/m", Listen: "unix:/s", StartedAt: time.Now().Add(-90 * time.Second)}
+	svc, err := NewService(ServiceOptions{Keyring: e.kr, VerifierPath: e.path, KDF: testKDF, Files: e.files, Tasks: e.tasks, Daemon: info})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := svc.Status(context.Background(), false)
+	if err != nil || st.Daemon == nil {
+		t.Fatalf("status: %+v %v", st, err)
+	}
+	got := *st.Daemon
+	if got.UptimeS < 90 || got.UptimeS > 90+3600 {
+		t.Errorf("uptime %d s, want about 90", got.UptimeS)
+	}
+	got.UptimeS = 0
+	if got != info {
+		t.Errorf("daemon %+v, want %+v", got, info)
+	}
+	b, _ := json.Marshal(st)
+	for _, k := range []string{`"daemon":{"version":"v1","pid":42,"data_dir":"/d","mountpoint":"/m","listen":"unix:/s","started_at":`, `"uptime_s":`} {
+		if !strings.Contains(string(b), k) {
+			t.Errorf("JSON lacks %s: %s", k, b)
+		}
+	}
+}

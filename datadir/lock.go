@@ -103,6 +103,30 @@ func Acquire(dataDir string, h Holder) (*Lock, error) {
 	return &Lock{f: f, dir: dataDir}, nil
 }
 
+// Probe reports whether another process holds the lock of dataDir, and
+// who (the holder's record, zero if it cannot be read). It takes nothing:
+// it only tries a shared lock, and drops it at once. A data directory
+// without a lock file is not held.
+func Probe(dataDir string) (h Holder, held bool, err error) {
+	path := filepath.Join(dataDir, authDir, LockName)
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return Holder{}, false, nil
+	}
+	if err != nil {
+		return Holder{}, false, fmt.Errorf("datadir: open lock: %w", err)
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); err != nil {
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			h, _ = ReadHolder(dataDir)
+			return h, true, nil
+		}
+		return Holder{}, false, fmt.Errorf("datadir: lock %s: %w", path, err)
+	}
+	return Holder{}, false, nil // closing drops the shared lock
+}
+
 // ReadHolder returns the record of the last process that took the lock of
 // dataDir. It says nothing about whether that process still holds it.
 func ReadHolder(dataDir string) (Holder, error) {

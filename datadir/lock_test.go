@@ -47,11 +47,20 @@ func TestAcquireExclusive(t *testing.T) {
 	if fi, err := os.Stat(filepath.Join(dir, "auth", LockName)); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("lock file: %v %v", fi, err)
 	}
+	if h, held, err := Probe(dir); err != nil || !held || h.PID != os.Getpid() || h.Mount != "/m" {
+		t.Fatalf("Probe while held: %+v %v %v", h, held, err)
+	}
 	if err := l.Release(); err != nil {
 		t.Fatal(err)
 	}
 	if err := l.Release(); err != nil {
 		t.Fatal("second Release:", err)
+	}
+	if _, held, err := Probe(dir); err != nil || held {
+		t.Fatalf("Probe after Release: %v %v", held, err)
+	}
+	if _, held, err := Probe(t.TempDir()); err != nil || held {
+		t.Fatalf("Probe without a lock file: %v %v", held, err)
 	}
 	l2, err := Acquire(dir, Holder{Command: "fsck"})
 	if err != nil {

@@ -81,7 +81,8 @@ type daemon struct {
 	stopOnce   sync.Once
 	killed     bool // the last run ended with kill(): a stale mount is expected
 	extraFlags []string
-	token      string // sent as "Authorization: Bearer", when set
+	token      string   // sent as "Authorization: Bearer", when set
+	env        []string // added to the daemon's environment
 }
 
 // url is path on d's control plane; over its unix socket when d.addr is
@@ -163,9 +164,12 @@ func (d *daemon) start() {
 	d.exited = make(chan struct{})
 	d.stopOnce = sync.Once{}
 	d.killed = false
-	args := append([]string{"--data", d.data, "--mount", d.mnt, "--listen", d.addr, "--log-level", "debug"}, d.extraFlags...)
+	args := append([]string{"--data", d.data, "--create", "--mount", d.mnt, "--listen", d.addr, "--log-level", "debug"}, d.extraFlags...)
 	d.cmd = exec.Command(mountdBin, args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
+	if len(d.env) > 0 {
+		d.cmd.Env = append(os.Environ(), d.env...)
+	}
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +200,8 @@ func (d *daemon) start() {
 			req, _ := d.newRequest("GET", "/api/system/encryption-status", nil)
 			if resp, err := d.client.Do(req); err == nil {
 				resp.Body.Close()
-				if resp.StatusCode == 200 {
+				// 401: up, with --token-file.
+				if resp.StatusCode == 200 || resp.StatusCode == 401 {
 					return
 				}
 			}

@@ -292,12 +292,12 @@ func TestBadBackingDir(t *testing.T) {
 	t.Run("mountpoint not empty", func(t *testing.T) {
 		full := filepath.Join(root, "full")
 		os.MkdirAll(filepath.Join(full, "x"), 0o755)
-		runExpectingFailure(t, "not empty", "--data", filepath.Join(root, "d"), "--mount", full, "--listen", listen)
+		runExpectingFailure(t, "not empty", "--data", filepath.Join(root, "d"), "--create", "--mount", full, "--listen", listen)
 	})
 	t.Run("port taken", func(t *testing.T) {
 		d := newDaemon(t)
 		d.start()
-		runExpectingFailure(t, "control plane", "--data", filepath.Join(root, "d2"), "--mount", filepath.Join(root, "m2"), "--listen", d.addr)
+		runExpectingFailure(t, "control plane", "--data", filepath.Join(root, "d2"), "--create", "--mount", filepath.Join(root, "m2"), "--listen", d.addr)
 	})
 	if isMounted(mnt) {
 		t.Fatal("a failed start left a mount")

@@ -588,7 +588,8 @@ func TestMigrateWithWriters(t *testing.T) {
 }
 
 // TestMigrateCLI: `mountd encrypt-existing` starts the task, shows
-// progress and exits 0; without the key it fails.
+// progress, names the empty files it leaves plaintext and exits 5; without
+// the key it fails.
 func TestMigrateCLI(t *testing.T) {
 	d := newDaemon(t, migFastKDF...)
 	tr := migAwkwardTree(t, d.data, 50, 3, 16<<20)
@@ -599,15 +600,23 @@ func TestMigrateCLI(t *testing.T) {
 		t.Fatalf("encrypt-existing without the key succeeded:\n%s", out)
 	}
 	d.mustLogin(password)
-	out, err = exec.Command(mountdBin, "encrypt-existing", "--addr", d.addr).CombinedOutput()
-	if err != nil {
-		t.Fatalf("encrypt-existing: %v\n%s", err, out)
+	cmd := exec.Command(mountdBin, "encrypt-existing", "--addr", d.addr)
+	out, err = cmd.CombinedOutput()
+	if cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != 5 {
+		t.Fatalf("encrypt-existing: %v, want exit 5 (empty files stay plaintext)\n%s", err, out)
 	}
 	s := string(out)
 	t.Logf("output:\n%s", s)
+	empty := int64(len(tr.protected)) - tr.nonEmpty()
 	if !strings.Contains(s, "[##############################] 100%") || !strings.Contains(s, "succeeded:") ||
-		!strings.Contains(s, fmt.Sprintf("%d/%d files done", tr.nonEmpty(), len(tr.protected))) {
+		!strings.Contains(s, fmt.Sprintf("%d/%d files done", tr.nonEmpty(), len(tr.protected))) ||
+		!strings.Contains(s, fmt.Sprintf("%d protected files stay plaintext:", empty)) {
 		t.Errorf("unexpected output:\n%s", s)
+	}
+	for rel, e := range tr.protected {
+		if e.size == 0 && !strings.Contains(s, "  "+rel+"  (empty: ") {
+			t.Errorf("output does not name the empty %s:\n%s", rel, s)
+		}
 	}
 	migCheckAllEncrypted(t, d, tr)
 }

@@ -98,6 +98,7 @@ type reply struct {
 	KeySet  *bool           `json:"key_set"`
 	Created bool            `json:"created"`
 	Task    *task.Record    `json:"task"`
+	Tasks   []task.Record   `json:"tasks"`
 	Raw     json.RawMessage `json:"-"`
 }
 
@@ -344,6 +345,12 @@ func printStatus(w io.Writer, st *control.Status) {
 		fmt.Fprintf(w, "task:         %s %s %s\n", t.ID, t.Kind, describeTask(t))
 	}
 	printLockStatus(w, st)
+	if d := st.Daemon; d != nil {
+		fmt.Fprintf(w, "mountpoint:   %s\n", d.Mountpoint)
+		fmt.Fprintf(w, "data:         %s\n", d.DataDir)
+		fmt.Fprintf(w, "listen:       %s\n", d.Listen)
+		fmt.Fprintf(w, "daemon:       pid %d, up %s, mountd %s\n", d.PID, time.Duration(d.UptimeS)*time.Second, d.Version)
+	}
 }
 
 var passwdCmd = &command{
@@ -384,108 +391,4 @@ line (a third line repeating the new one is ignored).`,
 			return nil
 		}
 	},
-}
-
-var encryptExistingCmd = &command{
-	name:    "encrypt-existing",
-	summary: "encrypt the plaintext protected files in place, with a progress bar",
-	group:   groupClient,
-	setup: func(f *flag.FlagSet) runFunc {
-		o := clientFlags(f)
-		noWait := f.Bool("no-wait", false, "start the task and return at once")
-		return func(s stdio, _ []string) error {
-			c, err := o.client()
-			if err != nil {
-				return err
-			}
-			return encryptExisting(c, s, *noWait)
-		}
-	},
-}
-
-func encryptExisting(c *client, s stdio, noWait bool) error {
-	stdout := s.out
-	r, _, err := c.call(http.MethodPost, "/api/system/encrypt_existing_files", nil)
-	if err != nil {
-		return err
-	}
-	if r.Task == nil {
-		return fmt.Errorf("no task in the reply")
-	}
-	t := r.Task
-	fmt.Fprintf(stdout, "task %s: %s\n", t.ID, r.Message)
-	if noWait {
-		return nil
-	}
-	tty := false
-	if f, ok := stdout.(*os.File); ok {
-		tty = term.IsTerminal(int(f.Fd()))
-	}
-	last := time.Time{}
-	for {
-		if tty {
-			fmt.Fprintf(stdout, "\r%s", progressLine(t))
-		} else if time.Since(last) > 5*time.Second || t.State != task.Running {
-			fmt.Fprintln(stdout, progressLine(t))
-			last = time.Now()
-		}
-		if t.State != task.Running {
-			break
-		}
-		time.Sleep(250 * time.Millisecond)
-		r, _, err := c.call(http.MethodGet, "/api/system/tasks/"+t.ID, nil)
-		if err != nil {
-			return err
-		}
-		t = r.Task
-	}
-	if tty {
-		fmt.Fprintln(stdout)
-	}
-	fmt.Fprintf(stdout, "%s\n", describeTask(t))
-	if t.State != task.Succeeded {
-		return fmt.Errorf("task %s %s: %s", t.ID, t.State, t.Error)
-	}
-	return nil
-}
-
-func progressLine(t *task.Record) string {
-	const width = 30
-	frac := 1.0
-	if t.State == task.Running {
-		frac = 0 // not counted yet
-	}
-	if t.BytesTotal > 0 {
-		frac = float64(t.BytesDone) / float64(t.BytesTotal)
-	} else if t.FilesTotal > 0 {
-		frac = float64(t.FilesDone+t.FilesSkipped+t.FilesFailed+t.FilesBusy) / float64(t.FilesTotal)
-	}
-	frac = min(max(frac, 0), 1)
-	n := int(frac * width)
-	return fmt.Sprintf("[%s%s] %3.0f%% %d/%d files %s/%s",
-		strings.Repeat("#", n), strings.Repeat(".", width-n), frac*100,
-		t.FilesDone, t.FilesTotal, humanBytes(t.BytesDone), humanBytes(t.BytesTotal))
-}
-
-func describeTask(t *task.Record) string {
-	s := fmt.Sprintf("%s: %d/%d files done, %d skipped, %d busy, %d failed, %s of %s",
-		t.State, t.FilesDone, t.FilesTotal, t.FilesSkipped, t.FilesBusy, t.FilesFailed,
-		humanBytes(t.BytesDone), humanBytes(t.BytesTotal))
-	if t.Error != "" {
-		s += " (" + t.Error + ")"
-	}
-	return s
-}
-
-func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

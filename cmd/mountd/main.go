@@ -32,7 +32,8 @@
 //     and exitCode, the one place errors become a process status, maps it
 //     to the exit code of the table below.
 //
-// Flags can be written -name or --name; help shows --name.
+// Flags can be written -name or --name (help shows --name), before or after
+// the positional arguments; "--" ends them.
 package main
 
 import (
@@ -77,6 +78,13 @@ var (
 	errDamaged     = errors.New("damaged files found")
 	errLeftovers   = errors.New("stray temp files found")
 )
+
+// inUse is an error about something another process holds (exitInUse).
+type inUse struct{ error }
+
+func (e inUse) Unwrap() error { return e.error }
+
+func (inUse) Is(target error) bool { return target == errInUse }
 
 // usageError marks an error in the command line.
 type usageError struct{ error }
@@ -165,6 +173,8 @@ var commands = map[string]*command{
 	"status":           statusCmd,
 	"passwd":           passwdCmd,
 	"encrypt-existing": encryptExistingCmd,
+	"cancel":           cancelCmd,
+	"tasks":            tasksCmd,
 	"version":          versionCmd,
 	"init":             initCmd,
 	"recovery-key":     recoveryKeyCmd,
@@ -217,20 +227,41 @@ func runCommand(c *command, args []string, s stdio) error {
 	f.SetOutput(io.Discard) // the framework prints errors and usage itself
 	f.Usage = func() {}
 	runner := c.setup(f)
-	if err := f.Parse(args); err != nil {
+	pos, err := parseInterspersed(f, args)
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			printUsage(s.out, c, f)
 			return nil
 		}
 		return usageError{err}
 	}
-	switch n := f.NArg(); {
+	switch n := len(pos); {
 	case n < c.minArgs:
 		return usageError{fmt.Errorf("missing argument %s", c.args)}
 	case c.maxArgs >= 0 && n > c.maxArgs:
-		return usageError{fmt.Errorf("unexpected argument %q", f.Arg(c.maxArgs))}
+		return usageError{fmt.Errorf("unexpected argument %q", pos[c.maxArgs])}
 	}
-	return runner(s, f.Args())
+	return runner(s, pos)
+}
+
+// parseInterspersed parses args with f, allowing flags after positional
+// arguments ("mountd cancel ID --addr A"); "--" ends the flags. It returns
+// the positional arguments.
+func parseInterspersed(f *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := f.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := f.Args()
+		if consumed := args[:len(args)-len(rest)]; len(consumed) > 0 && consumed[len(consumed)-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		pos, args = append(pos, rest[0]), rest[1:]
+	}
 }
 
 // printUsage prints c's synopsis, help and flags.

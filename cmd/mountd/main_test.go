@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -155,5 +157,28 @@ func TestClientEnvironment(t *testing.T) {
 	code, _, errs = runArgs(t, "logout")
 	if code != exitError || !strings.Contains(errs, "missing-token") {
 		t.Fatalf("logout with %s naming a missing file: exit %d, %q", envTokenFile, code, errs)
+	}
+}
+
+func TestParseInterspersed(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		pos  string
+		x    string
+	}{
+		{[]string{"id", "--x", "1"}, "[id]", "1"},
+		{[]string{"--x", "1", "a", "b"}, "[a b]", "1"},
+		{[]string{"a", "--x=2", "b"}, "[a b]", "2"},
+		{[]string{"--", "--x", "3"}, "[--x 3]", ""},
+		{[]string{"a", "--", "--x"}, "[a --x]", ""},
+		{nil, "[]", ""},
+	} {
+		f := flag.NewFlagSet("t", flag.ContinueOnError)
+		f.SetOutput(io.Discard)
+		x := f.String("x", "", "")
+		pos, err := parseInterspersed(f, c.args)
+		if err != nil || fmt.Sprint(pos) != c.pos || *x != c.x {
+			t.Errorf("%q: %q %q %v; want %s %q", c.args, pos, *x, err, c.pos, c.x)
+		}
 	}
 }

@@ -40,6 +40,7 @@ Every flag is checked before anything is created.`,
 	setup: func(f *flag.FlagSet) runFunc {
 		c := serveFlags(f)
 		return func(s stdio, _ []string) error {
+			f.Visit(func(fl *flag.Flag) { c.dataSet = c.dataSet || fl.Name == "data" })
 			if err := c.validate(); err != nil {
 				return err
 			}
@@ -57,6 +58,8 @@ type serveConfig struct {
 	allowOther          bool
 	tokenFile           string
 	allowUIDs           []uint32
+	create              bool
+	dataSet             bool // --data was given
 	kdf                 crypto.KDFParams
 	lock                lockConfig // --lock-* (autolock.go)
 
@@ -66,8 +69,9 @@ type serveConfig struct {
 // serveFlags declares the daemon's flags on f.
 func serveFlags(f *flag.FlagSet) *serveConfig {
 	c := &serveConfig{}
-	f.StringVar(&c.data, "data", "./Client_Data", "backing `directory` holding the data (created if missing)")
-	f.StringVar(&c.mount, "mount", "./mnt", "mountpoint: an empty `directory` (created if missing)")
+	f.StringVar(&c.data, "data", "./Client_Data", "backing `directory` holding the data; created if missing only when --data is not given, or with --create")
+	f.BoolVar(&c.create, "create", false, "create --data if it does not exist (a new, empty store)")
+	f.StringVar(&c.mount, "mount", "./mnt", "mountpoint: an empty `directory`, never a mount (created if missing)")
 	f.StringVar(&c.listen, "listen", control.DefaultAddr, "control plane `address`: host:port or unix:/path")
 	f.Func("protect", "`glob` of base names whose new content is encrypted (repeatable; default *.bin; '*' = every file)", func(s string) error {
 		if _, err := filepath.Match(s, ""); err != nil || s == "" {
@@ -138,10 +142,7 @@ func (c *serveConfig) validate() error {
 	if c.mount, err = filepath.Abs(c.mount); err != nil {
 		return err
 	}
-	if strings.HasPrefix(c.mount+"/", c.data+"/") || strings.HasPrefix(c.data+"/", c.mount+"/") {
-		return usageError{fmt.Errorf("--mount %s and --data %s must not contain each other", c.mount, c.data)}
-	}
-	return nil
+	return checkDisjoint(c.data, c.mount)
 }
 
 func newLogger(c *serveConfig, out io.Writer) *logrus.Entry {
@@ -185,57 +186,56 @@ func readOrCreateToken(path string) ([]byte, error) {
 	return tok, err
 }
 
-// prepareMountpoint makes sure dir is an empty directory, creating it, and
-// clearing a stale FUSE mount a killed daemon left behind.
-func prepareMountpoint(dir string) error {
-	var st unix.Stat_t
-	err := unix.Stat(dir, &st)
-	if errors.Is(err, unix.ENOTCONN) {
-		// "Transport endpoint is not connected": a dead FUSE mount.
-		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
-			return fmt.Errorf("mountpoint %s is a stale FUSE mount and unmounting it failed: %w", dir, err)
+// prepareData makes sure the data directory exists and is usable, and
+// resolves its path. A missing one is created (0700, logged) when --data
+// was not given (the default ./Client_Data of a first run) or with
+// --create; a --data that names nothing is otherwise refused, since a
+// mistyped path would silently start a new, empty store.
+func prepareData(c *serveConfig, log *logrus.Entry) error {
+	fi, err := os.Stat(c.data)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if c.dataSet && !c.create {
+			return fmt.Errorf("data directory %s does not exist; check the path (a mistyped --data would start a new, empty store), "+
+				"or add --create to make a new one", c.data)
 		}
-		err = unix.Stat(dir, &st)
+		if err := os.MkdirAll(c.data, 0o700); err != nil {
+			return fmt.Errorf("creating data directory %s: %w", c.data, err)
+		}
+		log.WithField("data", c.data).Info("created the data directory: a new, empty store")
+	case err != nil:
+		return fmt.Errorf("data directory %s: %w", c.data, err)
+	case !fi.IsDir():
+		return fmt.Errorf("data directory %s is not a directory", c.data)
 	}
-	if errors.Is(err, unix.ENOENT) {
-		return os.MkdirAll(dir, 0o755)
+	if err := unix.Access(c.data, unix.R_OK|unix.W_OK|unix.X_OK); err != nil {
+		return fmt.Errorf("data directory %s is not readable and writable: %w", c.data, err)
 	}
-	if err != nil {
-		return fmt.Errorf("mountpoint %s: %w", dir, err)
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-		return fmt.Errorf("mountpoint %s is not a directory", dir)
-	}
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return fmt.Errorf("mountpoint %s: %w", dir, err)
-	}
-	if len(entries) > 0 {
-		return fmt.Errorf("mountpoint %s is not empty (%d entries); mountd mounts only on an empty directory", dir, len(entries))
+	if c.data, err = filepath.EvalSymlinks(c.data); err != nil {
+		return fmt.Errorf("data directory %s: %w", c.data, err)
 	}
 	return nil
 }
 
-// prepareData makes sure the backing directory exists and is usable.
-func prepareData(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("data directory %s: %w", dir, err)
-	}
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return fmt.Errorf("data directory %s: %w", dir, err)
-	}
-	if !fi.IsDir() {
-		return fmt.Errorf("data directory %s is not a directory", dir)
-	}
-	if err := unix.Access(dir, unix.R_OK|unix.W_OK|unix.X_OK); err != nil {
-		return fmt.Errorf("data directory %s is not readable and writable: %w", dir, err)
+// checkDisjoint refuses a mountpoint inside the data directory or the
+// other way round.
+func checkDisjoint(data, mount string) error {
+	if strings.HasPrefix(mount+"/", data+"/") || strings.HasPrefix(data+"/", mount+"/") {
+		return usageError{fmt.Errorf("--mount %s and --data %s must not contain each other", mount, data)}
 	}
 	return nil
 }
 
+// serve runs the daemon. The order matters: nothing is created before
+// every flag is checked (validate) and what can never work is refused
+// (a live mount at --mount); nothing is mounted or removed before this
+// process holds the data directory's lock, which it keeps until it exits.
 func serve(c *serveConfig, s stdio) error {
 	log := newLogger(c, s.err)
+	// A signal during start-up stops the daemon once it is up, never
+	// half-way (the default action would leave a mount behind).
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer cancel()
 	if err := harden(); err != nil {
 		log.WithError(err).Warn("could not disable core dumps")
 	}
@@ -253,17 +253,33 @@ func serve(c *serveConfig, s stdio) error {
 		// harder for those 0.2 s); everything else needs a few MiB.
 		debug.SetMemoryLimit(defaultMemoryLimit)
 	}
-	if err := prepareData(c.data); err != nil {
+	notify, err := newNotifier()
+	if err != nil {
+		log.WithError(err).Warn("cannot tell systemd about readiness")
+	}
+	defer notify.close()
+
+	// Refuse a live mount at --mount before creating anything.
+	mnt, err := checkMountpoint(mountpointCheck{dir: c.mount, data: c.data, log: log})
+	if err != nil {
+		return err
+	}
+	if err := prepareData(c, log); err != nil {
+		return err
+	}
+	if err := checkDisjoint(c.data, mnt); err != nil {
 		return err
 	}
 	// One process per data directory: the offline commands take the same
 	// lock and refuse while the daemon holds it.
-	lock, err := datadir.Acquire(c.data, datadir.Holder{Command: "serve", Mount: c.mount, Listen: c.listen})
+	lock, err := datadir.Acquire(c.data, datadir.Holder{Command: "serve", Mount: mnt, Listen: c.listen})
 	if err != nil {
 		return err
 	}
 	defer lock.Release()
-	if err := prepareMountpoint(c.mount); err != nil {
+	// Holding the lock, look again and act: detach a dead mount of ours,
+	// create a missing mountpoint.
+	if c.mount, err = checkMountpoint(mountpointCheck{dir: c.mount, data: c.data, locked: true, fix: true, log: log}); err != nil {
 		return err
 	}
 	if removed, err := crypto.RemoveStaleTemps(c.data); err != nil {
@@ -273,7 +289,6 @@ func serve(c *serveConfig, s stdio) error {
 	}
 	var token []byte
 	if c.tokenFile != "" {
-		var err error
 		if token, err = readOrCreateToken(c.tokenFile); err != nil {
 			return err
 		}
@@ -295,12 +310,15 @@ func serve(c *serveConfig, s stdio) error {
 	if !kr.MemoryLocked() {
 		log.Warn("could not mlock the key page; the key may be swapped out")
 	}
-	d, err := startDaemon(c, kr, log)
+	version := readBuildInfo().String()
+	d, err := startDaemon(c, kr, log, control.DaemonInfo{
+		Version: version, PID: os.Getpid(), DataDir: c.data, Mountpoint: c.mount, Listen: c.listen, StartedAt: time.Now(),
+	})
 	if err != nil {
 		return err
 	}
 	srv, err := control.New(control.Options{
-		Backend:   d.backend,
+		Backend:   notifyingBackend{d.backend, notify},
 		Log:       log,
 		Addr:      c.listen,
 		Token:     token,
@@ -311,21 +329,27 @@ func serve(c *serveConfig, s stdio) error {
 		return err
 	}
 
-	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer cancel()
-	log.WithFields(logrus.Fields{"version": readBuildInfo().String(), "data": c.data, "mount": c.mount, "listen": c.listen, "protect": strings.Join(c.protect, ","),
-		"allow_uid": uidListFlag{&c.allowUIDs}.String()}).Info("mountd started")
+	log.WithFields(logrus.Fields{"version": version, "data": c.data, "mount": c.mount, "listen": c.listen,
+		"protect": strings.Join(c.protect, ","), "allow_uid": uidListFlag{&c.allowUIDs}.String()}).Info("mountd started")
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ctx, ln) }()
+	// The mount is up and the listener accepts (connections queue until
+	// Serve takes them): ready.
+	if err := notify.send("READY=1", statusLocked, fmt.Sprintf("MAINPID=%d", os.Getpid())); err != nil {
+		log.WithError(err).Warn("cannot tell systemd about readiness")
+	}
 
 	select {
 	case <-ctx.Done():
 		log.Info("signal received, shutting down")
+		_ = notify.send("STOPPING=1", "STATUS=stopping: clearing the key and unmounting")
 		err = <-serveErr
 	case err = <-serveErr:
 		log.WithError(err).Error("control plane stopped")
+		_ = notify.send("STOPPING=1", "STATUS=stopping: the control plane failed")
 	case <-d.unmounted:
 		err = errors.New("the filesystem was unmounted from outside")
+		_ = notify.send("STOPPING=1", "STATUS=stopping: the filesystem was unmounted from outside")
 		cancel()
 		<-serveErr
 	}

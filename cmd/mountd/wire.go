@@ -22,7 +22,7 @@ type daemon struct {
 	unmounted <-chan struct{}
 }
 
-func startDaemon(c *serveConfig, kr *crypto.Keyring, log *logrus.Entry) (*daemon, error) {
+func startDaemon(c *serveConfig, kr *crypto.Keyring, log *logrus.Entry, info control.DaemonInfo) (*daemon, error) {
 	// A daemon killed in the middle of encrypting a file left its temp
 	// file behind; nothing can be converting now.
 	if _, err := fs.RemoveStaleTemps(c.data, log); err != nil {
@@ -40,7 +40,9 @@ func startDaemon(c *serveConfig, kr *crypto.Keyring, log *logrus.Entry) (*daemon
 	if err != nil {
 		return nil, lockError(err)
 	}
-	mo := &fuse.MountOptions{AllowOther: c.allowOther}
+	// The data directory is the mount's source (df's "Filesystem"
+	// column, mountinfo): a second daemon finds whose mount it is.
+	mo := &fuse.MountOptions{AllowOther: c.allowOther, FsName: c.data, Name: "mountd"}
 	srv, err := fs.Mount(c.mount, fs.Options{
 		Backing:  c.data,
 		Protect:  c.protect,
@@ -62,6 +64,7 @@ func startDaemon(c *serveConfig, kr *crypto.Keyring, log *logrus.Entry) (*daemon
 		Tasks:        mig,
 		AutoLock:     lockPolicies{pol},
 		OnLogin:      pol.LoggedIn,
+		Daemon:       info,
 	})
 	if err != nil {
 		pol.Close()

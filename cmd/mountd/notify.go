@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/mountd/mountd/control"
+)
+
+// notifier speaks the sd_notify(3) protocol to systemd (Type=notify): one
+// datagram of newline-separated VAR=value lines to the unix socket named
+// by $NOTIFY_SOCKET ("@name" for the abstract namespace). Without that
+// variable it does nothing, so the daemon runs the same outside systemd.
+type notifier struct {
+	mu   sync.Mutex
+	conn *net.UnixConn // nil: not under systemd, or the socket failed
+}
+
+// envNotifySocket names systemd's notification socket.
+const envNotifySocket = "NOTIFY_SOCKET"
+
+// newNotifier connects to $NOTIFY_SOCKET, if set.
+func newNotifier() (*notifier, error) {
+	path := os.Getenv(envNotifySocket)
+	if path == "" {
+		return &notifier{}, nil
+	}
+	if strings.HasPrefix(path, "@") {
+		path = "\x00" + path[1:]
+	}
+	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		return &notifier{}, fmt.Errorf("systemd notification socket %s: %w", os.Getenv(envNotifySocket), err)
+	}
+	return &notifier{conn: conn}, nil
+}
+
+// send sends the lines as one message.
+func (n *notifier) send(lines ...string) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.conn == nil {
+		return nil
+	}
+	_, err := n.conn.Write([]byte(strings.Join(lines, "\n") + "\n"))
+	return err
+}
+
+// close closes the socket.
+func (n *notifier) close() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.conn != nil {
+		n.conn.Close()
+		n.conn = nil
+	}
+}
+
+// Status lines: what 'systemctl status mountd' shows.
+const (
+	statusLocked   = "STATUS=locked: the file encryption key is not set"
+	statusUnlocked = "STATUS=unlocked: the file encryption key is set"
+)
+
+// notifyingBackend tells systemd when a login or a logout through the
+// control plane changes the key state.
+type notifyingBackend struct {
+	control.Backend
+	n *notifier
+}
+
+func (b notifyingBackend) Login(ctx context.Context, password []byte) (control.LoginResult, error) {
+	res, err := b.Backend.Login(ctx, password)
+	if err == nil {
+		_ = b.n.send(statusUnlocked)
+	}
+	return res, err
+}
+
+func (b notifyingBackend) Logout(ctx context.Context) error {
+	err := b.Backend.Logout(ctx)
+	if err == nil {
+		_ = b.n.send(statusLocked)
+	}
+	return err
+}
