@@ -211,7 +211,7 @@ func TestAutoLockWithoutBus(t *testing.T) {
 	t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/mountd-test-bus")
 	for _, flag := range []string{"--lock-on-suspend", "--lock-on-session-lock"} {
 		d := newDaemon(t)
-		runExpectingFailure(t, flag+": no system D-Bus", "--data", d.data, "--mount", d.mnt, "--listen", d.addr, flag)
+		runExpectingFailure(t, flag+": no system D-Bus", "--data", d.data, "--create", "--mount", d.mnt, "--listen", d.addr, flag)
 		if isMounted(d.mnt) {
 			t.Fatalf("%s: mounted although the start failed", flag)
 		}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/mountd/mountd/control"
 )
@@ -46,6 +47,8 @@ func (n *notifier) send(lines ...string) error {
 	if n.conn == nil {
 		return nil
 	}
+	// systemd reads at once; a full queue must not hold up a logout.
+	_ = n.conn.SetWriteDeadline(time.Now().Add(time.Second))
 	_, err := n.conn.Write([]byte(strings.Join(lines, "\n") + "\n"))
 	return err
 }
@@ -66,8 +69,9 @@ const (
 	statusUnlocked = "STATUS=unlocked: the file encryption key is set"
 )
 
-// notifyingBackend tells systemd when a login or a logout through the
-// control plane changes the key state.
+// notifyingBackend tells systemd when a login through the control plane
+// sets the key. Every clearing of the key (a logout, an automatic lock,
+// the shutdown) reaches systemd through the Keyring's OnClear instead.
 type notifyingBackend struct {
 	control.Backend
 	n *notifier
@@ -79,12 +83,4 @@ func (b notifyingBackend) Login(ctx context.Context, password []byte) (control.L
 		_ = b.n.send(statusUnlocked)
 	}
 	return res, err
-}
-
-func (b notifyingBackend) Logout(ctx context.Context) error {
-	err := b.Backend.Logout(ctx)
-	if err == nil {
-		_ = b.n.send(statusLocked)
-	}
-	return err
 }

@@ -310,6 +310,7 @@ func serve(c *serveConfig, s stdio) error {
 	if !kr.MemoryLocked() {
 		log.Warn("could not mlock the key page; the key may be swapped out")
 	}
+	kr.OnClear(func() { _ = notify.send(statusLocked) })
 	version := readBuildInfo().String()
 	d, err := startDaemon(c, kr, log, control.DaemonInfo{
 		Version: version, PID: os.Getpid(), DataDir: c.data, Mountpoint: c.mount, Listen: c.listen, StartedAt: time.Now(),
