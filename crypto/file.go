@@ -181,10 +181,11 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("crypto: negative offset %d", off)
 	}
-	if err := f.k.rlock(); err != nil {
+	hold, err := f.k.acquire()
+	if err != nil {
 		return 0, err
 	}
-	defer f.k.mu.RUnlock()
+	defer hold.release()
 	aead, err := f.k.fileAEAD(&f.h)
 	if err != nil {
 		return 0, err
@@ -320,10 +321,11 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	if err := f.k.rlock(); err != nil {
+	hold, err := f.k.acquire()
+	if err != nil {
 		return 0, err
 	}
-	defer f.k.mu.RUnlock()
+	defer hold.release()
 	size, err := f.Size()
 	if err != nil {
 		return 0, err
@@ -536,10 +538,11 @@ func (f *File) Truncate(size int64) error {
 	if size < 0 {
 		return fmt.Errorf("crypto: negative size %d", size)
 	}
-	if err := f.k.rlock(); err != nil {
+	hold, err := f.k.acquire()
+	if err != nil {
 		return err
 	}
-	defer f.k.mu.RUnlock()
+	defer hold.release()
 	cur, err := f.Size()
 	if err != nil {
 		return err

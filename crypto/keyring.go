@@ -208,19 +208,27 @@ func (k *Keyring) NewHeader() (Header, error) {
 	return h, nil
 }
 
-// rlock takes the read lock and checks that a key is set. On success the
-// caller must call k.mu.RUnlock.
-func (k *Keyring) rlock() error {
+// keyHold is a read hold on the Keyring's key, taken by acquire: while it
+// is held, Clear waits (fs/doc.go has the whole lock order). Release it
+// exactly once.
+type keyHold struct{ k *Keyring }
+
+// acquire takes a read hold on the key for one content operation and
+// checks that a key is set (ErrLocked otherwise, with nothing held).
+func (k *Keyring) acquire() (keyHold, error) {
 	k.mu.RLock()
 	if !k.set {
 		k.mu.RUnlock()
-		return ErrLocked
+		return keyHold{}, ErrLocked
 	}
-	return nil
+	return keyHold{k: k}, nil
 }
 
-// fileAEAD returns the AEAD of the file with header h. Caller holds the
-// read lock (via rlock).
+// release drops the hold taken by acquire.
+func (h keyHold) release() { h.k.mu.RUnlock() }
+
+// fileAEAD returns the AEAD of the file with header h. Caller holds a
+// keyHold (acquire).
 func (k *Keyring) fileAEAD(h *Header) (cipher.AEAD, error) {
 	if h.KeyID != k.keyID {
 		return nil, ErrWrongKey
