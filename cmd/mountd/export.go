@@ -117,7 +117,7 @@ func (x *exporter) count(fn func(r *exportReport)) {
 }
 
 func export(s stdio, o *offlineOpts, out string, ko *keyOpts, asJSON bool) error {
-	d, err := openDataDir(o.data, "export", false, s.err)
+	d, err := openDataDir(o.data, "export", readOnly, s.err)
 	if err != nil {
 		return err
 	}

@@ -55,7 +55,7 @@ type fsckReport struct {
 }
 
 func fsck(s stdio, o *offlineOpts, protect protectMatcher, ko *keyOpts, asJSON bool) error {
-	d, err := openDataDir(o.data, "fsck", false, s.err)
+	d, err := openDataDir(o.data, "fsck", readOnly, s.err)
 	if err != nil {
 		return err
 	}
@@ -186,11 +186,11 @@ func printFsck(w io.Writer, r *fsckReport, authenticated bool) {
 	if len(parts) > 0 {
 		state = strings.Join(parts, ", ")
 	}
-	checked := fmt.Sprintf("%d encrypted", c.Encrypted)
+	enc := fmt.Sprintf("%d encrypted", c.Encrypted)
 	if authenticated {
-		checked = fmt.Sprintf("%d encrypted, %d authenticated (%s)", c.Encrypted, c.Authenticated, humanBytes(c.PlainBytes))
+		enc = fmt.Sprintf("%d encrypted (%d authenticated, %s)", c.Encrypted, c.Authenticated, humanBytes(c.PlainBytes))
 	}
-	fmt.Fprintf(w, "fsck %s: %d files (%s, %d plaintext), %d directories, %d symlinks in %s: %s\n",
-		quotePath(r.DataDir), c.Files, checked, c.PlainProtected+c.PlainOther, c.Directories, c.Symlinks,
+	fmt.Fprintf(w, "fsck %s: %d files: %s, %d plaintext; %d directories, %d symlinks; %s: %s\n",
+		quotePath(r.DataDir), c.Files, enc, c.PlainProtected+c.PlainOther, c.Directories, c.Symlinks,
 		time.Duration(r.Seconds*float64(time.Second)).Round(10*time.Millisecond), state)
 }

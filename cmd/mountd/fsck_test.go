@@ -277,6 +277,17 @@ func TestFsckWithoutVerifier(t *testing.T) {
 	if code, rep, _ := runFsck(t, plain, ""); code != 0 || !rep.Clean || rep.Verifier != "missing" {
 		t.Fatalf("plain tree: exit %d: %+v", code, rep)
 	}
+	// A directory mountd never used (a mistyped --data) gains nothing:
+	// no auth/, no lock.
+	if code, _, errs := mountd(t, "", "info", "--data", plain); code != 0 {
+		t.Fatalf("info: %d %s", code, errs)
+	}
+	if code, _, errs := mountd(t, "", "export", "--data", plain, "--out", filepath.Join(t.TempDir(), "o")); code != 0 {
+		t.Fatalf("export: %d %s", code, errs)
+	}
+	if entries, _ := os.ReadDir(plain); len(entries) != 1 {
+		t.Fatalf("the plain directory now holds %d entries", len(entries))
+	}
 	os.WriteFile(crypto.VerifierPath(fx.data), []byte("MTDVRF\x00\x02garbage"), 0o600)
 	if code, rep, _ := runFsck(t, fx.data, ""); code != exitDamaged || rep.Findings[0].Kind != findBadVerifier {
 		t.Fatalf("corrupt verifier: exit %d: %+v", code, rep)

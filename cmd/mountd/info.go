@@ -58,7 +58,7 @@ type kdfJSON struct {
 }
 
 func info(s stdio, o *offlineOpts, protect protectMatcher, asJSON bool) error {
-	d, err := openDataDir(o.data, "info", false, s.err)
+	d, err := openDataDir(o.data, "info", readOnly, s.err)
 	if err != nil {
 		return err
 	}

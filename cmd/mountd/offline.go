@@ -87,11 +87,23 @@ type dataDir struct {
 	lock *datadir.Lock
 }
 
+// How an offline command uses the data directory.
+type dirMode int
+
+const (
+	readOnly dirMode = iota // info, fsck, export: change nothing
+	writes                  // recovery-key, reset-password: rewrite the verifier
+	creates                 // init: make the directory when missing
+)
+
 // openDataDir opens the data directory at p for the offline command named
-// command and takes its lock; create makes it (0700) when missing. On a
+// command and takes its lock (creates makes the directory, 0700, when
+// missing). A read-only command on a directory without auth/ takes no lock
+// and creates nothing: no daemon has served it (the daemon's lock lives in
+// auth/), and a mistyped --data must not gain an auth/ directory. On a
 // read-only filesystem, where no daemon can be writing either, it goes on
 // without the lock, saying so on warn.
-func openDataDir(p, command string, create bool, warn io.Writer) (*dataDir, error) {
+func openDataDir(p, command string, mode dirMode, warn io.Writer) (*dataDir, error) {
 	if p == "" {
 		return nil, usageError{errors.New("--data must not be empty")}
 	}
@@ -99,7 +111,7 @@ func openDataDir(p, command string, create bool, warn io.Writer) (*dataDir, erro
 	if err != nil {
 		return nil, err
 	}
-	if create {
+	if mode == creates {
 		if err := os.Mkdir(abs, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 			return nil, fmt.Errorf("data directory %s: %w", abs, err)
 		}
@@ -109,6 +121,12 @@ func openDataDir(p, command string, create bool, warn io.Writer) (*dataDir, erro
 		return nil, fmt.Errorf("data directory %s: %w", abs, err)
 	}
 	d := &dataDir{path: abs, fd: fd}
+	if mode == readOnly {
+		var st unix.Stat_t
+		if err := unix.Fstatat(fd, crypto.VerifierDir, &st, unix.AT_SYMLINK_NOFOLLOW); errors.Is(err, unix.ENOENT) {
+			return d, nil
+		}
+	}
 	d.lock, err = datadir.Acquire(abs, datadir.Holder{Command: command})
 	switch {
 	case err == nil:
@@ -226,7 +244,7 @@ func secretError(err error) error {
 	case errors.Is(err, crypto.ErrBadRecoveryKey):
 		return fmt.Errorf("%w: %v", errDenied, strings.TrimPrefix(err.Error(), "crypto: "))
 	case errors.Is(err, crypto.ErrNoRecoveryKey):
-		return fmt.Errorf("%w: this data directory has no recovery key (create one with mountd recovery-key)", errDenied)
+		return fmt.Errorf("%w: this data directory has no recovery key (mountd recovery-key makes one, with the password)", errDenied)
 	}
 	return err
 }

@@ -43,7 +43,7 @@ auth/verifier.bin from a backup instead), and while a daemon serves the director
 }
 
 func initDataDir(s stdio, o *offlineOpts, so *secretOpts, p crypto.KDFParams, withRecovery bool) error {
-	d, err := openDataDir(o.data, "init", true, s.err)
+	d, err := openDataDir(o.data, "init", creates, s.err)
 	if err != nil {
 		return err
 	}
@@ -123,7 +123,7 @@ key stops working. Works on the data directory with the daemon stopped.`,
 		o := offlineFlags(f)
 		so := secretFlags(f)
 		return func(s stdio, _ []string) error {
-			d, err := openDataDir(o.data, "recovery-key", false, s.err)
+			d, err := openDataDir(o.data, "recovery-key", writes, s.err)
 			if err != nil {
 				return err
 			}
@@ -205,7 +205,7 @@ func readRecoveryKey(s stdio, src *secretSource, check func(rk []byte) error) ([
 }
 
 func resetOffline(s stdio, o *offlineOpts, so *secretOpts, p crypto.KDFParams) error {
-	d, err := openDataDir(o.data, "reset-password", false, s.err)
+	d, err := openDataDir(o.data, "reset-password", writes, s.err)
 	if err != nil {
 		return err
 	}
