@@ -91,7 +91,11 @@ set a new password and read every file. Without it, a forgotten password means
 the data is lost. (A typo in it is detected: mountd says which group is wrong.)
 
 `)
-	if _, err := fmt.Fprintf(s.out, "%s\n", rk); err != nil {
+	// Written as is: fmt would leave a copy in its pooled buffer.
+	line := append(append(make([]byte, 0, len(rk)+1), rk...), '\n')
+	_, err := s.out.Write(line)
+	clear(line)
+	if err != nil {
 		return fmt.Errorf("printing the recovery key: %w (make a new one with mountd recovery-key)", err)
 	}
 	fmt.Fprintln(s.err)
