@@ -512,6 +512,18 @@ func (x *exporter) file(j exportJob, buf []byte) {
 	defer dst.Close()
 	var written int64
 	var bad []badBlock
+	// Reserve the space at once: a full disk fails here, before any
+	// writing, and the file gets few, large extents.
+	size := j.ent.st.Size
+	if encrypted {
+		size = cf.size
+	}
+	if size > 0 {
+		if err := unix.Fallocate(fd, 0, 0, size); err != nil && err != unix.EOPNOTSUPP && err != unix.ENOSYS {
+			x.problem(finding{Path: j.rel, Kind: findUnreadable, Detail: "cannot reserve space: " + errText(err)})
+			return
+		}
+	}
 	if encrypted {
 		// Decrypt into one half of buf while the other half is written.
 		half := len(buf) / 2
@@ -541,6 +553,7 @@ func (x *exporter) file(j exportJob, buf []byte) {
 		}
 	}
 	if err != nil {
+		_ = dst.Truncate(written) // no preallocated zeros after what was written
 		x.problem(finding{Path: j.rel, Kind: findUnreadable, Detail: fmt.Sprintf("export incomplete after %d bytes: %s", written, errText(err))})
 		return
 	}

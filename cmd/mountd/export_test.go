@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -329,4 +330,70 @@ func TestPipeWriterError(t *testing.T) {
 	if err := ok.close(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestExportFullDisk: an --out without room for everything: the files that
+// fit are exported whole, the others are named (not half-written) and the
+// exit status is 7; the data directory is untouched.
+func TestExportFullDisk(t *testing.T) {
+	out := t.TempDir()
+	if err := unix.Mount("tmpfs", out, "tmpfs", 0, "size=1m"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("cannot mount a small tmpfs under CI=true: %v", err)
+		}
+		t.Skipf("cannot mount a small tmpfs: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(out, 0); err != nil {
+			unix.Unmount(out, unix.MNT_DETACH)
+		}
+	})
+	fx := newFixture(t)
+	for i := range 4 {
+		fx.encrypted(t, fmt.Sprintf("fill/%d.bin", i), randomBytes(300<<10))
+	}
+	before := withoutLinkAtimes(treeState(t, fx.data, "auth/lock"))
+	code, rep, errs := runExport(t, fx.data, out, "pw\n")
+	if code != exitDamaged || rep.Complete || len(rep.Problems) == 0 {
+		t.Fatalf("exit %d: %+v %s", code, rep.Problems, errs)
+	}
+	failed := map[string]bool{}
+	for _, p := range rep.Problems {
+		if !strings.Contains(p.Detail, "no space left on device") {
+			t.Errorf("%s: %s", p.Path, p.Detail)
+		}
+		failed[p.Path] = true
+	}
+	// What was exported is whole; what was not is absent or empty.
+	for rel, want := range fx.plain {
+		got, err := os.ReadFile(filepath.Join(out, rel))
+		switch {
+		case failed[rel]:
+			if err == nil && len(got) != 0 && !bytes.Equal(got, want[:len(got)]) {
+				t.Errorf("%s: a failed file holds %d bytes that are not its start", rel, len(got))
+			}
+		case err != nil || !bytes.Equal(got, want):
+			t.Errorf("%s: not exported whole (%v)", rel, err)
+		}
+	}
+	if after := withoutLinkAtimes(treeState(t, fx.data, "auth/lock")); !mapsEqual(before, after) {
+		for k, v := range before {
+			if after[k] != v {
+				t.Errorf("%s:\n before %s\n after  %s", k, v, after[k])
+			}
+		}
+		t.Fatal("the data directory changed")
+	}
+}
+
+// withoutLinkAtimes drops the access times of symlinks from a treeState:
+// reading a link (export does) sets it.
+func withoutLinkAtimes(m map[string]string) map[string]string {
+	re := regexp.MustCompile(` atime=[0-9.]+`)
+	for k, v := range m {
+		if strings.HasPrefix(v, "mode=120") {
+			m[k] = re.ReplaceAllString(v, "")
+		}
+	}
+	return m
 }
