@@ -170,23 +170,11 @@ func (r *Root) prepareConvert(ctx context.Context, rel string, o convertOpts) (*
 	}
 
 	// Claim the inode: fail if it has handles, make opens wait.
-	key := keyOf(sx)
-	r.tableMu.Lock()
-	if r.table[key] != nil {
-		r.tableMu.Unlock()
+	drop, claimed := r.claim(keyOf(sx))
+	if !claimed {
 		return nil, convBusy, errBusy
 	}
-	claim := &inodeState{key: key, fd: -1, converting: true}
-	r.table[key] = claim
-	r.tableMu.Unlock()
-	p.release = func() {
-		r.tableMu.Lock()
-		if r.table[key] == claim {
-			delete(r.table, key)
-		}
-		r.tableCond.Broadcast()
-		r.tableMu.Unlock()
-	}
+	p.release = drop
 
 	if res, err := p.writeCopy(ctx, src, o); err != nil {
 		return nil, res, err
@@ -308,15 +296,26 @@ func (p *pendingConv) done() {
 func (p *pendingConv) commit(o convertOpts) (convertResult, error) {
 	res, err := p.exchange(o)
 	r := p.r
-	if p.swapped {
-		r.convSeq.Add(1)
-		r.notifyReplaced(p.rel)
+	swapped := p.swapped
+	if swapped {
+		r.replaced()
 	}
 	if err != nil || res != convDone {
 		p.abort()
+	} else {
+		p.done()
+	}
+	// Only now, with the claim dropped (doc.go: no kernel notification
+	// under a claim): the kernel takes the directory's lock to drop the
+	// entry, and a create in that directory may hold it while it waits
+	// in acquire for the claim (its new file can get the inode number of
+	// the plaintext just removed).
+	if swapped {
+		r.notifyReplaced(p.rel)
+	}
+	if err != nil || res != convDone {
 		return res, err
 	}
-	p.done()
 	if o.quiet {
 		r.log.WithField(fieldPath, p.rel).Debug("encrypted file in place")
 	} else {

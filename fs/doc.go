@@ -45,7 +45,74 @@
 // was destroyed reads as plaintext, since content decides; an O_TMPFILE
 // file cannot be linked into the tree (EXDEV, as go-fuse's loopback).
 //
-// Locking order: Root.tableMu, then inodeState.mu, then Root.gate (read),
-// then node.mu and Root.servedMu (leaves). Root.tableMu is never held
-// across I/O.
+// # Locks
+//
+// The complete lock order: a goroutine that holds a lock of the list takes
+// only locks further down (the other files point here):
+//
+//  1. crypto.Keyring's stateMu: held by Clear (logout) for its whole run,
+//     including the OnClear listeners below; no request handler takes it.
+//  2. cryptFile.lmu (file_lock.go): a handle's lock descriptor.
+//  3. inodeState.mu (openfile.go): the content of one inode; shared for
+//     reads, exclusive for every change through lockChange/unlockChange,
+//     which first waits for the inode's prefetches.
+//  4. Root.gate (logout.go): shared around each plaintext-serving crypto
+//     call, exclusive only in the logout listener.
+//  5. inodeState.pfMu (prefetch.go): the inode's list of prefetches.
+//  6. Leaves, never held while taking another lock: the Keyring's mu (its
+//     read hold is taken by each crypto.File call through Keyring.acquire,
+//     and its cipher cache cmu under it), Root.servedMu, the prefetch
+//     pool's mu, fileTable.mu (openfile.go: the table and its claims; its
+//     cond waits only for a claim), dirCache.mu (backing.go: directory
+//     descriptors of nodes), node.mu (a node's cached class), converter.mu
+//     (convert.go), the Keyring's lmu (its listeners). The migration's
+//     locks are its own and are taken before any of these.
+//
+// Waits that are not locks, and what makes them safe:
+//   - A claim (a conversion's "converting" entry in the table) makes an
+//     open or truncate of that inode wait in acquire, inside a FUSE
+//     request, with the kernel holding the directory's lock. So whoever
+//     holds a claim must not wait for a FUSE request or a kernel lock: it
+//     copies, checks and renames in the backing directory only.
+//   - lockChange waits for the inode's prefetch goroutines, which take no
+//     lock of the inode (only the Keyring's read hold).
+//   - The prefetch pool never blocks: without a free buffer there is no
+//     prefetch.
+//
+// Kernel notifications: every Notify* call (NotifyContent at logout,
+// NotifyEntry after a conversion's commit, in the converter as in the
+// migration) runs with no claim and no lock held that a request handler
+// can wait on, and never inside a request handler. The kernel takes its
+// own inode and page locks to act on them, and a request that holds those
+// may be waiting for us: a conversion's commit drops its claim before it
+// tells the kernel the name was replaced; the logout listener swaps the
+// served set out under gate and notifies after releasing it.
+//
+// # Logout
+//
+// The whole chain, from the request to the reply:
+//
+//  1. control: POST or GET /api/system/logout -> control.Service.Logout
+//     -> Keyring.Clear. Package autolock's policies (idle, suspend,
+//     session lock) go through the same Service.Logout (a Locker wired in
+//     cmd/mountd); the daemon's shutdown stops the migration and then
+//     calls Keyring.Clear itself.
+//  2. Keyring.Clear takes stateMu, marks the key unset under mu (new
+//     crypto calls get ErrLocked, so new reads and writes of encrypted
+//     files get EACCES), which waits for the crypto calls in flight, and
+//     runs the OnClear listeners with stateMu held and mu released:
+//     - Root.onClear (logout.go): takes gate exclusively, which waits
+//     for every plaintext-serving operation to finish, swaps out the set
+//     of served inodes, releases gate, discards and zeroes every
+//     prefetch buffer (clearPrefetches), then asks the kernel to drop the
+//     cached pages and mappings of each served inode (NotifyContent(0,
+//     0)), holding no filesystem lock;
+//     - the migration's listener cancels the running task (its workers
+//     stop at their next chunk; a copy being written fails with
+//     ErrLocked and is removed).
+//  3. Clear zeroes the key page, drops the derived ciphers and returns.
+//  4. control writes the seed's byte-exact reply.
+//
+// So when the reply is sent, no plaintext of an encrypted file is in the
+// daemon's buffers or the kernel's caches, and no key byte in memory.
 package fs

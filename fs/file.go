@@ -86,7 +86,7 @@ func (f *cryptFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 func (f *cryptFile) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	st, r := f.st, f.root
 	r.lockChange(st)
-	defer st.mu.Unlock()
+	defer r.unlockChange(st)
 	if st.file == nil || !st.writable {
 		return 0, syscall.EBADF
 	}
@@ -175,7 +175,7 @@ func (f *cryptFile) Lseek(ctx context.Context, off uint64, whence uint32) (uint6
 func (f *cryptFile) Allocate(ctx context.Context, off, size uint64, mode uint32) syscall.Errno {
 	st, r := f.st, f.root
 	r.lockChange(st)
-	defer st.mu.Unlock()
+	defer r.unlockChange(st)
 	if st.file == nil || !st.writable {
 		return syscall.EBADF
 	}
@@ -230,7 +230,7 @@ func (f *cryptFile) getattr(a *fuse.Attr) syscall.Errno {
 // truncate sets the plaintext size through the handle.
 func (f *cryptFile) truncate(size int64) syscall.Errno {
 	f.root.lockChange(f.st)
-	defer f.st.mu.Unlock()
+	defer f.root.unlockChange(f.st)
 	return f.root.truncateLocked(f.st, f.n, f.protected, size)
 }
 

@@ -14,6 +14,7 @@ import (
 // two handles conflict as two opens of a local file do. cryptFile handles
 // share one descriptor for I/O, so the lock descriptor is opened on first
 // use, by reopening the shared one (which works for unlinked files too).
+// lmu is taken before the inode's mu (doc.go has the lock order).
 
 // lockFd returns the handle's lock descriptor, opening it on first use.
 func (f *cryptFile) lockFd() (int, syscall.Errno) {

@@ -4,7 +4,8 @@ import (
 	"syscall"
 )
 
-// Logout invalidation.
+// Logout invalidation: the filesystem's part of the logout chain, which
+// doc.go describes whole (with the lock order).
 //
 // Every operation that hands plaintext of an encrypted file to the kernel
 // (or writes it through a page the kernel may cache) first records its node

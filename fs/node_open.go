@@ -161,37 +161,20 @@ func restoreAtime(fd int) {
 // openHandle opens a backing descriptor with open, registers it in the
 // open-file table and binds it to a handle. nodeFor returns the node of
 // the opened file. If a conversion replaced the inode between opening and
-// registering, it opens again.
+// registering, it opens again (acquireOpened).
 func (r *Root) openHandle(ctx context.Context, name string, flags uint32, tmpfile bool,
 	open func() (fd int, created bool, err error), nodeFor func(*unix.Statx_t) *node,
 ) (gofs.FileHandle, uint32, syscall.Errno) {
-	for attempt := 0; ; attempt++ {
-		seq := r.convSeq.Load()
-		fd, created, err := open()
-		if err != nil {
-			return nil, 0, errnoOf(err)
-		}
-		var x unix.Statx_t
-		if err := fstatx(fd, &x); err != nil {
-			unix.Close(fd)
-			return nil, 0, errnoOf(err)
-		}
-		st, waited := r.acquire(keyOf(&x))
-		if !tmpfile && attempt < 3 && (waited || r.convSeq.Load() != seq) {
-			var now unix.Statx_t
-			if waited || fstatx(fd, &now) != nil || now.Nlink == 0 {
-				r.release(st)
-				unix.Close(fd)
-				continue
-			}
-		}
-		n := nodeFor(&x)
-		fh, ff, errno := r.bind(st, n, name, flags, fd, &x, created)
-		if errno != 0 {
-			r.release(st)
-		}
-		return fh, ff, errno
+	st, fd, x, created, err := r.acquireOpened(!tmpfile, open)
+	if err != nil {
+		return nil, 0, errnoOf(err)
 	}
+	n := nodeFor(&x)
+	fh, ff, errno := r.bind(st, n, name, flags, fd, &x, created)
+	if errno != 0 {
+		r.release(st)
+	}
+	return fh, ff, errno
 }
 
 // bind turns fd (consumed) into a handle on st, holding a reference that
@@ -201,7 +184,7 @@ func (r *Root) bind(st *inodeState, n *node, name string, flags uint32, fd int, 
 	protected := r.protected(name)
 
 	r.lockChange(st)
-	defer st.mu.Unlock()
+	defer r.unlockChange(st)
 
 	class, hdr, cerr := st.classOf(n, fd, x)
 	switch class {
@@ -374,52 +357,35 @@ func (r *Root) truncateLocked(st *inodeState, n *node, protected bool, size int6
 // It goes through the open-file table like an open, so it shares the
 // inode's lock and crypto.File with the handles that are open.
 func (r *Root) truncatePath(n *node, size int64) syscall.Errno {
-	for attempt := 0; ; attempt++ {
-		seq := r.convSeq.Load()
+	st, fd, x, _, err := r.acquireOpened(true, func() (int, bool, error) {
 		var ox unix.Statx_t
 		fd, err := r.openNode(n, unix.O_RDWR, &ox)
-		if err != nil {
-			return errnoOf(err)
-		}
-		var x unix.Statx_t
-		if err := fstatx(fd, &x); err != nil {
-			unix.Close(fd)
-			return errnoOf(err)
-		}
-		st, waited := r.acquire(keyOf(&x))
-		if attempt < 3 && (waited || r.convSeq.Load() != seq) {
-			var now unix.Statx_t
-			if waited || fstatx(fd, &now) != nil || now.Nlink == 0 {
-				r.release(st)
-				unix.Close(fd)
-				continue
-			}
-		}
-		errno := func() syscall.Errno {
-			r.lockChange(st)
-			defer st.mu.Unlock()
-			class, hdr, cerr := st.classOf(n, fd, &x)
-			switch class {
-			case classBad:
-				unix.Close(fd)
-				return r.errno(cerr, n, "truncate")
-			case classEncrypted:
-				if errno := r.checkKey(n, hdr); errno != 0 {
-					unix.Close(fd)
-					return errno
-				}
-			}
-			st.adopt(fd, true)
-			if class == classEncrypted && st.cf == nil {
-				cf, err := crypto.OpenFile(r.kr, st.file)
-				if err != nil {
-					return r.errno(err, n, "truncate")
-				}
-				st.cf = cf
-			}
-			return r.truncateLocked(st, n, r.protected(n.name()), size)
-		}()
-		r.release(st)
-		return errno
+		return fd, false, err
+	})
+	if err != nil {
+		return errnoOf(err)
 	}
+	defer r.release(st)
+	r.lockChange(st)
+	defer r.unlockChange(st)
+	class, hdr, cerr := st.classOf(n, fd, &x)
+	switch class {
+	case classBad:
+		unix.Close(fd)
+		return r.errno(cerr, n, "truncate")
+	case classEncrypted:
+		if errno := r.checkKey(n, hdr); errno != 0 {
+			unix.Close(fd)
+			return errno
+		}
+	}
+	st.adopt(fd, true)
+	if class == classEncrypted && st.cf == nil {
+		cf, err := crypto.OpenFile(r.kr, st.file)
+		if err != nil {
+			return r.errno(err, n, "truncate")
+		}
+		st.cf = cf
+	}
+	return r.truncateLocked(st, n, r.protected(n.name()), size)
 }

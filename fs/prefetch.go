@@ -21,10 +21,12 @@ import (
 // Correctness: an inode has at most prefetchDepth prefetches, for the
 // requests that would follow the last read. Everything that changes
 // an inode's content, size or backing descriptor takes st.mu with
-// lockChange, which calls dropPrefetch, which waits for the prefetches to finish
-// and discards them; prefetches start only from reads, under st.mu shared. So a
-// prefetch never overlaps a change, and a read served from one returns
-// what a read at that moment would have.
+// lockChange (openfile.go), which waits for the prefetches to finish and
+// discards them (dropPrefetch); prefetches start only from reads, under
+// st.mu shared. So a prefetch never overlaps a change, and a read served
+// from one returns what a read at that moment would have. A prefetch's
+// goroutine takes no lock of the inode (lockChange waits for it while
+// holding st.mu); doc.go has the whole lock order.
 //
 // Secrets: the buffers hold plaintext. A read is served from a prefetch
 // only under Root.gate with the key set (as a crypto read would be), and
@@ -169,14 +171,6 @@ func (r *Root) discard(pfs []*prefetch) {
 	}
 }
 
-// lockChange takes st.mu exclusively to change the inode's content, size
-// or backing descriptor, and discards its prefetches first. Every such
-// change goes through it, so no prefetch outlives a change.
-func (r *Root) lockChange(st *inodeState) {
-	st.mu.Lock()
-	r.dropPrefetch(st)
-}
-
 // dropPrefetch discards st's prefetches, after waiting for them.
 func (r *Root) dropPrefetch(st *inodeState) {
 	st.pfMu.Lock()
@@ -190,13 +184,7 @@ func (r *Root) dropPrefetch(st *inodeState) {
 // logout listener calls it once the Keyring is locked, so a prefetch that
 // starts afterwards decrypts nothing.
 func (r *Root) clearPrefetches() {
-	r.tableMu.Lock()
-	states := make([]*inodeState, 0, len(r.table))
-	for _, st := range r.table {
-		states = append(states, st)
-	}
-	r.tableMu.Unlock()
-	for _, st := range states {
+	for _, st := range r.files.states() {
 		r.dropPrefetch(st)
 	}
 }

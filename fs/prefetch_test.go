@@ -155,15 +155,13 @@ func TestPrefetchLogout(t *testing.T) {
 	}
 	e.logout()
 	r := e.root
-	r.tableMu.Lock()
-	for _, st := range r.table {
+	for _, st := range r.files.states() {
 		st.pfMu.Lock()
 		if len(st.pf) != 0 {
 			t.Errorf("%d prefetches left after logout", len(st.pf))
 		}
 		st.pfMu.Unlock()
 	}
-	r.tableMu.Unlock()
 	// A buffer whose reply go-fuse is still sending comes back (zeroed)
 	// when the send is done, just after the reader got its bytes.
 	waitFor(t, 2*time.Second, "every prefetch buffer back", func() bool {

@@ -6,7 +6,6 @@ import (
 	"io"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -91,15 +90,9 @@ type Root struct {
 
 	removeOnClear func()
 
-	// tableMu guards table: the open-file table, one inodeState per
-	// backing inode with open handles (or being converted).
-	tableMu   sync.Mutex
-	tableCond *sync.Cond
-	table     map[fileKey]*inodeState
-
-	// convSeq counts finished in-place conversions, so an open can tell
-	// that its descriptor may point at a replaced inode.
-	convSeq atomic.Uint64
+	// files is the open-file table and the conversions' claims
+	// (openfile.go).
+	files fileTable
 
 	// gate orders plaintext-serving operations against logout: they
 	// record their node in served while holding gate for reading, and the
@@ -158,7 +151,6 @@ func NewRoot(opts Options) (*Root, error) {
 		log:          log.WithField(fieldComponent, "fs"),
 		attrTimeout:  timeoutOrDefault(opts.AttrTimeout),
 		entryTimeout: timeoutOrDefault(opts.EntryTimeout),
-		table:        map[fileKey]*inodeState{},
 		served:       map[*node]struct{}{},
 		activity:     opts.Activity,
 	}
@@ -168,7 +160,7 @@ func NewRoot(opts Options) (*Root, error) {
 	r.node.root = r
 	r.dirs.init(r.entryTimeout)
 	r.own.init()
-	r.tableCond = sync.NewCond(&r.tableMu)
+	r.files.init()
 	r.conv = newConverter(r, opts.ConvertRetry, opts.ConvertMaxAge)
 	r.removeOnClear = r.kr.OnClear(r.onClear)
 	return r, nil

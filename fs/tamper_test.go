@@ -16,9 +16,7 @@ import (
 func (e *testEnv) waitIdle() {
 	e.t.Helper()
 	waitFor(e.t, 10*time.Second, "open files to be released", func() bool {
-		e.root.tableMu.Lock()
-		defer e.root.tableMu.Unlock()
-		return len(e.root.table) == 0
+		return len(e.root.files.states()) == 0
 	})
 }
 
