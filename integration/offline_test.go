@@ -272,7 +272,7 @@ func TestLoginLongPassword(t *testing.T) {
 	d := newDaemon(t, migFastKDF...)
 	d.start()
 	long := strings.Repeat("long password ", 1000)[:10_000]
-	if out, code := d.runCLI(long+"\n", "login"); code != 0 {
+	if out, code := d.runCLI(long+"\n", "login"); code != 0 || !strings.Contains(out, "There is no recovery key") {
 		t.Fatalf("first login with 10000 bytes: %d %s", code, out)
 	}
 	d.logout()

@@ -245,6 +245,10 @@ scripts and systemd units).`,
 				return err
 			}
 			fmt.Fprintln(s.out, r.Message)
+			if r.Created {
+				fmt.Fprintln(s.err, "There is no recovery key: if this password is forgotten, the data is lost. "+
+					"Make one with 'mountd recovery-key' while the daemon is stopped (or create passwords with 'mountd init').")
+			}
 			return nil
 		}
 	},
