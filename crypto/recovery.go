@@ -118,7 +118,7 @@ func FormatRecoveryKey(key []byte) []byte {
 		}
 	}
 	w[g] = uint32(acc<<(gfBits-bits)) & gfOrder
-	acc = 0
+	acc = 0 //nolint:ineffassign // intent: the bits are key material (the compiler may drop the store)
 	// Check groups c0 = w[13], c1 = w[14] with both syndromes zero:
 	// c0 + c1 = s0, a^13 c0 + a^14 c1 = s1
 	// => c1 = (s1 + a^13 s0) / (a^13 (1 + a)), c0 = s0 + c1.

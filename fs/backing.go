@@ -884,16 +884,16 @@ func (o *owners) as(uid, gid uint32, fn func() error) error {
 	}
 	// setfsuid and setfsgid return the previous value and cannot report
 	// an error; a second call tells whether the first one took.
-	unix.RawSyscall(unix.SYS_SETFSGID, uintptr(gid), 0, 0)
-	unix.RawSyscall(unix.SYS_SETFSUID, uintptr(uid), 0, 0)
+	_, _, _ = unix.RawSyscall(unix.SYS_SETFSGID, uintptr(gid), 0, 0)
+	_, _, _ = unix.RawSyscall(unix.SYS_SETFSUID, uintptr(uid), 0, 0)
 	defer func() {
 		// Back to root: always allowed (the real, effective and saved
 		// uid are 0), so the thread never leaves with another user's
 		// credentials; then the securebits as they were (a child
 		// process started from this thread inherits them).
-		unix.RawSyscall(unix.SYS_SETFSUID, uintptr(o.euid), 0, 0)
-		unix.RawSyscall(unix.SYS_SETFSGID, uintptr(o.egid), 0, 0)
-		unix.RawSyscall(unix.SYS_PRCTL, unix.PR_SET_SECUREBITS, o.secbits, 0)
+		_, _, _ = unix.RawSyscall(unix.SYS_SETFSUID, uintptr(o.euid), 0, 0)
+		_, _, _ = unix.RawSyscall(unix.SYS_SETFSGID, uintptr(o.egid), 0, 0)
+		_, _, _ = unix.RawSyscall(unix.SYS_PRCTL, unix.PR_SET_SECUREBITS, o.secbits, 0)
 	}()
 	cu, _, _ := unix.RawSyscall(unix.SYS_SETFSUID, uintptr(uid), 0, 0)
 	cg, _, _ := unix.RawSyscall(unix.SYS_SETFSGID, uintptr(gid), 0, 0)

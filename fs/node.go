@@ -214,7 +214,7 @@ func (r *Root) classifyAt(n *node, dir int, name string) {
 	}
 	defer unix.Close(fd)
 	if r.isNode(n, &x) {
-		n.classify(&x, fd)
+		_, _, _ = n.classify(&x, fd) // cached for later lookups; errors show then
 	}
 }
 

@@ -119,7 +119,7 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 
 func releaseHandle(ctx context.Context, fh gofs.FileHandle) {
 	if rel, ok := fh.(gofs.FileReleaser); ok {
-		rel.Release(ctx)
+		_ = rel.Release(ctx) // undoing a failed open: the first error is reported
 	}
 }
 

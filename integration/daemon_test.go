@@ -72,7 +72,6 @@ type daemon struct {
 	t          *testing.T
 	data, mnt  string
 	addr       string
-	args       []string
 	cmd        *exec.Cmd
 	out        *syncBuffer
 	exited     chan struct{}

@@ -195,10 +195,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	s := stdio{in: stdin, out: stdout, err: stderr}
 	name := defaultCommand
 	if len(args) > 0 {
-		switch a := args[0]; {
-		case a == "-h" || a == "-help" || a == "--help":
+		switch args[0] {
+		case "-h", "-help", "--help":
 			args = []string{"help"}
-		case a == "-version" || a == "--version":
+		case "-version", "--version":
 			args = []string{"version"}
 		}
 		if _, ok := commands[args[0]]; ok {

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -284,6 +283,3 @@ func (d *dataDir) anyEncrypted() (string, error) {
 	}
 	return "", err
 }
-
-// since formats a duration for a summary line.
-func since(t time.Time) string { return time.Since(t).Round(10 * time.Millisecond).String() }

@@ -352,7 +352,9 @@ func serve(c *serveConfig, s stdio) error {
 		err = errors.New("the filesystem was unmounted from outside")
 		_ = notify.send("STOPPING=1", "STATUS=stopping: the filesystem was unmounted from outside")
 		cancel()
-		<-serveErr
+		if serr := <-serveErr; serr != nil {
+			log.WithError(serr).Debug("control plane stopped")
+		}
 	}
 	// Stop the migration first, so a running task ends "cancelled"
 	// rather than failing on the cleared key, then zero the key (dropping

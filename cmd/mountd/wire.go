@@ -69,7 +69,7 @@ func startDaemon(c *serveConfig, kr *crypto.Keyring, log *logrus.Entry, info con
 	if err != nil {
 		pol.Close()
 		mig.Close()
-		srv.Unmount()
+		_ = srv.Unmount() // best effort: err says why the start failed
 		return nil, err
 	}
 	// Every automatic lock is the control plane's own logout.

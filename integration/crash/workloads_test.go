@@ -136,18 +136,6 @@ func checkPrefix(c *cctx, path string, want []byte, acked int64) {
 	}
 }
 
-func firstDiff(a, b []byte) int {
-	for i := range min(len(a), len(b)) {
-		if a[i] != b[i] {
-			return i
-		}
-	}
-	if len(a) != len(b) {
-		return min(len(a), len(b))
-	}
-	return -1
-}
-
 // lastAck returns the value of the last ack (acks are in order), or def.
 func lastAck[T any](acked []ack, def T) T {
 	for i := len(acked) - 1; i >= 0; i-- {
