@@ -24,7 +24,7 @@ type FileScanner interface {
 }
 
 // TaskRunner runs the encrypt-existing-files migration. The migration
-// (fs.Migrator) implements it as is.
+// (migrate.Migrator) implements it as is.
 type TaskRunner interface {
 	// Start starts the task, or returns the running one with started
 	// false. ctx bounds the call only: the task must outlive it.

@@ -158,17 +158,6 @@ func statAt(dir int, name string, x *unix.Statx_t) error {
 	return unix.Statx(dir, name, unix.AT_SYMLINK_NOFOLLOW, statxMask, x)
 }
 
-// statRel stats rel (a path from the backing root) without following
-// any symlink.
-func (r *Root) statRel(rel string, x *unix.Statx_t) error {
-	fd, err := r.beneath(rel, unix.O_PATH, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	return fstatx(fd, x)
-}
-
 // statfs reports the backing filesystem's statistics.
 func (r *Root) statfs(s *syscall.Statfs_t) error { return syscall.Fstatfs(r.rootFd, s) }
 
@@ -217,17 +206,6 @@ func openRegular(pfd, flags int, x *unix.Statx_t) (int, error) {
 // openRegularAt opens the regular file name in dir (see openRegular).
 func openRegularAt(dir int, name string, flags int, x *unix.Statx_t) (int, error) {
 	pfd, err := unix.Openat(dir, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return -1, err
-	}
-	defer unix.Close(pfd)
-	return openRegular(pfd, flags, x)
-}
-
-// openRegularRel opens the regular file rel (a path from the backing
-// root; see openRegular).
-func (r *Root) openRegularRel(rel string, flags int, x *unix.Statx_t) (int, error) {
-	pfd, err := r.beneath(rel, unix.O_PATH, 0)
 	if err != nil {
 		return -1, err
 	}
@@ -1115,8 +1093,9 @@ func (r *Root) openDirRel(rel string) (int, error) {
 	return r.beneath(rel, unix.O_RDONLY|unix.O_DIRECTORY, 0)
 }
 
-// fsyncDir makes the entries of directory rel durable.
-func (r *Root) fsyncDir(rel string) error {
+// SyncDir makes the entries of directory rel (a path from the backing
+// root) durable: the conversions committed in it with NoDirSync.
+func (r *Root) SyncDir(rel string) error {
 	fd, err := r.openDirRel(rel)
 	if err != nil {
 		return err
@@ -1125,9 +1104,10 @@ func (r *Root) fsyncDir(rel string) error {
 	return unix.Fsync(fd)
 }
 
-// removeTemp removes rel if it is still a regular file named like a
-// conversion's temp file.
-func (r *Root) removeTemp(rel string) error {
+// RemoveTemp removes rel (a path from the backing root) if it is still a
+// regular file named like a conversion's temp file: the old plaintext
+// that a commit with KeepOld left.
+func (r *Root) RemoveTemp(rel string) error {
 	dir, base := splitRel(rel)
 	dirfd, err := r.beneath(dir, unix.O_PATH|unix.O_DIRECTORY, 0)
 	if err != nil {
@@ -1198,17 +1178,6 @@ func hasMagicAt(dir int, name string) (bool, error) {
 		if err == unix.ENOENT || err == unix.ELOOP || err == unix.EISDIR || err == unix.ENXIO {
 			return false, nil
 		}
-		return false, err
-	}
-	defer unix.Close(fd)
-	return readMagic(fd)
-}
-
-// hasMagicRel is hasMagicAt for a path from the backing root.
-func (r *Root) hasMagicRel(rel string) (bool, error) {
-	var x unix.Statx_t
-	fd, err := r.openRegularRel(rel, unix.O_RDONLY|unix.O_NONBLOCK, &x)
-	if err != nil {
 		return false, err
 	}
 	defer unix.Close(fd)

@@ -176,7 +176,7 @@ func TestMountpointInsideBacking(t *testing.T) {
 	}
 	kr := crypto.NewKeyring()
 	for _, mp := range []string{backing, filepath.Join(backing, "sub"), filepath.Join(top, "link", "sub")} {
-		srv, err := Mount(mp, Options{Backing: backing, Keyring: kr}, nil)
+		srv, err := Mount(mp, Options{Backing: backing, Keyring: kr})
 		if err == nil {
 			srv.Unmount()
 			t.Errorf("Mount(%s) over backing %s succeeded", mp, backing)

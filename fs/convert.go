@@ -20,30 +20,80 @@ import (
 	"github.com/mountd/mountd/crypto"
 )
 
-// In-place encryption of a plaintext backing file. The background
-// converter below uses it for atomic saves (a plaintext file renamed onto
-// a protected name while the key is set); the migration task reuses it.
-
-// convertResult says what encryptInPlace did.
-type convertResult int
-
-const (
-	convDone    convertResult = iota // the file is now encrypted
-	convSkipped                      // not a candidate: see the error-free reasons in encryptInPlace
-	convBusy                         // open through the mount, or changed meanwhile: try again later
-)
+// In-place encryption of a plaintext backing file, in two halves:
+// PrepareConversion writes and checks an encrypted copy beside the file
+// while holding the inode's claim (openfile.go), and Conversion.Commit
+// puts it in place once it is durable. The background converter below
+// uses both at once for atomic saves (a plaintext file renamed onto a
+// protected name while the key is set); package migrate prepares many
+// copies, makes them durable with one syncfs, and commits them.
 
 var (
-	// errBusy: the file is open through the mount (or being converted).
-	errBusy = errors.New("fs: file is in use")
-	// errChanged: the file changed while it was being copied.
-	errChanged = errors.New("fs: file changed during conversion")
+	// ErrBusy: the file is open through the mount (or being converted);
+	// try again later.
+	ErrBusy = errors.New("fs: file is in use")
+	// ErrChanged: the file changed while it was being copied; try again
+	// later.
+	ErrChanged = errors.New("fs: file changed during conversion")
 )
+
+// SkipReason says why a file is not to be converted.
+type SkipReason uint8
+
+// Reasons to skip a file.
+const (
+	NotSkipped     SkipReason = iota
+	SkipGone                  // removed or renamed before its turn
+	SkipNotRegular            // a directory, symlink, FIFO, socket or device
+	SkipHardLinks             // nlink > 1: the other names would keep the plaintext
+	SkipEmpty                 // nothing to encrypt yet; encrypted on its first write
+	SkipEncrypted             // already carries the crypto magic
+	SkipOther                 // a conversion's temp file, or under auth/
+)
+
+// Outcome is how preparing or committing a conversion ended: done (the
+// zero Outcome), skipped (Skip says why), or not done (Err; Retry says
+// whether to try again later). Never both Skip and Err.
+type Outcome struct {
+	Skip SkipReason
+	Err  error
+}
+
+// Done reports whether the step succeeded.
+func (o Outcome) Done() bool { return o.Skip == NotSkipped && o.Err == nil }
+
+// Retry reports whether the file was busy or changed: it may convert
+// later.
+func (o Outcome) Retry() bool { return errors.Is(o.Err, ErrBusy) || errors.Is(o.Err, ErrChanged) }
+
+func skipped(r SkipReason) Outcome { return Outcome{Skip: r} }
+func failed(err error) Outcome     { return Outcome{Err: err} }
 
 // convertChunk is the copy unit: one maximal FUSE request.
 const convertChunk = 1 << 20
 
 var chunkPool = sync.Pool{New: func() any { b := make([]byte, 2*convertChunk); return &b }}
+
+// PrepareOptions tune PrepareConversion.
+type PrepareOptions struct {
+	// Progress, if set, is called with the bytes copied or verified since
+	// its last call (each byte of the file counts twice: copy, verify).
+	Progress func(n int64)
+}
+
+// CommitOptions tune Conversion.Commit.
+type CommitOptions struct {
+	// Quiet logs a converted file at Debug instead of Info.
+	Quiet bool
+	// NoDirSync skips the fsync of the directory after the exchange; the
+	// caller fsyncs it later (SyncDir, once for many files). Each file is
+	// whole after a crash either way; only the exchange may not last.
+	NoDirSync bool
+	// KeepOld, if set, is given the name of the old plaintext (a temp
+	// file name, relative to the backing root) to remove later
+	// (RemoveTemp), instead of removing it before the directory fsync.
+	KeepOld func(rel string)
+}
 
 // encryptInPlace replaces the plaintext regular file at rel (relative to
 // the backing root) with an encrypted copy, atomically: the copy is
@@ -51,55 +101,27 @@ var chunkPool = sync.Pool{New: func() any { b := make([]byte, 2*convertChunk); r
 // original's owner, mode, xattrs and times, fsynced, and exchanged with
 // the original (renameat2 RENAME_EXCHANGE, so a file that replaced the
 // original meanwhile is never clobbered); then the directory is fsynced
-// and the kernel told to look the name up again.
-//
-// It skips (convSkipped, nil) what is not a candidate: missing, not a
-// regular file, a hard link (nlink > 1: the other names would keep the
-// plaintext), empty, already carrying the magic, a temp file, or under
-// auth/. It returns convBusy with errBusy while the file is open through
-// the mount (no open can start during the conversion), and with
-// errChanged if the file was modified during the copy. It needs the key
-// (crypto.ErrLocked otherwise) and must not be called from a FUSE handler.
-func (r *Root) encryptInPlace(ctx context.Context, rel string) (convertResult, error) {
-	return r.convertInPlace(ctx, rel, convertOpts{})
-}
-
-// convertOpts tune encryptInPlace for the migration task (migrate.go).
-type convertOpts struct {
-	// progress, if set, is called with the bytes copied or verified since
-	// its last call (each byte of the file counts twice: copy, verify).
-	progress func(n int64)
-	// quiet logs a converted file at Debug instead of Info.
-	quiet bool
-	// noDirSync skips the fsync of the directory after the rename; the
-	// caller fsyncs it later (once for many files). Each file is whole
-	// after a crash either way; only the rename may not have lasted.
-	noDirSync bool
-	// keepOld, if set, is given the name of the old plaintext (relative
-	// to the backing root; a temp file name) to remove later, instead of
-	// removing it before the directory fsync (see remover in migrate.go).
-	keepOld func(rel string)
-}
-
-// convertInPlace is encryptInPlace with options.
-func (r *Root) convertInPlace(ctx context.Context, rel string, o convertOpts) (convertResult, error) {
-	p, res, err := r.prepareConvert(ctx, rel, o)
-	if p == nil {
-		return res, err
+// and the kernel told to look the name up again. Outcomes as
+// PrepareConversion and Commit. It needs the key (crypto.ErrLocked
+// otherwise) and must not be called from a FUSE handler.
+func (r *Root) encryptInPlace(ctx context.Context, rel string) Outcome {
+	c, o := r.PrepareConversion(ctx, rel, PrepareOptions{})
+	if c == nil {
+		return o
 	}
-	if err := p.tmp.Sync(); err != nil {
-		p.abort()
-		return convSkipped, err
+	if err := c.Sync(); err != nil {
+		return failed(err)
 	}
-	return p.commit(o)
+	return c.Commit(CommitOptions{})
 }
 
-// pendingConv is a file whose encrypted copy is written, checked and
-// given the original's attributes, but not yet fsynced nor exchanged: the
-// state between prepareConvert and commit or abort. It holds the inode's
+// Conversion is a file whose encrypted copy is written, checked and given
+// the original's attributes, but not yet durable nor in place: the state
+// between PrepareConversion and Commit or Abort. It holds the inode's
 // claim, so opens through the mount wait until it is committed or
-// aborted. The migration task commits many at once after one syncfs.
-type pendingConv struct {
+// aborted: commit or abort it soon, and never wait for a request of the
+// mount meanwhile.
+type Conversion struct {
 	r       *Root
 	rel     string
 	dirfd   int
@@ -107,124 +129,155 @@ type pendingConv struct {
 	tmpName string
 	tmp     *os.File
 	sx      unix.Statx_t
-	release func() // drops the claim
+	drop    func() // drops the claim
 	swapped bool   // the copy is in place
 }
 
-// prepareConvert does the first half of encryptInPlace: checks, claim,
-// copy, verification, attributes. It returns a pendingConv to commit or
-// abort, or nil with what encryptInPlace would return.
-func (r *Root) prepareConvert(ctx context.Context, rel string, o convertOpts) (*pendingConv, convertResult, error) {
+// PrepareConversion does the first half of encryptInPlace: checks, claim,
+// copy, verification, attributes. It returns the Conversion to make
+// durable and commit or abort, with a zero Outcome; or nil and why not:
+// skipped, when rel is not a candidate (missing, not a regular file, a
+// hard link, empty, already encrypted, a temp file, under auth/); ErrBusy
+// while the file is open through the mount; ErrChanged if it changed
+// during the copy; crypto.ErrLocked without the key; the context's error;
+// or what failed.
+func (r *Root) PrepareConversion(ctx context.Context, rel string, o PrepareOptions) (*Conversion, Outcome) {
 	rel = filepath.Clean(rel)
 	if rel == "." || filepath.IsAbs(rel) || rel == ".." || strings.HasPrefix(rel, "../") {
-		return nil, convSkipped, fmt.Errorf("fs: encryptInPlace: bad path %q", rel)
+		return nil, failed(fmt.Errorf("fs: convert: bad path %q", rel))
 	}
 	if first, _, _ := strings.Cut(rel, "/"); first == reservedDir {
-		return nil, convSkipped, nil
+		return nil, skipped(SkipOther)
 	}
 	dirRel, base := filepath.Split(rel)
 	if dirRel == "" {
 		dirRel = "."
 	}
 	if strings.HasPrefix(base, tempPrefix) {
-		return nil, convSkipped, nil
+		return nil, skipped(SkipOther)
 	}
 	if !r.kr.IsSet() {
-		return nil, convBusy, crypto.ErrLocked
+		return nil, failed(crypto.ErrLocked)
 	}
 
 	dirfd, err := r.openDirRel(filepath.Clean(dirRel))
 	if err != nil {
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
-			return nil, convSkipped, nil
+			return nil, skipped(SkipGone)
 		}
-		return nil, convSkipped, err
+		return nil, failed(err)
 	}
-	p := &pendingConv{r: r, rel: rel, dirfd: dirfd, base: base}
+	c := &Conversion{r: r, rel: rel, dirfd: dirfd, base: base}
 	ok := false
 	defer func() {
 		if !ok {
-			p.abort()
+			c.Abort()
 		}
 	}()
 
 	// Only a regular file is opened (a FIFO or device swapped in under
 	// the name is not).
-	sx := &p.sx
+	sx := &c.sx
 	src, err := openRegularAt(dirfd, base, unix.O_RDONLY|unix.O_NONBLOCK, sx)
-	if err != nil {
-		if err == unix.ENOENT || err == unix.ELOOP || err == unix.EISDIR || err == unix.ENXIO {
-			return nil, convSkipped, nil
-		}
-		return nil, convSkipped, err
+	switch {
+	case err == unix.ENOENT:
+		return nil, skipped(SkipGone)
+	case err == unix.ELOOP || err == unix.EISDIR || err == unix.ENXIO:
+		return nil, skipped(SkipNotRegular)
+	case err != nil:
+		return nil, failed(err)
 	}
 	defer unix.Close(src)
-	if sx.Nlink != 1 || sx.Size == 0 {
-		return nil, convSkipped, nil
+	switch {
+	case sx.Nlink == 0:
+		return nil, skipped(SkipGone)
+	case sx.Nlink > 1:
+		return nil, skipped(SkipHardLinks)
+	case sx.Size == 0:
+		return nil, skipped(SkipEmpty)
 	}
-	var magic [crypto.MagicSize]byte
-	if m, err := preadFull(src, magic[:], 0); err != nil {
-		return nil, convSkipped, err
-	} else if crypto.HasMagic(magic[:m]) {
-		return nil, convSkipped, nil
+	if enc, err := readMagic(src); err != nil {
+		return nil, failed(err)
+	} else if enc {
+		return nil, skipped(SkipEncrypted)
 	}
 
 	// Claim the inode: fail if it has handles, make opens wait.
 	drop, claimed := r.claim(keyOf(sx))
 	if !claimed {
-		return nil, convBusy, errBusy
+		return nil, failed(ErrBusy)
 	}
-	p.release = drop
+	c.drop = drop
 
-	if res, err := p.writeCopy(ctx, src, o); err != nil {
-		return nil, res, err
+	if err := c.writeCopy(ctx, src, o); err != nil {
+		return nil, failed(err)
 	}
 	ok = true
-	return p, convDone, nil
+	return c, Outcome{}
+}
+
+// Rel returns the path of the file, relative to the backing root.
+func (c *Conversion) Rel() string { return c.rel }
+
+// SyncFS makes every write of the filesystem that holds the copy
+// durable (syncfs): one call for many prepared conversions. It reports
+// write-back errors of the whole filesystem; Sync then tells which copy
+// is at fault.
+func (c *Conversion) SyncFS() error { return unix.Syncfs(c.dirfd) }
+
+// Sync makes the copy durable (fsync). On failure it aborts the
+// conversion: the original stays as it was.
+func (c *Conversion) Sync() error {
+	if err := c.tmp.Sync(); err != nil {
+		c.Abort()
+		return err
+	}
+	return nil
 }
 
 // writeCopy writes and checks the encrypted copy of src into a new temp
-// file and gives it the original's attributes.
-func (p *pendingConv) writeCopy(ctx context.Context, src int, o convertOpts) (convertResult, error) {
+// file and gives it the original's attributes. Busy-like failures wrap
+// ErrChanged.
+func (c *Conversion) writeCopy(ctx context.Context, src int, o PrepareOptions) error {
 	var rnd [8]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
-		return convSkipped, err
+		return err
 	}
 	tmpName := tempPrefix + hex.EncodeToString(rnd[:])
-	tfd, err := createAt(p.dirfd, tmpName, unix.O_RDWR, 0o600)
+	tfd, err := createAt(c.dirfd, tmpName, unix.O_RDWR, 0o600)
 	if err != nil {
-		return convSkipped, err
+		return err
 	}
-	p.tmpName, p.tmp = tmpName, os.NewFile(uintptr(tfd), tmpName)
+	c.tmpName, c.tmp = tmpName, os.NewFile(uintptr(tfd), tmpName)
 
-	cf, err := crypto.CreateFile(p.r.kr, p.tmp)
+	cf, err := crypto.CreateFile(c.r.kr, c.tmp)
 	if err != nil {
-		return convBusy, err
+		return err
 	}
 	bp := chunkPool.Get().(*[]byte)
 	defer chunkPool.Put(bp)
 	buf, vbuf := (*bp)[:convertChunk], (*bp)[convertChunk:]
-	sx := &p.sx
+	sx := &c.sx
 	size := int64(sx.Size)
 
 	// Copy.
 	for off := int64(0); off < size; {
 		if err := ctx.Err(); err != nil {
-			return convBusy, err
+			return err
 		}
 		m, err := preadFull(src, buf[:min(int64(len(buf)), size-off)], off)
 		if err != nil {
-			return convSkipped, err
+			return err
 		}
 		if m == 0 {
-			return convBusy, errChanged
+			return ErrChanged
 		}
 		if _, err := cf.WriteAt(buf[:m], off); err != nil {
-			return convBusy, err
+			return err
 		}
 		off += int64(m)
-		if o.progress != nil {
-			o.progress(int64(m))
+		if o.Progress != nil {
+			o.Progress(int64(m))
 		}
 	}
 	// Check the copy decrypts to the original.
@@ -232,78 +285,77 @@ func (p *pendingConv) writeCopy(ctx context.Context, src int, o convertOpts) (co
 		want := min(int64(len(buf)), size-off)
 		m, err := preadFull(src, buf[:want], off)
 		if err != nil {
-			return convSkipped, err
+			return err
 		}
 		k, err := cf.ReadAt(vbuf[:want], off)
 		if err != nil && !(errors.Is(err, io.EOF) && int64(k) == want) {
-			return convBusy, err
+			return err
 		}
 		if int64(m) != want || !bytes.Equal(buf[:m], vbuf[:k]) {
-			return convBusy, errChanged
+			return ErrChanged
 		}
 		off += want
-		if o.progress != nil {
-			o.progress(want)
+		if o.Progress != nil {
+			o.Progress(want)
 		}
 	}
 
 	// Owner, mode, xattrs, times.
 	if err := unix.Fchown(tfd, int(sx.Uid), int(sx.Gid)); err != nil && os.Getuid() == 0 {
-		return convSkipped, err
+		return err
 	}
 	if err := unix.Fchmod(tfd, uint32(sx.Mode)&0o7777); err != nil {
-		return convSkipped, err
+		return err
 	}
 	copyXattrs(src, tfd)
 	ts := [2]unix.Timespec{
 		{Sec: sx.Atime.Sec, Nsec: int64(sx.Atime.Nsec)},
 		{Sec: sx.Mtime.Sec, Nsec: int64(sx.Mtime.Nsec)},
 	}
-	if err := futimens(tfd, &ts); err != nil {
-		return convSkipped, err
-	}
-	return convDone, nil
+	return futimens(tfd, &ts)
 }
 
-// abort removes the temp file and drops the claim, leaving the original
-// as it was.
-func (p *pendingConv) abort() {
-	if p.tmp != nil {
-		p.tmp.Close()
-		_ = unlinkAt(p.dirfd, p.tmpName, 0)
-		p.tmp = nil
+// Abort removes the temp file and drops the claim, leaving the original
+// as it was. It may be called more than once.
+func (c *Conversion) Abort() {
+	if c.tmp != nil {
+		c.tmp.Close()
+		_ = unlinkAt(c.dirfd, c.tmpName, 0)
+		c.tmp = nil
 	}
-	p.done()
+	c.done()
 }
 
 // done drops the claim and closes the directory.
-func (p *pendingConv) done() {
-	if p.release != nil {
-		p.release()
-		p.release = nil
+func (c *Conversion) done() {
+	if c.drop != nil {
+		c.drop()
+		c.drop = nil
 	}
-	if p.dirfd >= 0 {
-		unix.Close(p.dirfd)
-		p.dirfd = -1
+	if c.dirfd >= 0 {
+		unix.Close(c.dirfd)
+		c.dirfd = -1
 	}
 }
 
-// commit puts the copy in place once it is durable (the caller fsynced or
-// syncfs'ed it): it checks the original did not change since
-// prepareConvert, exchanges the two, removes the old plaintext, fsyncs
-// the directory (unless o.noDirSync) and tells the kernel. It always
-// releases p.
-func (p *pendingConv) commit(o convertOpts) (convertResult, error) {
-	res, err := p.exchange(o)
-	r := p.r
-	swapped := p.swapped
+// Commit puts the copy in place once it is durable (Sync or SyncFS): it
+// checks the original did not change since PrepareConversion, exchanges
+// the two, removes the old plaintext (or hands it to o.KeepOld), fsyncs
+// the directory (unless o.NoDirSync), drops the claim, and then tells the
+// kernel the name was replaced. The Conversion is finished either way.
+// The outcome is done, skipped (SkipGone: the file went away), ErrChanged
+// (changed in the backing directory meanwhile), or what failed.
+func (c *Conversion) Commit(o CommitOptions) Outcome {
+	out := c.exchange(o)
+	r := c.r
+	swapped := c.swapped
 	if swapped {
 		r.replaced()
 	}
-	if err != nil || res != convDone {
-		p.abort()
+	if out.Done() {
+		c.done()
 	} else {
-		p.done()
+		c.Abort()
 	}
 	// Only now, with the claim dropped (doc.go: no kernel notification
 	// under a claim): the kernel takes the directory's lock to drop the
@@ -311,71 +363,67 @@ func (p *pendingConv) commit(o convertOpts) (convertResult, error) {
 	// in acquire for the claim (its new file can get the inode number of
 	// the plaintext just removed).
 	if swapped {
-		r.notifyReplaced(p.rel)
+		r.notifyReplaced(c.rel)
 	}
-	if err != nil || res != convDone {
-		return res, err
+	if !out.Done() {
+		return out
 	}
-	if o.quiet {
-		r.log.WithField(fieldPath, p.rel).Debug("encrypted file in place")
+	if o.Quiet {
+		r.log.WithField(fieldPath, c.rel).Debug("encrypted file in place")
 	} else {
-		r.log.WithField(fieldPath, p.rel).Info("encrypted file in place")
+		r.log.WithField(fieldPath, c.rel).Info("encrypted file in place")
 	}
-	return convDone, nil
+	return out
 }
 
-// exchange is the renaming part of commit. On success the temp file is
-// gone and p.tmp is nil.
-
-func (p *pendingConv) exchange(o convertOpts) (convertResult, error) {
-	dirfd, base, tmpName, sx := p.dirfd, p.base, p.tmpName, &p.sx
+// exchange is the renaming part of Commit. On success the temp file is
+// gone and c.tmp is nil.
+func (c *Conversion) exchange(o CommitOptions) Outcome {
+	dirfd, base, tmpName, sx := c.dirfd, c.base, c.tmpName, &c.sx
 	// Unchanged since we started? The claim kept the mount out; this
 	// catches changes made in the backing directory itself.
 	var now unix.Statx_t
 	if err := statAt(dirfd, base, &now); err != nil {
 		if err == unix.ENOENT {
-			return convSkipped, nil
+			return skipped(SkipGone)
 		}
-		return convSkipped, err
+		return failed(err)
 	}
 	if now.Ino != sx.Ino || now.Dev_major != sx.Dev_major || now.Dev_minor != sx.Dev_minor ||
 		now.Size != sx.Size || now.Mtime != sx.Mtime || now.Ctime != sx.Ctime || now.Nlink != 1 {
-		return convBusy, errChanged
+		return failed(ErrChanged)
 	}
 
 	// Swap, and make sure what we swapped out is what we copied.
 	if err := renameAt(dirfd, tmpName, dirfd, base, unix.RENAME_EXCHANGE); err != nil {
-		return convSkipped, err
+		return failed(err)
 	}
 	var old unix.Statx_t
 	if err := statAt(dirfd, tmpName, &old); err != nil || old.Ino != sx.Ino {
 		// Someone put another file at base meanwhile: give it back.
 		if xerr := renameAt(dirfd, tmpName, dirfd, base, unix.RENAME_EXCHANGE); xerr != nil {
-			p.tmp.Close()
-			p.tmp = nil // tmp now holds someone's file; never delete it
-			return convSkipped, fmt.Errorf("fs: encryptInPlace: cannot undo exchange of %s: %w", base, xerr)
+			c.tmp.Close()
+			c.tmp = nil // tmp now holds someone's file; never delete it
+			return failed(fmt.Errorf("fs: convert: cannot undo exchange of %s: %w", base, xerr))
 		}
-		return convBusy, errChanged
+		return failed(ErrChanged)
 	}
 	// tmpName now names the old plaintext: remove it before the directory
-	// is synced, so the removal lasts with the exchange (with keepOld, the
+	// is synced, so the removal lasts with the exchange (with KeepOld, the
 	// caller removes it later; a crash in between leaves a temp file for
 	// RemoveStaleTemps).
-	p.swapped = true
-	p.tmp.Close()
-	p.tmp = nil
-	if o.keepOld != nil {
-		o.keepOld(filepath.Join(filepath.Dir(p.rel), tmpName))
+	c.swapped = true
+	c.tmp.Close()
+	c.tmp = nil
+	if o.KeepOld != nil {
+		o.KeepOld(filepath.Join(filepath.Dir(c.rel), tmpName))
 	} else if err := unlinkAt(dirfd, tmpName, 0); err != nil {
-		p.r.log.WithField(fieldPath, tmpName).WithError(err).Warn("cannot remove the plaintext left by a conversion")
+		c.r.log.WithField(fieldPath, tmpName).WithError(err).Warn("cannot remove the plaintext left by a conversion")
 	}
-	if o.noDirSync {
-		return convDone, nil
+	if o.NoDirSync {
+		return Outcome{}
 	}
-	if err := unix.Fsync(dirfd); err != nil {
-		return convSkipped, err
-	}
-	return convDone, nil
+	return failed(unix.Fsync(dirfd))
 }
 
 // copyXattrs copies the extended attributes of src to dst, best effort.
@@ -436,6 +484,9 @@ type converter struct {
 	mu      sync.Mutex
 	pending map[string]*convItem
 	active  int
+
+	// attempted, if set (tests; guarded by mu), runs after each attempt.
+	attempted func(rel string, out Outcome)
 
 	kick   chan struct{}
 	ctx    context.Context
@@ -522,6 +573,7 @@ func (c *converter) pass() time.Duration {
 		}
 	}
 	c.active = len(due)
+	attempted := c.attempted
 	c.mu.Unlock()
 	sort.Strings(due)
 
@@ -529,14 +581,18 @@ func (c *converter) pass() time.Duration {
 		if c.ctx.Err() != nil {
 			break
 		}
-		_, err := c.r.encryptInPlace(c.ctx, rel)
+		out := c.r.encryptInPlace(c.ctx, rel)
+		err := out.Err
+		if attempted != nil {
+			attempted(rel, out)
+		}
 		c.mu.Lock()
 		it := c.pending[rel]
 		switch {
 		case it == nil:
 		case err == nil:
 			delete(c.pending, rel)
-		case errors.Is(err, errBusy), errors.Is(err, errChanged), errors.Is(err, crypto.ErrLocked):
+		case out.Retry(), errors.Is(err, crypto.ErrLocked):
 			if time.Since(it.first) > c.maxAge {
 				delete(c.pending, rel)
 				c.r.log.WithField(fieldPath, rel).WithError(err).Warn("gave up encrypting atomic save; it stays plaintext")
@@ -558,11 +614,4 @@ func (c *converter) pass() time.Duration {
 		wait = min(wait, time.Until(it.next))
 	}
 	return max(wait, time.Millisecond)
-}
-
-// idle reports whether nothing is queued or in progress.
-func (c *converter) idle() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.pending) == 0 && c.active == 0
 }

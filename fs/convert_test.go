@@ -16,6 +16,65 @@ import (
 	"github.com/mountd/mountd/crypto"
 )
 
+// idle reports whether the converter has nothing queued or in progress.
+func (c *converter) idle() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.pending) == 0 && c.active == 0
+}
+
+// attempts records the converter's attempts (rel and outcome), in order,
+// and lets a test wait for one.
+type attempts struct {
+	mu   sync.Mutex
+	cond sync.Cond
+	seen []attempt
+}
+
+type attempt struct {
+	rel string
+	out Outcome
+}
+
+func (e *testEnv) recordAttempts() *attempts {
+	a := &attempts{}
+	a.cond.L = &a.mu
+	e.root.conv.mu.Lock()
+	e.root.conv.attempted = func(rel string, out Outcome) {
+		a.mu.Lock()
+		a.seen = append(a.seen, attempt{rel, out})
+		a.cond.Broadcast()
+		a.mu.Unlock()
+	}
+	e.root.conv.mu.Unlock()
+	return a
+}
+
+// waitFor waits until an attempt on rel matches ok and returns it; the
+// test's watchdog bounds the wait.
+func (a *attempts) waitFor(rel string, ok func(Outcome) bool) Outcome {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for {
+		for _, at := range a.seen {
+			if at.rel == rel && ok(at.out) {
+				return at.out
+			}
+		}
+		a.cond.Wait()
+	}
+}
+
+func (a *attempts) rels() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []string
+	for _, at := range a.seen {
+		out = append(out, at.rel)
+	}
+	return out
+}
+
 func (e *testEnv) noTempFiles(dir string) {
 	e.t.Helper()
 	ents, err := os.ReadDir(e.b(dir))
@@ -83,10 +142,11 @@ func TestAtomicSaveBusy(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.Write(first)
+	att := e.recordAttempts()
 	if err := os.Rename(e.m("held.tmp"), e.m("held.bin")); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	att.waitFor("held.bin", func(o Outcome) bool { return errors.Is(o.Err, ErrBusy) })
 	if e.isEncrypted("held.bin") {
 		t.Fatal("converted while open")
 	}
@@ -102,6 +162,7 @@ func TestAtomicSaveBusy(t *testing.T) {
 // and non-protected names stay plaintext.
 func TestAtomicSaveNotConverted(t *testing.T) {
 	e := newEnv(t, envOpts{})
+	att := e.recordAttempts()
 	mustWrite(t, e.m("hl.tmp"), marker)
 	if err := os.Link(e.m("hl.tmp"), e.m("hl.other")); err != nil {
 		t.Fatal(err)
@@ -119,8 +180,16 @@ func TestAtomicSaveNotConverted(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.login()
-	time.Sleep(300 * time.Millisecond)
+	// hl.bin was queued (retried while logged out, then skipped for its
+	// second name); the others never were: Rename queues nothing while
+	// logged out, nor for a name that is not protected.
+	att.waitFor("hl.bin", func(o Outcome) bool { return o.Skip == SkipHardLinks })
 	waitFor(t, 5*time.Second, "the converter to go idle", e.root.conv.idle)
+	for _, rel := range att.rels() {
+		if rel != "hl.bin" {
+			t.Errorf("converter tried %s, want only hl.bin", rel)
+		}
+	}
 	for _, n := range []string{"hl.bin", "x.txt", "lo.bin"} {
 		if e.isEncrypted(n) {
 			t.Errorf("%s was encrypted", n)
@@ -196,14 +265,14 @@ func TestEncryptInPlace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res, err := e.root.encryptInPlace(ctx, "d/a.bin"); res != convBusy || !errors.Is(err, errBusy) {
-		t.Errorf("open file: %v %v, want busy", res, err)
+	if out := e.root.encryptInPlace(ctx, "d/a.bin"); !errors.Is(out.Err, ErrBusy) || !out.Retry() {
+		t.Errorf("open file: %+v, want busy", out)
 	}
 	f.Close()
 	e.waitIdle()
 
-	if res, err := e.root.encryptInPlace(ctx, "d/a.bin"); res != convDone || err != nil {
-		t.Fatalf("convert: %v %v", res, err)
+	if out := e.root.encryptInPlace(ctx, "d/a.bin"); !out.Done() {
+		t.Fatalf("convert: %+v", out)
 	}
 	if !e.isEncrypted("d/a.bin") || bytes.Contains(e.backingBytes("d/a.bin"), marker) {
 		t.Fatal("not encrypted")
@@ -211,26 +280,34 @@ func TestEncryptInPlace(t *testing.T) {
 	if got := mustRead(t, e.m("d/a.bin")); !bytes.Equal(got, data) {
 		t.Fatal("content differs")
 	}
-	// Already encrypted, empty, missing, auth/: skipped.
-	for _, rel := range []string{"d/a.bin", "empty.bin", "nope.bin", "auth/verifier.bin"} {
-		if res, err := e.root.encryptInPlace(ctx, rel); res != convSkipped || err != nil {
-			t.Errorf("%s: %v %v, want skipped", rel, res, err)
+	// Already encrypted, empty, missing, auth/, a directory, a hard
+	// link: skipped, with the reason.
+	mustWrite(t, e.b("two.bin"), data)
+	if err := os.Link(e.b("two.bin"), e.b("two-again.bin")); err != nil {
+		t.Fatal(err)
+	}
+	for rel, want := range map[string]SkipReason{
+		"d/a.bin": SkipEncrypted, "empty.bin": SkipEmpty, "nope.bin": SkipGone, "nodir/x.bin": SkipGone,
+		"auth/verifier.bin": SkipOther, "d": SkipNotRegular, "two.bin": SkipHardLinks,
+	} {
+		if out := e.root.encryptInPlace(ctx, rel); out.Skip != want || out.Err != nil {
+			t.Errorf("%s: %+v, want skipped (%d)", rel, out, want)
 		}
 	}
 	// Cancelled: nothing changes, no temp file.
 	mustWrite(t, e.b("d/c.bin"), data)
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
-	if _, err := e.root.encryptInPlace(cctx, "d/c.bin"); !errors.Is(err, context.Canceled) {
-		t.Errorf("cancelled: %v", err)
+	if out := e.root.encryptInPlace(cctx, "d/c.bin"); !errors.Is(out.Err, context.Canceled) {
+		t.Errorf("cancelled: %+v", out)
 	}
 	if e.isEncrypted("d/c.bin") {
 		t.Error("cancelled conversion changed the file")
 	}
 	// Logged out: ErrLocked.
 	e.logout()
-	if _, err := e.root.encryptInPlace(ctx, "d/c.bin"); !errors.Is(err, crypto.ErrLocked) {
-		t.Errorf("logged out: %v", err)
+	if out := e.root.encryptInPlace(ctx, "d/c.bin"); !errors.Is(out.Err, crypto.ErrLocked) {
+		t.Errorf("logged out: %+v", out)
 	}
 	e.noTempFiles("d")
 }

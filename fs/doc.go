@@ -18,6 +18,10 @@
 //     the mount.
 //   - A plaintext file renamed onto a protected name while the key is set is
 //     encrypted in place shortly after, in the background (convert.go).
+//   - For package migrate (the encrypt_existing_files task), a narrow API
+//     over the same code: WalkProtected, PrepareConversion and
+//     Conversion.Commit, SyncDir, RemoveTemp. fs itself stays the FUSE
+//     frontend and knows nothing of tasks.
 //
 // What it must never do:
 //   - Hand the kernel a passthrough handle (a backing fd) for a protected or

@@ -159,7 +159,7 @@ func newEnv(t testing.TB, o envOpts) *testEnv {
 			Activity:     o.activity,
 			AttrTimeout:  o.cacheTimeout,
 			EntryTimeout: o.cacheTimeout,
-		}, nil)
+		})
 		if err != nil {
 			mountFailed(t, err)
 		}

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"log"
 	"os"
-	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -23,14 +22,14 @@ type Server struct {
 	mountpoint string
 }
 
-// Mount creates a Root from opts and mounts it at mountpoint. mountOpts
-// may be nil; whatever it holds, Mount asks for 1 MiB requests (unless it
-// sets MaxWrite), mounts with mount(2) when it can (falling back to
-// fusermount), names the filesystem "mountd", lets the kernel check
-// permissions (default_permissions), forwards file locks, and allows mmap
-// of direct-I/O files
-// (CAP_DIRECT_IO_ALLOW_MMAP), which encrypted files are.
-func Mount(mountpoint string, opts Options, mountOpts *fuse.MountOptions) (*Server, error) {
+// Mount creates a Root from opts and mounts it at mountpoint. It asks
+// for 1 MiB requests, mounts with mount(2) when it can (falling back to
+// fusermount), names the filesystem type "fuse.mountd" with opts.FsName
+// as its source, lets the kernel check permissions (default_permissions),
+// forwards file locks, allows mmap of direct-I/O files
+// (CAP_DIRECT_IO_ALLOW_MMAP), which encrypted files are, and lets other
+// users in only with opts.AllowOther.
+func Mount(mountpoint string, opts Options) (*Server, error) {
 	root, err := NewRoot(opts)
 	if err != nil {
 		return nil, err
@@ -39,7 +38,7 @@ func Mount(mountpoint string, opts Options, mountOpts *fuse.MountOptions) (*Serv
 		root.Close()
 		return nil, fmt.Errorf("fs: %w", err)
 	}
-	srv, err := gofs.Mount(mountpoint, root, root.nodeOptions(mountOpts))
+	srv, err := gofs.Mount(mountpoint, root, root.nodeOptions(opts))
 	if err != nil {
 		root.Close()
 		return nil, fmt.Errorf("fs: mount %s: %w", mountpoint, err)
@@ -51,35 +50,22 @@ func Mount(mountpoint string, opts Options, mountOpts *fuse.MountOptions) (*Serv
 	return &Server{Server: srv, Root: root, mountpoint: mountpoint}, nil
 }
 
-// nodeOptions returns the go-fuse options for serving r.
-func (r *Root) nodeOptions(mountOpts *fuse.MountOptions) *gofs.Options {
-	var mo fuse.MountOptions
-	if mountOpts != nil {
-		mo = *mountOpts
-	}
-	if mo.MaxWrite == 0 {
-		mo.MaxWrite = fuse.MAX_KERNEL_WRITE
-	}
-	if mo.MaxReadAhead == 0 {
-		mo.MaxReadAhead = mo.MaxWrite
+// nodeOptions returns the go-fuse options for serving r as opts say.
+func (r *Root) nodeOptions(opts Options) *gofs.Options {
+	mo := fuse.MountOptions{
+		AllowOther:        opts.AllowOther,
+		MaxWrite:          fuse.MAX_KERNEL_WRITE,
+		MaxReadAhead:      fuse.MAX_KERNEL_WRITE,
+		FsName:            opts.FsName,
+		Name:              "mountd",
+		DirectMount:       true,
+		ExtraCapabilities: fuse.CAP_DIRECT_IO_ALLOW_MMAP,
+		EnableLocks:       true,
+		Options:           []string{"default_permissions"},
+		Logger:            log.New(r.log.WithField(fieldComponent, "go-fuse").WriterLevel(logrus.DebugLevel), "", 0),
 	}
 	if mo.FsName == "" {
 		mo.FsName = "mountd"
-	}
-	if mo.Name == "" {
-		mo.Name = "mountd"
-	}
-	if !mo.DirectMountStrict {
-		mo.DirectMount = true
-	}
-	mo.ExtraCapabilities |= fuse.CAP_DIRECT_IO_ALLOW_MMAP
-	mo.EnableLocks = true
-	mo.Options = slices.Clone(mo.Options)
-	if !slices.Contains(mo.Options, "default_permissions") {
-		mo.Options = append(mo.Options, "default_permissions")
-	}
-	if mo.Logger == nil {
-		mo.Logger = log.New(r.log.WithField(fieldComponent, "go-fuse").WriterLevel(logrus.DebugLevel), "", 0)
 	}
 	attr, entry := r.attrTimeout, r.entryTimeout
 	return &gofs.Options{

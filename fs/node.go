@@ -237,7 +237,7 @@ func (n *node) readHeader(b []byte, fd int, k statKey) (int, error) {
 		}
 		defer unix.Close(fd)
 		if keyOfStat(&x) != k {
-			return 0, errChanged
+			return 0, ErrChanged
 		}
 	}
 	if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil && fl&unix.O_NOATIME == 0 {

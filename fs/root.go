@@ -62,6 +62,14 @@ type Options struct {
 	ConvertRetry  time.Duration
 	ConvertMaxAge time.Duration
 
+	// AllowOther lets users other than the daemon's use the mount
+	// (FUSE allow_other); the kernel still checks permissions.
+	AllowOther bool
+
+	// FsName is the mount's source in /proc/self/mountinfo; empty means
+	// "mountd".
+	FsName string
+
 	// Activity, if set, is called on every read and write of encrypted
 	// content through the mount (the idle lock's notion of use). It must
 	// be cheap and must not block.

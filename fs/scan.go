@@ -3,15 +3,18 @@ package fs
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
 	"github.com/mountd/mountd/crypto"
 )
 
 // Scanning the backing directory directly (not through the mount), for
-// the control plane's status and the first-login check.
+// the control plane's status, the first-login check, the migration's
+// count (WalkProtected) and the stale-temp cleanup at start.
 
 // Scan counts the regular files under a protected name by their content:
 // encrypted ones carry the crypto magic, the others are plaintext. It
@@ -83,4 +86,102 @@ func readMagic(fd int) (bool, error) {
 		return false, err
 	}
 	return crypto.HasMagic(b[:m]), nil
+}
+
+// Candidate is a file with a protected name that WalkProtected found:
+// what converting it would meet, as of the walk.
+type Candidate struct {
+	Rel  string     // path from the backing root
+	Size int64      // backing size (0 when skipped)
+	Skip SkipReason // NotSkipped: to convert; else why not
+}
+
+// WalkProtected walks the backing tree (walkTree: name order, auth/ and
+// conversions' temp files left out, no symlink followed) and calls found
+// for every entry with a protected name that is not a directory, with
+// what a conversion would meet: not a regular file, hard links, empty,
+// already encrypted, or a candidate with its size. An entry that vanishes
+// meanwhile is not reported. A directory below the root that cannot be
+// read is passed to unreadable (nil goes on); the root's error ends the
+// walk.
+func (r *Root) WalkProtected(ctx context.Context, found func(Candidate) error, unreadable func(rel string, err error) error) error {
+	return walkTree(ctx, r.rootFd, func(e walkEntry) error {
+		if e.typ == unix.S_IFDIR || strings.HasPrefix(e.name, tempPrefix) || !r.protected(e.name) {
+			return nil
+		}
+		c := Candidate{Rel: e.rel}
+		if e.typ != unix.S_IFREG {
+			c.Skip = SkipNotRegular
+			return found(c)
+		}
+		var x unix.Statx_t
+		switch err := statAt(e.dir, e.name, &x); {
+		case err == unix.ENOENT:
+			return nil
+		case err != nil:
+			// A candidate: the conversion reports the error.
+		case !isReg(&x):
+			c.Skip = SkipNotRegular
+		case x.Nlink > 1:
+			c.Skip = SkipHardLinks
+		case x.Size == 0:
+			c.Skip = SkipEmpty
+		default:
+			c.Size = int64(x.Size)
+			if enc, err := hasMagicAt(e.dir, e.name); err == nil && enc {
+				c.Skip, c.Size = SkipEncrypted, 0
+			}
+		}
+		return found(c)
+	}, func(rel string, err error) error {
+		if rel == "" {
+			return err // the backing directory itself
+		}
+		if err == unix.ENOENT {
+			return nil // removed while we walked
+		}
+		return unreadable(rel, err)
+	})
+}
+
+// isStaleTemp reports whether name is one of the conversions' temp files:
+// the prefix and 16 lowercase hex digits.
+func isStaleTemp(name string) bool {
+	h, ok := strings.CutPrefix(name, tempPrefix)
+	if !ok || len(h) != 16 {
+		return false
+	}
+	for _, c := range h {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// RemoveStaleTemps deletes the temp files that in-place encryption leaves
+// behind when mountd is killed in the middle of a file: a regular file
+// named .mountd-tmp-<16 hex digits> anywhere under backing except auth/.
+// Such a file holds either the encrypted copy not yet renamed into place
+// (the original is still whole) or the old plaintext just replaced by its
+// encrypted copy; neither is needed. Call it before mounting, while no
+// conversion can run. It logs each file it removes and returns how many.
+func RemoveStaleTemps(backing string, log *logrus.Entry) (int, error) {
+	if log == nil {
+		l := logrus.New()
+		l.SetOutput(io.Discard)
+		log = logrus.NewEntry(l)
+	}
+	log = log.WithField(fieldComponent, "fs")
+	removed := 0
+	err := removeTempsBelow(context.Background(), backing, func(rel string) {
+		removed++
+		log.WithField(fieldPath, rel).Info("removed stale temp file of an interrupted encryption")
+	}, func(rel string, err error) {
+		log.WithField(fieldPath, rel).WithError(err).Warn("cannot look for or remove stale temp files here")
+	})
+	if removed > 0 {
+		log.WithField("files", removed).Info("removed stale temp files")
+	}
+	return removed, err
 }

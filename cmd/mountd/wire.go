@@ -3,20 +3,20 @@ package main
 import (
 	"fmt"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
 
 	"github.com/mountd/mountd/autolock"
 	"github.com/mountd/mountd/control"
 	"github.com/mountd/mountd/crypto"
 	"github.com/mountd/mountd/fs"
+	"github.com/mountd/mountd/migrate"
 	"github.com/mountd/mountd/task"
 )
 
 // daemon is the wired filesystem, control backend and lock policies.
 type daemon struct {
 	server    *fs.Server
-	migrator  *fs.Migrator
+	migrator  *migrate.Migrator
 	backend   control.Backend
 	policies  *autolock.Policies
 	unmounted <-chan struct{}
@@ -34,7 +34,7 @@ func startDaemon(c *serveConfig, kr *crypto.Keyring, log *logrus.Entry, info con
 	if err != nil {
 		return nil, err
 	}
-	var mig *fs.Migrator // set before the policies start
+	var mig *migrate.Migrator // set before the policies start
 	lo.Busy = func() bool { s, ok := mig.Last(); return ok && s.State == task.Running }
 	pol, err := autolock.New(lo)
 	if err != nil {
@@ -42,19 +42,20 @@ func startDaemon(c *serveConfig, kr *crypto.Keyring, log *logrus.Entry, info con
 	}
 	// The data directory is the mount's source (df's "Filesystem"
 	// column, mountinfo): a second daemon finds whose mount it is.
-	mo := &fuse.MountOptions{AllowOther: c.allowOther, FsName: c.data, Name: "mountd"}
 	srv, err := fs.Mount(c.mount, fs.Options{
-		Backing:  c.data,
-		Protect:  c.protect,
-		Keyring:  kr,
-		Log:      log,
-		Activity: pol.Activity,
-	}, mo)
+		Backing:    c.data,
+		Protect:    c.protect,
+		Keyring:    kr,
+		Log:        log,
+		Activity:   pol.Activity,
+		AllowOther: c.allowOther,
+		FsName:     c.data,
+	})
 	if err != nil {
 		pol.Close()
 		return nil, err
 	}
-	mig = fs.NewMigrator(srv.Root, fs.MigrationOptions{})
+	mig = migrate.New(srv.Root, kr, migrate.Options{Log: log})
 	svc, err := control.NewService(control.ServiceOptions{
 		Keyring:      kr,
 		VerifierPath: crypto.VerifierPath(c.data),

@@ -1,4 +1,4 @@
-package fs
+package migrate
 
 import (
 	"bytes"
@@ -15,18 +15,20 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
-	logtest "github.com/sirupsen/logrus/hooks/test"
 	"golang.org/x/sys/unix"
 
 	"github.com/mountd/mountd/crypto"
 	"github.com/mountd/mountd/task"
 )
 
-// newMigrator returns a Migrator on e's root, closed in t.Cleanup before
-// the mount goes away.
-func newMigrator(t *testing.T, e *testEnv, o MigrationOptions) *Migrator {
+// mountedMigrator returns a Migrator on e's root, closed in t.Cleanup
+// before the mount goes away.
+func mountedMigrator(t *testing.T, e *testEnv, o Options) *Migrator {
 	t.Helper()
-	m := NewMigrator(e.root, o)
+	if o.Log == nil {
+		o.Log = e.log
+	}
+	m := New(e.root, e.kr, o)
 	t.Cleanup(m.Close)
 	return m
 }
@@ -222,7 +224,7 @@ func TestMigrateTree(t *testing.T) {
 		t.Fatal("read before migration differs")
 	}
 
-	m := newMigrator(t, e, MigrationOptions{})
+	m := mountedMigrator(t, e, Options{})
 	var mono monotonic
 	var getter atomic.Pointer[string]
 	m.hooks.progress = func(_ context.Context, rel string, _ int64) {
@@ -393,7 +395,7 @@ func TestMigrateLogoutMidFile(t *testing.T) {
 	for rel, data := range files {
 		migWriteBacking(t, e, rel, data, 0o644)
 	}
-	m := newMigrator(t, e, MigrationOptions{Workers: 1})
+	m := mountedMigrator(t, e, Options{Workers: 1})
 	var once sync.Once
 	m.hooks.progress = func(_ context.Context, rel string, work int64) {
 		if rel == "m-big.bin" && work >= 2*convertChunk {
@@ -451,7 +453,7 @@ func TestMigrateLogoutBetweenFiles(t *testing.T) {
 	for i := range 4 {
 		migWriteBacking(t, e, fmt.Sprintf("f%d.bin", i), pattern(byte(i), 3000), 0o644)
 	}
-	m := newMigrator(t, e, MigrationOptions{Workers: 1})
+	m := mountedMigrator(t, e, Options{Workers: 1})
 	var once sync.Once
 	m.hooks.progress = func(_ context.Context, rel string, work int64) {
 		if rel == "f1.bin" && work >= 6000 { // verified: the file will be done
@@ -473,7 +475,7 @@ func TestMigrateCancel(t *testing.T) {
 	migWriteBacking(t, e, "a.bin", pattern(6, 1000), 0o644)
 	migWriteBacking(t, e, "big.bin", big, 0o644)
 	migWriteBacking(t, e, "c.bin", pattern(8, 1000), 0o644)
-	m := newMigrator(t, e, MigrationOptions{Workers: 1})
+	m := mountedMigrator(t, e, Options{Workers: 1})
 	reached := make(chan struct{})
 	var once sync.Once
 	m.hooks.progress = func(ctx context.Context, rel string, work int64) {
@@ -548,7 +550,7 @@ func TestMigrateBusyFd(t *testing.T) {
 	}
 	write("before")
 
-	m := newMigrator(t, e, MigrationOptions{RetryRounds: 2, RetryDelay: 5 * time.Millisecond})
+	m := mountedMigrator(t, e, Options{RetryRounds: 2, RetryDelay: 5 * time.Millisecond})
 	var rounds []int
 	m.hooks.busy = func(rel string, round int) {
 		if rel != "busy.bin" {
@@ -599,7 +601,7 @@ func TestMigrateBusyThenClosed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := newMigrator(t, e, MigrationOptions{RetryRounds: 3, RetryDelay: 5 * time.Millisecond})
+	m := mountedMigrator(t, e, Options{RetryRounds: 3, RetryDelay: 5 * time.Millisecond})
 	m.hooks.busy = func(rel string, round int) {
 		if round == 0 {
 			f.Write([]byte("tail"))
@@ -627,7 +629,7 @@ func TestMigrateConcurrentAppend(t *testing.T) {
 		migWriteBacking(t, e, fmt.Sprintf("d%d/f%d.bin", i%4, i), pattern(byte(i), 20000+i*977), 0o644)
 	}
 	migWriteBacking(t, e, "log.bin", []byte("start\n"), 0o644)
-	m := newMigrator(t, e, MigrationOptions{RetryRounds: 5, RetryDelay: 2 * time.Millisecond})
+	m := mountedMigrator(t, e, Options{RetryRounds: 5, RetryDelay: 2 * time.Millisecond})
 
 	want := []byte("start\n")
 	stop := make(chan struct{})
@@ -676,30 +678,12 @@ func TestMigrateConcurrentAppend(t *testing.T) {
 	migCheckNoTemps(t, e)
 }
 
-// TestMigrateStartLoggedOut: no key, no task.
-func TestMigrateStartLoggedOut(t *testing.T) {
-	e := newEnv(t, envOpts{loggedOut: true})
-	migWriteBacking(t, e, "a.bin", pattern(1, 10), 0o644)
-	m := newMigrator(t, e, MigrationOptions{})
-	if _, _, err := m.Start(context.Background()); !errors.Is(err, crypto.ErrLocked) {
-		t.Fatalf("start: %v", err)
-	}
-	if _, ok := m.Last(); ok {
-		t.Fatal("a task exists")
-	}
-	m.Close()
-	e.login()
-	if _, _, err := m.Start(context.Background()); !errors.Is(err, ErrMigratorClosed) {
-		t.Fatalf("start after close: %v", err)
-	}
-}
-
 // TestMigrateCloseStopsTask: Close cancels a running task and waits.
 func TestMigrateCloseStopsTask(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	big := pattern(3, 4*convertChunk)
 	migWriteBacking(t, e, "big.bin", big, 0o644)
-	m := newMigrator(t, e, MigrationOptions{})
+	m := mountedMigrator(t, e, Options{})
 	reached := make(chan struct{})
 	var once sync.Once
 	m.hooks.progress = func(ctx context.Context, rel string, work int64) {
@@ -719,60 +703,4 @@ func TestMigrateCloseStopsTask(t *testing.T) {
 		t.Fatal("big.bin changed")
 	}
 	migCheckNoTemps(t, e)
-}
-
-// TestRemoveStaleTemps removes exactly the temp files a crash leaves.
-func TestRemoveStaleTemps(t *testing.T) {
-	dir := t.TempDir()
-	write := func(rel string) {
-		p := filepath.Join(dir, rel)
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	stale := []string{".mountd-tmp-0123456789abcdef", "a/b/.mountd-tmp-fedcba9876543210"}
-	keep := []string{
-		"a/.mountd-tmp-notours", ".mountd-tmp-0123456789ABCDEF", ".mountd-tmp-0123456789abcdef0",
-		"auth/.mountd-tmp-0123456789abcdef", "a/file.bin",
-	}
-	for _, rel := range append(append([]string{}, stale...), keep...) {
-		write(rel)
-	}
-	if err := os.Symlink("file.bin", filepath.Join(dir, "a/.mountd-tmp-1111111111111111")); err != nil {
-		t.Fatal(err)
-	}
-	keep = append(keep, "a/.mountd-tmp-1111111111111111")
-	l, hook := logtestNew()
-	n, err := RemoveStaleTemps(dir, l)
-	if err != nil || n != len(stale) {
-		t.Fatalf("removed %d, %v", n, err)
-	}
-	for _, rel := range stale {
-		if _, err := os.Lstat(filepath.Join(dir, rel)); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("%s not removed", rel)
-		}
-	}
-	for _, rel := range keep {
-		if _, err := os.Lstat(filepath.Join(dir, rel)); err != nil {
-			t.Errorf("%s: %v", rel, err)
-		}
-	}
-	logged := 0
-	for _, en := range hook.AllEntries() {
-		if en.Level == logrus.InfoLevel && en.Data[fieldPath] != nil {
-			logged++
-		}
-	}
-	if logged != len(stale) {
-		t.Errorf("logged %d removals, want %d", logged, len(stale))
-	}
-	if n, err := RemoveStaleTemps(dir, nil); n != 0 || err != nil {
-		t.Fatalf("second run: %d %v", n, err)
-	}
-}
-
-func logtestNew() (*logrus.Entry, *logtest.Hook) {
-	l, h := logtest.NewNullLogger()
-	return logrus.NewEntry(l), h
 }

@@ -1,4 +1,4 @@
-package fs
+package migrate
 
 import (
 	"bytes"
@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mountd/mountd/fs"
 	"github.com/mountd/mountd/task"
 )
 
@@ -31,7 +32,7 @@ func TestMigrateBatches(t *testing.T) {
 		want[rel] = pattern(byte(i), 1+i*37%9000)
 		migWriteBacking(t, e, rel, want[rel], 0o640)
 	}
-	m := newMigrator(t, e, MigrationOptions{})
+	m := mountedMigrator(t, e, Options{})
 	var mu sync.Mutex
 	var sizes []int
 	seen := map[string]bool{}
@@ -47,7 +48,7 @@ func TestMigrateBatches(t *testing.T) {
 		}
 	}
 	var syncs atomic.Int32
-	m.hooks.syncfs = func(fd int) error { syncs.Add(1); return unix.Syncfs(fd) }
+	m.hooks.syncfs = func(p prepared) error { syncs.Add(1); return p.SyncFS() }
 	s := migRun(t, m)
 	migCheckFinal(t, s)
 	if s.State != task.Succeeded || s.FilesDone != n {
@@ -89,9 +90,9 @@ func TestMigrateSyncfsFails(t *testing.T) {
 		want[rel] = pattern(byte(i), 5000+i)
 		migWriteBacking(t, e, rel, want[rel], 0o644)
 	}
-	m := newMigrator(t, e, MigrationOptions{})
+	m := mountedMigrator(t, e, Options{})
 	var calls atomic.Int32
-	m.hooks.syncfs = func(int) error { calls.Add(1); return unix.EIO }
+	m.hooks.syncfs = func(prepared) error { calls.Add(1); return unix.EIO }
 	s := migRun(t, m)
 	migCheckFinal(t, s)
 	if s.State != task.Succeeded || s.FilesDone != 20 || calls.Load() == 0 {
@@ -111,7 +112,7 @@ func TestMigrateWriteWhileInBatch(t *testing.T) {
 	orig := pattern(1, 10000)
 	migWriteBacking(t, e, "a.bin", orig, 0o644)
 	migWriteBacking(t, e, "b.bin", pattern(2, 3000), 0o644)
-	m := newMigrator(t, e, MigrationOptions{Workers: 1})
+	m := mountedMigrator(t, e, Options{Workers: 1})
 	var once sync.Once
 	wrote := make(chan error, 1)
 	m.hooks.commit = func(rels []string) {
@@ -163,7 +164,7 @@ func TestMigrateCrashInBatch(t *testing.T) {
 		want[rel] = pattern(byte(i+40), 2000+i*3000)
 		migWriteBacking(t, e, rel, want[rel], 0o644)
 	}
-	m := newMigrator(t, e, MigrationOptions{})
+	m := mountedMigrator(t, e, Options{})
 	snap := filepath.Join(tempDir(t, "crash"), "b")
 	var once sync.Once
 	m.hooks.commit = func([]string) {
@@ -177,7 +178,7 @@ func TestMigrateCrashInBatch(t *testing.T) {
 		t.Fatalf("%+v", s)
 	}
 	migCheckConverted(t, e, want)
-	n, err := RemoveStaleTemps(snap, nil)
+	n, err := fs.RemoveStaleTemps(snap, nil)
 	if err != nil || n == 0 {
 		t.Fatalf("the snapshot held %d temp files (%v); want the batch's copies", n, err)
 	}

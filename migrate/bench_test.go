@@ -1,4 +1,4 @@
-package fs
+package migrate
 
 import (
 	"encoding/binary"
@@ -55,7 +55,7 @@ func TestMigrateBoundedMemory(t *testing.T) {
 	f.WriteAt(pattern(1, 4096), 0)
 	f.WriteAt(pattern(2, 4096), size-4096)
 	f.Close()
-	m := newMigrator(t, e, MigrationOptions{})
+	m := mountedMigrator(t, e, Options{})
 	runtime.GC()
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
@@ -70,19 +70,9 @@ func TestMigrateBoundedMemory(t *testing.T) {
 	if grew > 48<<20 {
 		t.Errorf("heap grew by %d MiB converting a %d MiB file", grew>>20, size>>20)
 	}
-	if !e.isEncryptedHead("huge.bin") {
+	if !e.isEncrypted("huge.bin") {
 		t.Fatal("not encrypted")
 	}
-}
-
-// isEncryptedHead is isEncrypted without reading the whole file.
-func (e *testEnv) isEncryptedHead(name string) bool {
-	e.t.Helper()
-	ok, err := e.root.hasMagicRel(name)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return ok
 }
 
 // benchTree writes the benchmark tree under dir: many small files and a
@@ -159,7 +149,7 @@ func BenchmarkMigrate(b *testing.B) {
 		rel := fmt.Sprintf("tree%d", i)
 		timeCmd(b, "cp", "-a", src, e.b(rel))
 		unix.Sync()
-		m := NewMigrator(e.root, MigrationOptions{Workers: envInt("MIGRATE_BENCH_WORKERS", 0)})
+		m := New(e.root, e.kr, Options{Workers: envInt("MIGRATE_BENCH_WORKERS", 0)})
 		runtime.GC()
 		stop := heapPeak()
 		b.StartTimer()

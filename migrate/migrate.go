@@ -1,4 +1,4 @@
-package fs
+package migrate
 
 import (
 	"context"
@@ -9,39 +9,28 @@ import (
 	"io"
 	"math"
 	"path/filepath"
-	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
-	"golang.org/x/sys/unix"
 
 	"github.com/mountd/mountd/crypto"
+	"github.com/mountd/mountd/fs"
 	"github.com/mountd/mountd/task"
 )
 
-// The encrypt_existing_files migration: a task that walks the backing tree
-// and encrypts in place every plaintext regular file with a protected name
-// outside auth/. Each file goes through the two halves of encryptInPlace
-// (convert.go), so a crash at any moment leaves it whole,
-// old plaintext or new ciphertext, and at worst a temp file that
-// RemoveStaleTemps deletes on the next start. Files open through the mount
-// are not touched: they are retried a few times at the end, then counted as
-// busy. Re-running the task resumes: what is encrypted is skipped.
-//
 // A task runs in two phases. It first walks the tree and counts (files and
-// bytes, reading four bytes of each candidate to skip what is already
-// encrypted), keeping only the paths still to convert; then a few workers
-// prepare the encrypted copies (prepareConvert) and a batcher makes them
-// durable and puts them in place many at a time (see Batches below).
-// Memory is bounded by the number of paths, never by file sizes: each
-// worker copies through one pooled 2 MiB buffer.
+// bytes; fs.WalkProtected reads four bytes of each candidate to skip what
+// is already encrypted), keeping only the paths still to convert; then a
+// few workers prepare the encrypted copies (fs.Root.PrepareConversion)
+// and a batcher makes them durable and puts them in place many at a time
+// (batch.go). Memory is bounded by the number of paths, never by file
+// sizes: each worker copies through one pooled 2 MiB buffer.
 
 var (
-	// ErrMigratorClosed: Start after Close.
-	ErrMigratorClosed = errors.New("fs: migrator closed")
+	// ErrClosed: Start after Close.
+	ErrClosed = errors.New("migrate: migrator closed")
 
 	errKeyCleared = errors.New("file encryption key was cleared")
 	errCancelled  = errors.New("cancelled")
@@ -51,30 +40,33 @@ var (
 // keyClearedMsg is the error of a task stopped by a logout.
 const keyClearedMsg = "file encryption key was cleared; the files encrypted so far stay encrypted: log in and start the task again to finish"
 
-// MigrationOptions tune a Migrator. The zero value is fine.
-type MigrationOptions struct {
+// Options tune a Migrator. The zero value is fine.
+type Options struct {
 	// Workers is how many files are converted at once (default 4): more
 	// than one overlaps the encryption with the file system calls.
 	Workers int
 	// RetryRounds is how many times files that were busy (open through
 	// the mount, or changed during their copy) are tried again after the
-	// first pass (default 3), waiting RetryDelay before the first round
-	// (default 500ms) and twice as long before each next one.
+	// first pass (default 3; negative: none), waiting RetryDelay before
+	// the first round (default 500ms) and twice as long before each next
+	// one.
 	RetryRounds int
 	RetryDelay  time.Duration
-	// Log receives the task's log lines; nil means the Root's.
+	// Log receives the task's log lines; nil discards them.
 	Log *logrus.Entry
 }
 
-// Migrator runs migration tasks on a Root, one at a time, and remembers
-// the finished ones. Close it before the Root.
+// Migrator runs migration tasks on a filesystem, one at a time, and
+// remembers the finished ones. Close it before the filesystem.
 type Migrator struct {
-	r           *Root
+	conv        converter
+	kr          keyState
+	backing     string // for the log
 	log         *logrus.Entry
 	workers     int
 	retryRounds int
 	retryDelay  time.Duration
-	hooks       migrateHooks
+	hooks       hooks
 
 	mu     sync.Mutex
 	tasks  map[string]*migration
@@ -84,9 +76,9 @@ type Migrator struct {
 	closed bool
 }
 
-// migrateHooks let tests act at precise moments. They run in the task's
+// hooks let tests act at precise moments. They run in the task's
 // goroutines.
-type migrateHooks struct {
+type hooks struct {
 	// progress runs after each chunk of rel is copied or verified; work
 	// is the bytes processed so far (twice the file size at the end).
 	progress func(ctx context.Context, rel string, work int64)
@@ -94,18 +86,22 @@ type migrateHooks struct {
 	busy func(rel string, round int)
 	// commit runs before a batch is made durable, with its files.
 	commit func(rels []string)
-	// syncfs, if set, replaces the syncfs of a batch.
-	syncfs func(fd int) error
+	// syncfs, if set, replaces the SyncFS of a batch.
+	syncfs func(p prepared) error
 }
 
 // maxMigrations bounds how many tasks a Migrator remembers; the oldest
 // finished ones are forgotten first.
 const maxMigrations = 256
 
-const fieldTaskID = "task_id"
+// New returns a Migrator for the filesystem r, whose key is kr.
+func New(r *fs.Root, kr *crypto.Keyring, o Options) *Migrator {
+	m := newMigrator(fsConverter{r}, kr, o)
+	m.backing = r.Backing()
+	return m
+}
 
-// NewMigrator returns a Migrator for r.
-func NewMigrator(r *Root, o MigrationOptions) *Migrator {
+func newMigrator(c converter, kr keyState, o Options) *Migrator {
 	if o.Workers <= 0 {
 		o.Workers = 4
 	}
@@ -119,10 +115,13 @@ func NewMigrator(r *Root, o MigrationOptions) *Migrator {
 	}
 	log := o.Log
 	if log == nil {
-		log = r.log
+		l := logrus.New()
+		l.SetOutput(io.Discard)
+		log = logrus.NewEntry(l)
 	}
 	return &Migrator{
-		r:           r,
+		conv:        c,
+		kr:          kr,
 		log:         log.WithField(fieldComponent, "migrate"),
 		workers:     o.Workers,
 		retryRounds: o.RetryRounds,
@@ -138,13 +137,13 @@ func (m *Migrator) Start(ctx context.Context) (task.Record, bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
-		return task.Record{}, false, ErrMigratorClosed
+		return task.Record{}, false, ErrClosed
 	}
 	if m.cur != nil {
 		return m.cur.snapshotLocked(), false, nil
 	}
-	if !m.r.kr.IsSet() {
-		return task.Record{}, false, fmt.Errorf("fs: start migration: %w", crypto.ErrLocked)
+	if !m.kr.IsSet() {
+		return task.Record{}, false, fmt.Errorf("migrate: start: %w", crypto.ErrLocked)
 	}
 	var rnd [8]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
@@ -159,12 +158,12 @@ func (m *Migrator) Start(ctx context.Context) (task.Record, bool, error) {
 	}
 	t.st = task.New(t.id, task.KindEncryptExisting, time.Now())
 	// A logout stops the task: its listener runs once the key is marked
-	// cleared and the crypto calls in flight have returned.
-	removeListener := m.r.kr.OnClear(func() { cancel(errKeyCleared) })
-	if !m.r.kr.IsSet() { // cleared before the listener was in place
+	// cleared and the crypto calls in flight have returned (fs/doc.go).
+	removeListener := m.kr.OnClear(func() { cancel(errKeyCleared) })
+	if !m.kr.IsSet() { // cleared before the listener was in place
 		removeListener()
 		cancel(errKeyCleared)
-		return task.Record{}, false, fmt.Errorf("fs: start migration: %w", crypto.ErrLocked)
+		return task.Record{}, false, fmt.Errorf("migrate: start: %w", crypto.ErrLocked)
 	}
 	m.tasks[t.id] = t
 	m.order = append(m.order, t.id)
@@ -228,14 +227,14 @@ func (m *Migrator) Cancel(id string) (task.Record, error) {
 	defer m.mu.Unlock()
 	t := m.tasks[id]
 	if t == nil {
-		return task.Record{}, fmt.Errorf("fs: %w: %q", task.ErrNotFound, id)
+		return task.Record{}, fmt.Errorf("migrate: %w: %q", task.ErrNotFound, id)
 	}
 	t.cancel(errCancelled)
 	return t.snapshotLocked(), nil
 }
 
 // Close stops the running task, if any, and waits for it; later Starts
-// fail. Call it before closing the Root.
+// fail. Call it before closing the filesystem.
 func (m *Migrator) Close() {
 	m.mu.Lock()
 	m.closed = true
@@ -279,8 +278,8 @@ type migration struct {
 	dirs map[string]struct{}
 }
 
-// migItem is a file still to convert.
-type migItem struct {
+// item is a file still to convert.
+type item struct {
 	rel  string
 	size int64 // at counting time
 }
@@ -289,7 +288,7 @@ func (t *migration) snapshotLocked() task.Record {
 	return t.st.Clone()
 }
 
-// update runs fn on the status under the lock.
+// update runs fn on the record under the lock.
 func (t *migration) update(fn func(st *task.Record)) {
 	t.m.mu.Lock()
 	fn(&t.st)
@@ -301,7 +300,7 @@ func (t *migration) run(ctx context.Context, removeListener func()) {
 	defer removeListener()
 	m := t.m
 	log := m.log.WithField(fieldTaskID, t.id)
-	log.WithField("backing", m.r.backing).Info("encrypt_existing_files: started")
+	log.WithField("backing", m.backing).Info("encrypt_existing_files: started")
 
 	items, err := t.count(ctx)
 	var stop error
@@ -370,58 +369,41 @@ func (t *migration) finish(ctx context.Context, stop error, log *logrus.Entry) {
 	log.WithFields(f).Info("encrypt_existing_files: finished")
 }
 
+// skipReason is the task record's name for why fs skipped a file.
+func skipReason(r fs.SkipReason) string {
+	switch r {
+	case fs.SkipGone:
+		return task.SkipGone
+	case fs.SkipNotRegular:
+		return task.SkipNotRegular
+	case fs.SkipHardLinks:
+		return task.SkipHardLinks
+	case fs.SkipEmpty:
+		return task.SkipEmpty
+	case fs.SkipEncrypted:
+		return task.SkipAlreadyEncrypted
+	}
+	return task.SkipOther
+}
+
 // count walks the backing tree, counts the protected files and returns
 // the ones to convert. Files not to convert are counted as skipped now.
-func (t *migration) count(ctx context.Context) ([]migItem, error) {
-	r := t.m.r
-	var items []migItem
-	err := walkTree(ctx, r.rootFd, func(e walkEntry) error {
-		if e.typ == unix.S_IFDIR || strings.HasPrefix(e.name, tempPrefix) || !r.protected(e.name) {
-			return nil
-		}
-		reason := ""
-		var size int64
-		if e.typ != unix.S_IFREG {
-			reason = task.SkipNotRegular
-		} else {
-			var x unix.Statx_t
-			switch err := statAt(e.dir, e.name, &x); {
-			case err == unix.ENOENT:
-				return nil
-			case err != nil:
-				// Let the conversion report it.
-			case !isReg(&x):
-				reason = task.SkipNotRegular
-			case x.Nlink > 1:
-				reason = task.SkipHardLinks
-			case x.Size == 0:
-				reason = task.SkipEmpty
-			default:
-				size = int64(x.Size)
-				if enc, err := hasMagicAt(e.dir, e.name); err == nil && enc {
-					reason = task.SkipAlreadyEncrypted
-				}
-			}
-		}
+func (t *migration) count(ctx context.Context) ([]item, error) {
+	var items []item
+	err := t.m.conv.walk(ctx, func(c fs.Candidate) error {
 		t.update(func(st *task.Record) {
 			st.FilesTotal++
-			if reason != "" {
-				st.Skip(e.rel, reason)
+			if c.Skip != fs.NotSkipped {
+				st.Skip(c.Rel, skipReason(c.Skip))
 			} else {
-				st.BytesTotal += size
+				st.BytesTotal += c.Size
 			}
 		})
-		if reason == "" {
-			items = append(items, migItem{rel: e.rel, size: size})
+		if c.Skip == fs.NotSkipped {
+			items = append(items, item{rel: c.Rel, size: c.Size})
 		}
 		return nil
 	}, func(rel string, err error) error {
-		if rel == "" {
-			return err // the backing directory itself
-		}
-		if err == unix.ENOENT {
-			return nil // removed while we walked
-		}
 		t.m.log.WithField(fieldTaskID, t.id).WithField(fieldPath, rel).WithError(err).
 			Warn("encrypt_existing_files: cannot read; its protected files stay as they are")
 		t.update(func(st *task.Record) { st.FilesTotal++; st.Fail(rel, err) })
@@ -433,7 +415,7 @@ func (t *migration) count(ctx context.Context) ([]migItem, error) {
 // convert converts items with the workers, retrying busy ones, and
 // counts busy what is still busy at the end. It returns why it stopped
 // early, or nil.
-func (t *migration) convert(ctx context.Context, items []migItem) error {
+func (t *migration) convert(ctx context.Context, items []item) error {
 	m := t.m
 	pending := items
 	for round := 0; len(pending) > 0 && round <= m.retryRounds; round++ {
@@ -474,17 +456,12 @@ type passState struct {
 	round  int
 	cancel context.CancelCauseFunc
 	mu     sync.Mutex
-	busy   []migItem
+	busy   []item
 	first  error
-
-	// low is set once a copy did not fit on the disk; prep is then held
-	// exclusively around each file, and shared before.
-	low  atomic.Bool
-	prep sync.RWMutex
 }
 
 // result records that it must be retried, or that the task must stop.
-func (ps *passState) result(it migItem, retry bool, stop error) {
+func (ps *passState) result(it item, retry bool, stop error) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	if retry {
@@ -501,19 +478,24 @@ func (ps *passState) result(it migItem, retry bool, stop error) {
 
 // pass tries each item once, on m.workers goroutines. It returns the
 // items that were busy and, if the task must stop, why.
-func (t *migration) pass(ctx context.Context, items []migItem, round int) (busy []migItem, stop error) {
+func (t *migration) pass(ctx context.Context, items []item, round int) (busy []item, stop error) {
 	m := t.m
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	ps := &passState{t: t, round: round, cancel: cancel}
-	rm := t.startRemover()
-	b := &batcher{t: t, ps: ps, rm: rm}
+	rm := startRemover(removers, func(rel string) {
+		if err := m.conv.removeTemp(rel); err != nil && !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.ENOTDIR) {
+			m.log.WithField(fieldPath, rel).WithError(err).Warn("cannot remove the plaintext left by a conversion")
+		}
+	})
+	b := newBatcher(func(items []batchItem) { t.commitBatch(ps, rm, items) })
+	gate := &spaceGate{makeRoom: func() { b.takeCurrent(); rm.drain() }}
 	var wg sync.WaitGroup
-	work := make(chan migItem)
+	work := make(chan item)
 	for range min(m.workers, len(items)) {
 		wg.Go(func() {
 			for it := range work {
-				t.one(ctx, it, b)
+				t.one(ctx, ps, gate, b, it)
 			}
 		})
 	}
@@ -537,12 +519,12 @@ feed:
 	return ps.busy, ps.first
 }
 
-// one prepares one file, hands it to the batcher, and counts the outcome
-// when it is known.
-func (t *migration) one(ctx context.Context, it migItem, b *batcher) {
-	m, r := t.m, t.m.r
+// one prepares one file through the gate, hands it to the batcher, and
+// counts the outcome when it is known.
+func (t *migration) one(ctx context.Context, ps *passState, gate *spaceGate, b *batcher, it item) {
+	m := t.m
 	if err := ctx.Err(); err != nil {
-		b.ps.result(it, false, context.Cause(ctx))
+		ps.result(it, false, context.Cause(ctx))
 		return
 	}
 	var work, reported int64 // work: bytes copied + verified
@@ -558,64 +540,63 @@ func (t *migration) one(ctx context.Context, it migItem, b *batcher) {
 			m.hooks.progress(ctx, it.rel, work)
 		}
 	}
-	finish := func(res convertResult, err error) {
-		retry, stop := t.outcome(ctx, it, res, err, reported)
-		b.ps.result(it, retry, stop)
+	finish := func(out fs.Outcome) {
+		retry, stop := t.outcome(ctx, it, out, reported)
+		ps.result(it, retry, stop)
 	}
-	ps := b.ps
-	// Out of space: the copies of the other workers, those waiting in the
-	// batch and the old plaintexts not yet removed may be what fills the
-	// disk. From then on the pass converts one file at a time and commits
-	// each at once (low), and the file is tried again alone; only if it
-	// still does not fit does the task stop.
-	low := ps.low.Load()
-	if low {
-		ps.prep.Lock()
-		b.makeRoom()
-	} else {
-		ps.prep.RLock()
-	}
-	p, res, err := r.prepareConvert(ctx, it.rel, convertOpts{progress: progress})
-	if !low && isNoSpace(err) {
-		ps.low.Store(true)
-		ps.prep.RUnlock()
-		ps.prep.Lock() // waits for the other workers' copies
-		low = true
-		b.makeRoom()
+	out, added := gate.run(func() (prepared, fs.Outcome) {
 		work = 0
-		p, res, err = r.prepareConvert(ctx, it.rel, convertOpts{progress: progress})
+		return m.conv.prepare(ctx, it.rel, fs.PrepareOptions{Progress: progress})
+	}, func(p prepared) { b.add(p, it.size, finish) })
+	if !added {
+		finish(out)
 	}
-	if p != nil {
-		b.add(p, it.size, finish)
-	}
-	if low {
-		if p != nil {
-			b.makeRoom()
+}
+
+// commitBatch makes the copies of a batch durable and puts them in place.
+func (t *migration) commitBatch(ps *passState, rm *remover, items []batchItem) {
+	m := t.m
+	if h := m.hooks.commit; h != nil {
+		rels := make([]string, len(items))
+		for i, bi := range items {
+			rels[i] = bi.p.Rel()
 		}
-		ps.prep.Unlock()
-	} else {
-		ps.prep.RUnlock()
+		h(rels)
 	}
-	if p == nil {
-		finish(res, err)
+	// One syncfs writes back every copy of the batch. If it fails (it
+	// reports write-back errors of the whole filesystem), fsync each copy
+	// to learn which ones are at fault.
+	syncFS := prepared.SyncFS
+	if h := m.hooks.syncfs; h != nil {
+		syncFS = h
+	}
+	synced := syncFS(items[0].p) == nil
+	for _, bi := range items {
+		if !synced {
+			if err := bi.p.Sync(); err != nil {
+				bi.finish(fs.Outcome{Err: err})
+				continue
+			}
+		}
+		bi.finish(bi.p.Commit(fs.CommitOptions{Quiet: true, NoDirSync: true, KeepOld: rm.add}))
+	}
+	if err := t.syncDirs(); err != nil {
+		ps.result(item{}, false, err)
 	}
 }
 
 // outcome counts how the conversion of it ended; reported is the
 // progress counted for it so far. It returns retry for a file to try
 // again later, and an error when the whole task must stop.
-func (t *migration) outcome(ctx context.Context, it migItem, res convertResult, err error, reported int64) (retry bool, stop error) {
+func (t *migration) outcome(ctx context.Context, it item, out fs.Outcome, reported int64) (retry bool, stop error) {
 	m := t.m
-	reason := ""
-	if err == nil && res != convDone {
-		reason = t.skipReason(it.rel)
-	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	t.inflight -= reported
 	st := &t.st
+	err := out.Err
 	switch {
-	case err == nil && res == convDone:
+	case out.Done():
 		st.FilesDone++
 		t.converted += it.size
 		if t.dirs == nil {
@@ -623,8 +604,8 @@ func (t *migration) outcome(ctx context.Context, it migItem, res convertResult, 
 		}
 		t.dirs[filepath.Dir(it.rel)] = struct{}{}
 	case err == nil:
-		st.Skip(it.rel, reason)
-	case errors.Is(err, errBusy) || errors.Is(err, errChanged):
+		st.Skip(it.rel, skipReason(out.Skip))
+	case out.Retry():
 		return true, nil
 	case ctx.Err() != nil:
 		return false, context.Cause(ctx)
@@ -641,201 +622,6 @@ func (t *migration) outcome(ctx context.Context, it migItem, res convertResult, 
 	return false, nil
 }
 
-func isNoSpace(err error) bool {
-	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
-}
-
-// Batches. Rather than fsync each encrypted copy and each directory per
-// file, which costs a journal commit per file, the workers hand the
-// prepared copies to a batcher; a batch is made durable with one syncfs,
-// then each copy is exchanged with its original, then the directories
-// that got renames are fsynced. A batch is committed when it holds
-// batchFiles files or batchBytes bytes, or batchAge after its first file,
-// so a file waits little for its turn (while it waits, opens of it
-// through the mount wait too). A batch prepared before a logout, cancel
-// or error is still committed: its copies are complete and checked.
-const (
-	batchFiles = 128
-	batchBytes = 64 << 20
-	batchAge   = 50 * time.Millisecond
-)
-
-type batcher struct {
-	t  *migration
-	ps *passState
-	rm *remover
-
-	mu     sync.Mutex
-	cur    *convBatch
-	active sync.WaitGroup // batches being committed
-}
-
-type convBatch struct {
-	items []batchItem
-	bytes int64
-	timer *time.Timer
-}
-
-type batchItem struct {
-	p      *pendingConv
-	finish func(convertResult, error)
-}
-
-// add puts p in the current batch, and commits the batch if it is full.
-func (b *batcher) add(p *pendingConv, size int64, finish func(convertResult, error)) {
-	b.mu.Lock()
-	cb := b.cur
-	if cb == nil {
-		cb = &convBatch{}
-		b.cur = cb
-		cb.timer = time.AfterFunc(batchAge, func() { b.take(cb) })
-	}
-	cb.items = append(cb.items, batchItem{p: p, finish: finish})
-	cb.bytes += size
-	full := len(cb.items) >= batchFiles || cb.bytes >= batchBytes
-	b.mu.Unlock()
-	if full {
-		b.take(cb)
-	}
-}
-
-// takeCurrent commits the current batch, if any.
-func (b *batcher) takeCurrent() {
-	b.mu.Lock()
-	cb := b.cur
-	b.mu.Unlock()
-	b.take(cb)
-}
-
-// take commits cb if it is still the current batch (the timer and a
-// worker may race for it).
-func (b *batcher) take(cb *convBatch) {
-	b.mu.Lock()
-	if cb == nil || b.cur != cb {
-		b.mu.Unlock()
-		return
-	}
-	b.cur = nil
-	cb.timer.Stop()
-	b.active.Add(1)
-	b.mu.Unlock()
-	b.commit(cb)
-}
-
-// makeRoom frees disk space: it commits the current batch and waits for
-// the old plaintexts to be removed.
-func (b *batcher) makeRoom() {
-	b.takeCurrent()
-	b.rm.drain()
-}
-
-// flush commits the current batch and waits for every commit.
-func (b *batcher) flush() {
-	b.takeCurrent()
-	b.active.Wait()
-}
-
-// commit makes the copies of cb durable and puts them in place.
-func (b *batcher) commit(cb *convBatch) {
-	defer b.active.Done()
-	t := b.t
-	if h := t.m.hooks.commit; h != nil {
-		rels := make([]string, len(cb.items))
-		for i, bi := range cb.items {
-			rels[i] = bi.p.rel
-		}
-		h(rels)
-	}
-	// One syncfs writes back every copy of the batch. If it fails (it
-	// reports write-back errors of the whole filesystem), fsync each copy
-	// to learn which ones are at fault.
-	syncFS := unix.Syncfs
-	if h := t.m.hooks.syncfs; h != nil {
-		syncFS = h
-	}
-	synced := syncFS(cb.items[0].p.dirfd) == nil
-	for _, bi := range cb.items {
-		p := bi.p
-		if !synced {
-			if err := p.tmp.Sync(); err != nil {
-				p.abort()
-				bi.finish(convSkipped, err)
-				continue
-			}
-		}
-		res, err := p.commit(convertOpts{quiet: true, noDirSync: true, keepOld: b.rm.remove})
-		bi.finish(res, err)
-	}
-	if err := t.syncDirs(); err != nil {
-		b.ps.result(migItem{}, false, err)
-	}
-}
-
-// Old plaintexts. After an exchange, the temp name holds the old
-// plaintext inode. Removing it frees its blocks, which may wait for the
-// disk (the CI machines discard synchronously; it was most of the cost of
-// a small file), so the batch commit hands the name to a few remover
-// goroutines that work in parallel with the conversions. A crash in
-// between leaves a temp file that RemoveStaleTemps deletes at the next
-// start, as for any other crash.
-
-// removers is how many goroutines remove old plaintexts.
-const removers = 4
-
-// remover removes old plaintexts in the background.
-type remover struct {
-	in   chan string
-	done chan struct{}
-
-	mu      sync.Mutex
-	cond    sync.Cond
-	pending int // queued or being removed
-}
-
-func (t *migration) startRemover() *remover {
-	rm := &remover{in: make(chan string, 256), done: make(chan struct{})}
-	rm.cond.L = &rm.mu
-	var wg sync.WaitGroup
-	for range removers {
-		wg.Go(func() {
-			for rel := range rm.in {
-				if err := t.m.r.removeTemp(rel); err != nil && err != unix.ENOENT && err != unix.ENOTDIR {
-					t.m.log.WithField(fieldPath, rel).WithError(err).Warn("cannot remove the plaintext left by a conversion")
-				}
-				rm.mu.Lock()
-				rm.pending--
-				rm.cond.Broadcast()
-				rm.mu.Unlock()
-			}
-		})
-	}
-	go func() { wg.Wait(); close(rm.done) }()
-	return rm
-}
-
-// remove queues the old plaintext rel (see convertOpts.keepOld).
-func (rm *remover) remove(rel string) {
-	rm.mu.Lock()
-	rm.pending++
-	rm.mu.Unlock()
-	rm.in <- rel
-}
-
-// drain waits until nothing is queued.
-func (rm *remover) drain() {
-	rm.mu.Lock()
-	defer rm.mu.Unlock()
-	for rm.pending > 0 {
-		rm.cond.Wait()
-	}
-}
-
-// finish waits until every queued file is removed.
-func (rm *remover) finish() {
-	close(rm.in)
-	<-rm.done
-}
-
 // syncDirs fsyncs the directories with renames not yet durable.
 func (t *migration) syncDirs() error {
 	t.m.mu.Lock()
@@ -844,8 +630,8 @@ func (t *migration) syncDirs() error {
 	t.m.mu.Unlock()
 	var first error
 	for dir := range dirs {
-		err := t.m.r.fsyncDir(dir)
-		if err != nil && err != unix.ENOENT && err != unix.ENOTDIR && first == nil {
+		err := t.m.conv.syncDir(dir)
+		if err != nil && !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.ENOTDIR) && first == nil {
 			first = fmt.Errorf("fsync directory %s: %w", dir, err)
 		}
 	}
@@ -859,67 +645,9 @@ func (t *migration) finishBytesLocked(size int64) {
 	t.st.BytesDone = max(t.st.BytesDone, t.finished+t.inflight)
 }
 
-// skipReason says why encryptInPlace skipped rel.
-func (t *migration) skipReason(rel string) string {
-	var x unix.Statx_t
-	if err := t.m.r.statRel(rel, &x); err != nil {
-		if err == unix.ENOENT || err == unix.ENOTDIR {
-			return task.SkipGone
-		}
-		return task.SkipOther
-	}
-	switch {
-	case !isReg(&x):
-		return task.SkipNotRegular
-	case x.Nlink > 1:
-		return task.SkipHardLinks
-	case x.Size == 0:
-		return task.SkipEmpty
-	}
-	if enc, err := t.m.r.hasMagicRel(rel); err == nil && enc {
-		return task.SkipAlreadyEncrypted
-	}
-	return task.SkipOther
-}
-
-// isStaleTemp reports whether name is one of encryptInPlace's temp files:
-// the prefix and 16 lowercase hex digits.
-func isStaleTemp(name string) bool {
-	h, ok := strings.CutPrefix(name, tempPrefix)
-	if !ok || len(h) != 16 {
-		return false
-	}
-	for _, c := range h {
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return false
-		}
-	}
-	return true
-}
-
-// RemoveStaleTemps deletes the temp files that in-place encryption leaves
-// behind when mountd is killed in the middle of a file: a regular file
-// named .mountd-tmp-<16 hex digits> anywhere under backing except auth/.
-// Such a file holds either the encrypted copy not yet renamed into place
-// (the original is still whole) or the old plaintext just replaced by its
-// encrypted copy; neither is needed. Call it before mounting, while no
-// conversion can run. It logs each file it removes and returns how many.
-func RemoveStaleTemps(backing string, log *logrus.Entry) (int, error) {
-	if log == nil {
-		l := logrus.New()
-		l.SetOutput(io.Discard)
-		log = logrus.NewEntry(l)
-	}
-	log = log.WithField(fieldComponent, "fs")
-	removed := 0
-	err := removeTempsBelow(context.Background(), backing, func(rel string) {
-		removed++
-		log.WithField(fieldPath, rel).Info("removed stale temp file of an interrupted encryption")
-	}, func(rel string, err error) {
-		log.WithField(fieldPath, rel).WithError(err).Warn("cannot look for or remove stale temp files here")
-	})
-	if removed > 0 {
-		log.WithField("files", removed).Info("removed stale temp files")
-	}
-	return removed, err
-}
+// Log field keys.
+const (
+	fieldComponent = "component"
+	fieldPath      = "path"
+	fieldTaskID    = "task_id"
+)
