@@ -8,18 +8,18 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mountd/mountd/logkey"
 	"github.com/sirupsen/logrus"
 )
 
 // Log field keys.
 const (
-	fieldComponent = "component" // always "autolock"
-	fieldReason    = "reason"    // a Reason
-	fieldPolicy    = "policy"    // a Policy
-	fieldSession   = "session"   // a logind session id or object path
-	fieldWatching  = "watching"  // what a policy follows, for people
-	fieldSuspend   = "suspend_error"
-	fieldSessErr   = "session_lock_error"
+	fieldReason   = "reason"   // a Reason
+	fieldPolicy   = "policy"   // a Policy
+	fieldSession  = "session"  // a logind session id or object path
+	fieldWatching = "watching" // what a policy follows, for people
+	fieldSuspend  = "suspend_error"
+	fieldSessErr  = "session_lock_error"
 )
 
 // Mode says whether a policy is wanted and how much.
@@ -211,7 +211,7 @@ func New(opts Options) (*Policies, error) {
 	}
 	p := &Policies{
 		opts:  opts,
-		log:   log.WithField(fieldComponent, "autolock"),
+		log:   log.WithField(logkey.Component, "autolock"),
 		clock: opts.Clock,
 		done:  make(chan struct{}),
 		status: Status{

@@ -13,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/mountd/mountd/crypto"
+	"github.com/mountd/mountd/logkey"
 	"github.com/mountd/mountd/task"
 )
 
@@ -402,7 +403,7 @@ func (s *Server) handleEncryptExisting(w http.ResponseWriter, r *http.Request, _
 	if started {
 		status, msg = http.StatusAccepted, "Task started"
 	}
-	s.reqLog(r).WithFields(logrus.Fields{fieldTaskID: t.ID, fieldTaskState: t.State}).
+	s.reqLog(r).WithFields(logrus.Fields{logkey.TaskID: t.ID, fieldTaskState: t.State}).
 		Info("encrypt_existing_files: " + msg)
 	return writeJSON(w, status, taskResponse{ok("encrypt_existing_files", msg), &started, t})
 }
@@ -465,6 +466,6 @@ func (s *Server) handleCancelTask(w http.ResponseWriter, r *http.Request, ps htt
 	if t.State.Final() {
 		msg = "Task already " + string(t.State)
 	}
-	s.reqLog(r).WithFields(logrus.Fields{fieldTaskID: t.ID, fieldTaskState: t.State}).Info("cancel_task: " + msg)
+	s.reqLog(r).WithFields(logrus.Fields{logkey.TaskID: t.ID, fieldTaskState: t.State}).Info("cancel_task: " + msg)
 	return writeJSON(w, http.StatusOK, taskResponse{envelope: ok("cancel_task", msg), Task: t})
 }

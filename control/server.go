@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/julienschmidt/httprouter"
+	"github.com/mountd/mountd/logkey"
 	"github.com/sirupsen/logrus"
 )
 
@@ -98,7 +99,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s := &Server{
 		backend:  opts.Backend,
-		log:      lg.WithField(fieldComponent, "control"),
+		log:      lg.WithField(logkey.Component, "control"),
 		hosts:    hp,
 		backoff:  newBackoff(),
 		gate:     newKDFGate(),
@@ -220,17 +221,14 @@ func ok(command, message string) envelope {
 
 // Log field keys. Every control log line uses these and no others.
 const (
-	fieldComponent = "component"
 	fieldReqID     = "req_id"
 	fieldMethod    = "method"
 	fieldRoute     = "route"
 	fieldCommand   = "command"
 	fieldStatus    = "status"
 	fieldCode      = "code"
-	fieldDurMS     = "dur_ms"
 	fieldRemote    = "remote"
 	fieldCreated   = "created"
-	fieldTaskID    = "task_id"
 	fieldTaskState = "task_state"
 	fieldRetry     = "retry_after_s"
 	fieldUID       = "uid"    // uint32: the caller's uid, as the kernel says
@@ -287,7 +285,7 @@ func (s *Server) logRequest(r *http.Request, rec *statusRecorder, info *reqInfo,
 		fieldMethod:  r.Method,
 		fieldRoute:   route,
 		fieldStatus:  status,
-		fieldDurMS:   float64(time.Since(start).Microseconds()) / 1000,
+		logkey.DurMS: logkey.MS(time.Since(start)),
 		fieldRemote:  r.RemoteAddr,
 		fieldCommand: s.commandFor(r.URL.Path),
 	}

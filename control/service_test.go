@@ -17,6 +17,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/mountd/mountd/crypto"
+	"github.com/mountd/mountd/logkey"
 	"github.com/mountd/mountd/task"
 )
 
@@ -423,7 +424,7 @@ func TestHTTPWithService(t *testing.T) {
 		}
 		if entry.Message == "request" || entry.Message == "request failed" {
 			access++
-			for _, k := range []string{fieldReqID, fieldMethod, fieldRoute, fieldStatus, fieldDurMS, fieldRemote, fieldCommand} {
+			for _, k := range []string{fieldReqID, fieldMethod, fieldRoute, fieldStatus, logkey.DurMS, fieldRemote, fieldCommand} {
 				if _, ok := entry.Data[k]; !ok {
 					t.Errorf("access line lacks %s: %v", k, entry.Data)
 				}

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mountd/mountd/crypto"
+	"github.com/mountd/mountd/logkey"
 )
 
 // In-place encryption of a plaintext backing file, in two halves:
@@ -369,9 +370,9 @@ func (c *Conversion) Commit(o CommitOptions) Outcome {
 		return out
 	}
 	if o.Quiet {
-		r.log.WithField(fieldPath, c.rel).Debug("encrypted file in place")
+		r.log.WithField(logkey.Path, c.rel).Debug("encrypted file in place")
 	} else {
-		r.log.WithField(fieldPath, c.rel).Info("encrypted file in place")
+		r.log.WithField(logkey.Path, c.rel).Info("encrypted file in place")
 	}
 	return out
 }
@@ -418,7 +419,7 @@ func (c *Conversion) exchange(o CommitOptions) Outcome {
 	if o.KeepOld != nil {
 		o.KeepOld(filepath.Join(filepath.Dir(c.rel), tmpName))
 	} else if err := unlinkAt(dirfd, tmpName, 0); err != nil {
-		c.r.log.WithField(fieldPath, tmpName).WithError(err).Warn("cannot remove the plaintext left by a conversion")
+		c.r.log.WithField(logkey.Path, tmpName).WithError(err).Warn("cannot remove the plaintext left by a conversion")
 	}
 	if o.NoDirSync {
 		return Outcome{}
@@ -595,13 +596,13 @@ func (c *converter) pass() time.Duration {
 		case out.Retry(), errors.Is(err, crypto.ErrLocked):
 			if time.Since(it.first) > c.maxAge {
 				delete(c.pending, rel)
-				c.r.log.WithField(fieldPath, rel).WithError(err).Warn("gave up encrypting atomic save; it stays plaintext")
+				c.r.log.WithField(logkey.Path, rel).WithError(err).Warn("gave up encrypting atomic save; it stays plaintext")
 			} else if !it.next.After(now) {
 				it.next = time.Now().Add(c.retry)
 			}
 		default:
 			delete(c.pending, rel)
-			c.r.log.WithField(fieldPath, rel).WithError(err).Warn("cannot encrypt atomic save; it stays plaintext")
+			c.r.log.WithField(logkey.Path, rel).WithError(err).Warn("cannot encrypt atomic save; it stays plaintext")
 		}
 		c.active--
 		c.mu.Unlock()

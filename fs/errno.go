@@ -10,6 +10,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/mountd/mountd/crypto"
+	"github.com/mountd/mountd/logkey"
 )
 
 // toErrno is the one place that turns errors into errnos:
@@ -55,9 +56,9 @@ func (r *Root) errno(err error, n *node, op string) syscall.Errno {
 	e := toErrno(err)
 	if e == syscall.EIO && isCorrupt(err) && n != nil && !n.warned.Swap(true) {
 		f := logrus.Fields{
-			fieldOp:   op,
-			fieldPath: n.rel(),
-			fieldIno:  n.StableAttr().Ino,
+			fieldOp:     op,
+			logkey.Path: n.rel(),
+			fieldIno:    n.StableAttr().Ino,
 		}
 		if b, ok := blockOf(err); ok {
 			f[fieldBlock] = b

@@ -10,6 +10,7 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/mountd/mountd/logkey"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
@@ -46,7 +47,7 @@ func Mount(mountpoint string, opts Options) (*Server, error) {
 	if err := setReadAhead(mountpoint, readAheadKB); err != nil {
 		root.log.WithError(err).Debug("cannot raise the mount's readahead; sequential reads will be slower")
 	}
-	root.log.WithFields(logrus.Fields{"mountpoint": mountpoint, "backing": root.backing}).Info("mounted")
+	root.log.WithFields(logrus.Fields{"mountpoint": mountpoint, logkey.Backing: root.backing}).Info("mounted")
 	return &Server{Server: srv, Root: root, mountpoint: mountpoint}, nil
 }
 
@@ -62,7 +63,7 @@ func (r *Root) nodeOptions(opts Options) *gofs.Options {
 		ExtraCapabilities: fuse.CAP_DIRECT_IO_ALLOW_MMAP,
 		EnableLocks:       true,
 		Options:           []string{"default_permissions"},
-		Logger:            log.New(r.log.WithField(fieldComponent, "go-fuse").WriterLevel(logrus.DebugLevel), "", 0),
+		Logger:            log.New(r.log.WithField(logkey.Component, "go-fuse").WriterLevel(logrus.DebugLevel), "", 0),
 	}
 	if mo.FsName == "" {
 		mo.FsName = "mountd"

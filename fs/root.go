@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mountd/mountd/crypto"
+	"github.com/mountd/mountd/logkey"
 )
 
 // DefaultProtect is the protect pattern used when Options.Protect is nil.
@@ -27,11 +28,9 @@ const tempPrefix = ".mountd-tmp-"
 
 // Log field keys.
 const (
-	fieldComponent = "component"
-	fieldOp        = "op"
-	fieldPath      = "path"
-	fieldIno       = "ino"
-	fieldBlock     = "block"
+	fieldOp    = "op"
+	fieldIno   = "ino"
+	fieldBlock = "block"
 )
 
 // Options configure a Root.
@@ -156,7 +155,7 @@ func NewRoot(opts Options) (*Root, error) {
 		rootDev:      dev,
 		protect:      append([]string(nil), protect...),
 		kr:           opts.Keyring,
-		log:          log.WithField(fieldComponent, "fs"),
+		log:          log.WithField(logkey.Component, "fs"),
 		attrTimeout:  timeoutOrDefault(opts.AttrTimeout),
 		entryTimeout: timeoutOrDefault(opts.EntryTimeout),
 		served:       map[*node]struct{}{},

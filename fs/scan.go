@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mountd/mountd/crypto"
+	"github.com/mountd/mountd/logkey"
 )
 
 // Scanning the backing directory directly (not through the mount), for
@@ -172,16 +173,16 @@ func RemoveStaleTemps(backing string, log *logrus.Entry) (int, error) {
 		l.SetOutput(io.Discard)
 		log = logrus.NewEntry(l)
 	}
-	log = log.WithField(fieldComponent, "fs")
+	log = log.WithField(logkey.Component, "fs")
 	removed := 0
 	err := removeTempsBelow(context.Background(), backing, func(rel string) {
 		removed++
-		log.WithField(fieldPath, rel).Info("removed stale temp file of an interrupted encryption")
+		log.WithField(logkey.Path, rel).Info("removed stale temp file of an interrupted encryption")
 	}, func(rel string, err error) {
-		log.WithField(fieldPath, rel).WithError(err).Warn("cannot look for or remove stale temp files here")
+		log.WithField(logkey.Path, rel).WithError(err).Warn("cannot look for or remove stale temp files here")
 	})
 	if removed > 0 {
-		log.WithField("files", removed).Info("removed stale temp files")
+		log.WithField(logkey.Files, logkey.Count(removed)).Info("removed stale temp files")
 	}
 	return removed, err
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/mountd/mountd/logkey"
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
 )
@@ -49,7 +50,7 @@ func TestRemoveStaleTemps(t *testing.T) {
 	}
 	logged := 0
 	for _, en := range hook.AllEntries() {
-		if en.Level == logrus.InfoLevel && en.Data[fieldPath] != nil {
+		if en.Level == logrus.InfoLevel && en.Data[logkey.Path] != nil {
 			logged++
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mountd/mountd/crypto"
+	"github.com/mountd/mountd/logkey"
 )
 
 // waitIdle waits until no file is open through the mount, so the next
@@ -109,7 +110,7 @@ func TestTamper(t *testing.T) {
 	// Logged once per inode, naming path and block.
 	var flips int
 	for _, w := range e.warnings() {
-		if w.Data[fieldPath] == "flip.bin" {
+		if w.Data[logkey.Path] == "flip.bin" {
 			flips++
 			if w.Data[fieldBlock] != int64(1) {
 				t.Errorf("flip.bin warning names block %v, want 1", w.Data[fieldBlock])
@@ -127,7 +128,7 @@ func TestTamper(t *testing.T) {
 	for _, n := range []string{"swap.bin", "fileid.bin", "keyid.bin", "short.bin", "zero.bin"} {
 		found := false
 		for _, w := range e.warnings() {
-			found = found || w.Data[fieldPath] == n
+			found = found || w.Data[logkey.Path] == n
 		}
 		if !found {
 			t.Errorf("no warning for %s", n)

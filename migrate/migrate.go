@@ -17,6 +17,7 @@ import (
 
 	"github.com/mountd/mountd/crypto"
 	"github.com/mountd/mountd/fs"
+	"github.com/mountd/mountd/logkey"
 	"github.com/mountd/mountd/task"
 )
 
@@ -122,7 +123,7 @@ func newMigrator(c converter, kr keyState, o Options) *Migrator {
 	return &Migrator{
 		conv:        c,
 		kr:          kr,
-		log:         log.WithField(fieldComponent, "migrate"),
+		log:         log.WithField(logkey.Component, "migrate"),
 		workers:     o.Workers,
 		retryRounds: o.RetryRounds,
 		retryDelay:  o.RetryDelay,
@@ -299,8 +300,8 @@ func (t *migration) run(ctx context.Context, removeListener func()) {
 	defer close(t.done)
 	defer removeListener()
 	m := t.m
-	log := m.log.WithField(fieldTaskID, t.id)
-	log.WithField("backing", m.backing).Info("encrypt_existing_files: started")
+	log := m.log.WithField(logkey.TaskID, t.id)
+	log.WithField(logkey.Backing, m.backing).Info("encrypt_existing_files: started")
 
 	items, err := t.count(ctx)
 	var stop error
@@ -358,7 +359,7 @@ func (t *migration) finish(ctx context.Context, stop error, log *logrus.Entry) {
 		"files_skipped": final.FilesSkipped, "files_busy": final.FilesBusy, "files_failed": final.FilesFailed,
 		"files_left_plaintext": final.FilesLeftPlaintext, "bytes_total": final.BytesTotal,
 		"bytes_done": final.BytesDone, "bytes_encrypted": converted,
-		"dur_ms": dur.Milliseconds(), "rate_mib_s": rate,
+		logkey.DurMS: logkey.MS(dur), "rate_mib_s": rate,
 	}
 	if len(final.SkippedReasons) > 0 {
 		f["skipped_reasons"] = final.SkippedReasons
@@ -404,7 +405,7 @@ func (t *migration) count(ctx context.Context) ([]item, error) {
 		}
 		return nil
 	}, func(rel string, err error) error {
-		t.m.log.WithField(fieldTaskID, t.id).WithField(fieldPath, rel).WithError(err).
+		t.m.log.WithField(logkey.TaskID, t.id).WithField(logkey.Path, rel).WithError(err).
 			Warn("encrypt_existing_files: cannot read; its protected files stay as they are")
 		t.update(func(st *task.Record) { st.FilesTotal++; st.Fail(rel, err) })
 		return nil
@@ -421,7 +422,7 @@ func (t *migration) convert(ctx context.Context, items []item) error {
 	for round := 0; len(pending) > 0 && round <= m.retryRounds; round++ {
 		if round > 0 {
 			delay := m.retryDelay << (round - 1)
-			m.log.WithFields(logrus.Fields{fieldTaskID: t.id, "files": len(pending), "round": round, "delay_ms": delay.Milliseconds()}).
+			m.log.WithFields(logrus.Fields{logkey.TaskID: t.id, logkey.Files: logkey.Count(len(pending)), "round": round, "delay_ms": delay.Milliseconds()}).
 				Debug("encrypt_existing_files: retrying busy files")
 			select {
 			case <-ctx.Done():
@@ -439,7 +440,7 @@ func (t *migration) convert(ctx context.Context, items []item) error {
 		}
 	}
 	for _, it := range pending {
-		m.log.WithFields(logrus.Fields{fieldTaskID: t.id, fieldPath: it.rel}).
+		m.log.WithFields(logrus.Fields{logkey.TaskID: t.id, logkey.Path: it.rel}).
 			Info("encrypt_existing_files: file still in use; it stays plaintext until the task runs again")
 		t.update(func(st *task.Record) {
 			st.Busy(it.rel)
@@ -485,7 +486,7 @@ func (t *migration) pass(ctx context.Context, items []item, round int) (busy []i
 	ps := &passState{t: t, round: round, cancel: cancel}
 	rm := startRemover(removers, func(rel string) {
 		if err := m.conv.removeTemp(rel); err != nil && !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.ENOTDIR) {
-			m.log.WithField(fieldPath, rel).WithError(err).Warn("cannot remove the plaintext left by a conversion")
+			m.log.WithField(logkey.Path, rel).WithError(err).Warn("cannot remove the plaintext left by a conversion")
 		}
 	})
 	b := newBatcher(func(items []batchItem) { t.commitBatch(ps, rm, items) })
@@ -615,7 +616,7 @@ func (t *migration) outcome(ctx context.Context, it item, out fs.Outcome, report
 		return false, fmt.Errorf("%s: %w", it.rel, err)
 	default:
 		st.Fail(it.rel, err)
-		m.log.WithFields(logrus.Fields{fieldTaskID: t.id, fieldPath: it.rel}).WithError(err).
+		m.log.WithFields(logrus.Fields{logkey.TaskID: t.id, logkey.Path: it.rel}).WithError(err).
 			Warn("encrypt_existing_files: cannot encrypt file; it stays plaintext")
 	}
 	t.finishBytesLocked(it.size)
@@ -644,10 +645,3 @@ func (t *migration) finishBytesLocked(size int64) {
 	t.finished += size
 	t.st.BytesDone = max(t.st.BytesDone, t.finished+t.inflight)
 }
-
-// Log field keys.
-const (
-	fieldComponent = "component"
-	fieldPath      = "path"
-	fieldTaskID    = "task_id"
-)

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mountd/mountd/crypto"
+	"github.com/mountd/mountd/logkey"
 	"github.com/mountd/mountd/task"
 )
 
@@ -339,7 +340,7 @@ func TestMigrateTree(t *testing.T) {
 	// Log lines at start and end, the end one with counts and rate.
 	var started2, finished bool
 	for _, en := range e.hook.AllEntries() {
-		if en.Data[fieldTaskID] != s.ID || en.Level != logrus.InfoLevel {
+		if en.Data[logkey.TaskID] != s.ID || en.Level != logrus.InfoLevel {
 			continue
 		}
 		switch en.Message {

@@ -285,7 +285,7 @@ func serve(c *serveConfig, s stdio) error {
 	if removed, err := crypto.RemoveStaleTemps(c.data); err != nil {
 		return fmt.Errorf("removing stale verifier temp files: %w", err)
 	} else if len(removed) > 0 {
-		log.WithField("files", strings.Join(removed, ",")).Warn("removed verifier temp files left by a crash")
+		log.WithField("paths", strings.Join(removed, ",")).Warn("removed verifier temp files left by a crash")
 	}
 	var token []byte
 	if c.tokenFile != "" {
