@@ -233,7 +233,6 @@ func TestLogoutMmap(t *testing.T) {
 
 	// Fault every page in right before logout, so both mappings hold
 	// plaintext pages that only the logout invalidation can take away.
-	time.Sleep(50 * time.Millisecond)
 	wsum := fmt.Sprintf("%x", sha256.Sum256(want))
 	if got := m.do("sum"); got != wsum+" "+wsum {
 		t.Fatalf("mappings differ before logout: %s", got)

@@ -268,7 +268,11 @@ func TestPrefetchConcurrentWriters(t *testing.T) {
 			}
 		})
 	}
-	time.Sleep(2 * time.Second)
+	// Run until enough reads raced the writer, prefetches among them:
+	// a count, not a time, so a loaded machine only makes it slower.
+	waitFor(t, 45*time.Second, "500 reads, some answered from a prefetch", func() bool {
+		return reads.Load() >= 500 && e.root.stats.prefetched.Load() > 0
+	})
 	stop.Store(true)
 	wg.Wait()
 	t.Logf("%d reads, %d answered from a prefetch", reads.Load(), e.root.stats.prefetched.Load())

@@ -395,7 +395,19 @@ func TestMigrateLogoutMidRun(t *testing.T) {
 	tr := migAwkwardTree(t, d.data, 60, 8, 40<<20)
 	d.start()
 	d.mustLogin(password)
+	// The task cannot finish before the logout, whatever the machine's
+	// load: the kernel holds the daemon's open of one file for its copy
+	// (its first open, the count's look at its header, passes) until the
+	// logout has returned. (With timing alone the whole tree could be
+	// done first: "files_done 64 of 64" under CPU load.)
+	held := "big/big-0.bin"
+	gate := gateOpen(t, filepath.Join(d.data, held), d.cmd.Process.Pid, 1)
 	tk := migStart(t, d)
+	select {
+	case <-gate.held:
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("the daemon never opened %s for its copy", held)
+	}
 	got := migWait(t, d, tk.ID, func(tk migTask) bool { return tk.BytesDone > 0 && tk.FilesDone > 0 })
 	if got.State != "running" {
 		t.Fatalf("the task ended before the logout: %v", got.raw)
@@ -403,6 +415,7 @@ func TestMigrateLogoutMidRun(t *testing.T) {
 	if r := d.logout(); r.Status != 200 {
 		t.Fatalf("logout: %d", r.Status)
 	}
+	gate.Release()
 	final := migWait(t, d, tk.ID, nil)
 	if final.State != "failed" || !strings.Contains(final.Error, "file encryption key was cleared") {
 		t.Fatalf("after logout: %v", final.raw)

@@ -131,7 +131,13 @@ func TestMigrateWriteWhileInBatch(t *testing.T) {
 					}
 					wrote <- err
 				}()
-				time.Sleep(50 * time.Millisecond) // let the open reach the claim
+				// The open reaches the daemon and waits for the claim:
+				// the kernel counts it as waiting for a reply, and the
+				// append cannot complete while the batch holds the claim.
+				e.waitRequestInFlight()
+				if len(wrote) != 0 {
+					t.Error("the append completed while its file's copy was claimed in a batch")
+				}
 			})
 		}
 	}

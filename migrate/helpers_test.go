@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -210,4 +211,30 @@ func pattern(seed byte, n int) []byte {
 		b[i] = byte(i*31+int(seed)*7) ^ seed
 	}
 	return b
+}
+
+// waitRequestInFlight waits until the kernel has a request of e's mount
+// waiting for the daemon's reply (fusectl's waiting count): external
+// state, polled with a deadline.
+func (e *testEnv) waitRequestInFlight() {
+	e.t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(e.mnt, &st); err != nil {
+		e.t.Fatal(err)
+	}
+	p := fmt.Sprintf("/sys/fs/fuse/connections/%d/waiting", unix.Minor(st.Dev))
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			e.t.Fatalf("fusectl (mount -t fusectl none /sys/fs/fuse/connections): %v", err)
+		}
+		if n, _ := strconv.Atoi(strings.TrimSpace(string(b))); n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatal("no request of the mount reached the daemon")
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
