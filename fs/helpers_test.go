@@ -2,13 +2,10 @@ package fs
 
 import (
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strconv"
-	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -17,9 +14,9 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
-	"golang.org/x/sys/unix"
 
 	"github.com/mountd/mountd/crypto"
+	"github.com/mountd/mountd/internal/testmount"
 )
 
 func TestMain(m *testing.M) {
@@ -31,36 +28,12 @@ func TestMain(m *testing.M) {
 	if runtime.GOMAXPROCS(0) < 4 {
 		runtime.GOMAXPROCS(4)
 	}
-	code := m.Run()
-	if code == 0 {
-		if leftovers := ourMounts(); len(leftovers) > 0 {
-			fmt.Fprintf(os.Stderr, "FUSE mounts left behind: %v\n", leftovers)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-// mounted holds the mountpoints this test binary created.
-var mounted sync.Map
-
-// ourMounts lists the mountpoints of this test binary still mounted
-// (other processes may run their own mounts meanwhile).
-func ourMounts() []string {
-	var out []string
-	mounted.Range(func(k, _ any) bool {
-		if isMounted(k.(string)) {
-			out = append(out, k.(string))
-		}
-		return true
-	})
-	return out
+	os.Exit(testmount.Main(m))
 }
 
 var (
-	testPassword = []byte("correct horse battery staple")
-	// testKDF is the cheapest Argon2id setting crypto accepts.
-	testKDF = crypto.KDFParams{Time: 2, MemoryKiB: 19 * 1024, Threads: 1}
+	testPassword = testmount.Password
+	testKDF      = testmount.KDF
 )
 
 type envOpts struct {
@@ -86,16 +59,8 @@ type testEnv struct {
 	hook     *logtest.Hook
 }
 
-// tempDir makes a directory whose path marks it as ours, for the
-// leftover-mount check.
-func tempDir(t testing.TB, name string) string {
-	d, err := os.MkdirTemp("", "mountd-fs-test-"+name+"-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	return d
-}
+// tempDir makes a directory whose path marks it as ours.
+func tempDir(t testing.TB, name string) string { return testmount.TempDir(t, "fs", name) }
 
 // newEnv mounts a fresh backing directory with a verifier in auth/ and
 // the key set (unless o.loggedOut). The mount goes away in t.Cleanup,
@@ -109,15 +74,7 @@ func newEnv(t testing.TB, o envOpts) *testEnv {
 
 	e.kr = crypto.NewKeyring()
 	if !o.loopback {
-		vpath := crypto.VerifierPath(e.backing)
-		if err := e.kr.Create(vpath, testPassword, testKDF); err != nil {
-			t.Fatalf("create verifier: %v", err)
-		}
-		v, err := crypto.ReadVerifier(vpath)
-		if err != nil {
-			t.Fatalf("read verifier: %v", err)
-		}
-		e.verifier = v
+		e.kr, e.verifier = testmount.Keyring(t, e.backing)
 		if o.loggedOut {
 			e.kr.Clear()
 		}
@@ -167,29 +124,12 @@ func newEnv(t testing.TB, o envOpts) *testEnv {
 		unmount = s.Unmount
 	}
 
-	mounted.Store(e.mnt, true)
 	timeout := o.timeout
 	if timeout == 0 {
 		timeout = 60 * time.Second
 	}
-	watchdog := time.AfterFunc(timeout, func() {
-		t.Errorf("watchdog: test still running after %v; aborting the FUSE connection", timeout)
-		// MNT_FORCE makes FUSE abort the connection: every pending and
-		// future request fails with ENOTCONN. Then detach the mount.
-		_ = unix.Unmount(e.mnt, unix.MNT_FORCE)
-		_ = unix.Unmount(e.mnt, unix.MNT_DETACH)
-	})
-
+	testmount.Watch(t, e.mnt, timeout, unmount)
 	t.Cleanup(func() {
-		watchdog.Stop()
-		if err := unmount(); err != nil {
-			t.Errorf("unmount: %v; detaching", err)
-			_ = unix.Unmount(e.mnt, unix.MNT_DETACH)
-		}
-		if isMounted(e.mnt) {
-			t.Errorf("%s still mounted after cleanup", e.mnt)
-			_ = unix.Unmount(e.mnt, unix.MNT_DETACH)
-		}
 		if !o.allowWarn {
 			for _, en := range hook.AllEntries() {
 				if en.Level <= logrus.WarnLevel {
@@ -201,26 +141,7 @@ func newEnv(t testing.TB, o envOpts) *testEnv {
 	return e
 }
 
-func mountFailed(t testing.TB, err error) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("cannot mount FUSE (CI=true, so this fails): %v", err)
-	}
-	t.Skipf("cannot mount FUSE: %v", err)
-}
-
-func isMounted(dir string) bool {
-	b, err := os.ReadFile("/proc/self/mounts")
-	if err != nil {
-		return false
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[1] == dir {
-			return true
-		}
-	}
-	return false
-}
+func mountFailed(t testing.TB, err error) { t.Helper(); testmount.Failed(t, err) }
 
 func (e *testEnv) m(name string) string { return filepath.Join(e.mnt, name) }
 func (e *testEnv) b(name string) string { return filepath.Join(e.backing, name) }
@@ -277,34 +198,15 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-func mustWrite(t testing.TB, path string, data []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func mustRead(t testing.TB, path string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
+var (
+	mustWrite = testmount.MustWrite
+	mustRead  = testmount.MustRead
+	pattern   = testmount.Pattern
+)
 
 func wantErrno(t testing.TB, err error, want syscall.Errno, what string) {
 	t.Helper()
 	if !errors.Is(err, want) {
 		t.Fatalf("%s: got %v, want %v", what, err, want)
 	}
-}
-
-// pattern returns n deterministic bytes that differ per seed.
-func pattern(seed byte, n int) []byte {
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(i*31+int(seed)*7) ^ seed
-	}
-	return b
 }

@@ -7,7 +7,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 
 	"github.com/mountd/mountd/crypto"
 	"github.com/mountd/mountd/fs"
+	"github.com/mountd/mountd/internal/testmount"
 )
 
 // The tests of this package that need a kernel mount a real fs.Root
@@ -28,31 +28,8 @@ func TestMain(m *testing.M) {
 	if runtime.GOMAXPROCS(0) < 4 {
 		runtime.GOMAXPROCS(4)
 	}
-	code := m.Run()
-	if code == 0 {
-		var left []string
-		mounted.Range(func(k, _ any) bool {
-			if isMounted(k.(string)) {
-				left = append(left, k.(string))
-			}
-			return true
-		})
-		if len(left) > 0 {
-			fmt.Fprintf(os.Stderr, "FUSE mounts left behind: %v\n", left)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(testmount.Main(m))
 }
-
-// mounted holds the mountpoints this test binary created.
-var mounted sync.Map
-
-var (
-	testPassword = []byte("correct horse battery staple")
-	// testKDF is the cheapest Argon2id setting crypto accepts.
-	testKDF = crypto.KDFParams{Time: 2, MemoryKiB: 19 * 1024, Threads: 1}
-)
 
 // What the tests know of fs's conversions: the temp files' prefix and
 // the copy unit (progress comes in such chunks).
@@ -77,14 +54,7 @@ type testEnv struct {
 	log      *logrus.Entry // into hook
 }
 
-func tempDir(t testing.TB, name string) string {
-	d, err := os.MkdirTemp("", "mountd-migrate-test-"+name+"-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	return d
-}
+func tempDir(t testing.TB, name string) string { return testmount.TempDir(t, "migrate", name) }
 
 // newEnv mounts a fresh backing directory with a verifier in auth/ and
 // the key set. The mount goes away in t.Cleanup; a watchdog aborts the
@@ -94,43 +64,21 @@ func tempDir(t testing.TB, name string) string {
 func newEnv(t testing.TB, o envOpts) *testEnv {
 	t.Helper()
 	e := &testEnv{t: t, backing: tempDir(t, "backing"), mnt: tempDir(t, "mnt")}
-	e.kr = crypto.NewKeyring()
-	vpath := crypto.VerifierPath(e.backing)
-	if err := e.kr.Create(vpath, testPassword, testKDF); err != nil {
-		t.Fatalf("create verifier: %v", err)
-	}
-	v, err := crypto.ReadVerifier(vpath)
-	if err != nil {
-		t.Fatalf("read verifier: %v", err)
-	}
-	e.verifier = v
+	e.kr, e.verifier = testmount.Keyring(t, e.backing)
 	logger, hook := logtest.NewNullLogger()
 	logger.SetLevel(logrus.DebugLevel)
 	e.hook, e.log = hook, logrus.NewEntry(logger)
 	srv, err := fs.Mount(e.mnt, fs.Options{Backing: e.backing, Keyring: e.kr, Log: e.log})
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("cannot mount FUSE (CI=true, so this fails): %v", err)
-		}
-		t.Skipf("cannot mount FUSE: %v", err)
+		testmount.Failed(t, err)
 	}
 	e.root = srv.Root
-	mounted.Store(e.mnt, true)
 	timeout := o.timeout
 	if timeout == 0 {
 		timeout = time.Minute
 	}
-	watchdog := time.AfterFunc(timeout, func() {
-		t.Errorf("watchdog: test still running after %v; aborting the FUSE connection", timeout)
-		_ = unix.Unmount(e.mnt, unix.MNT_FORCE)
-		_ = unix.Unmount(e.mnt, unix.MNT_DETACH)
-	})
+	testmount.Watch(t, e.mnt, timeout, srv.Unmount)
 	t.Cleanup(func() {
-		watchdog.Stop()
-		if err := srv.Unmount(); err != nil {
-			t.Errorf("unmount: %v; detaching", err)
-			_ = unix.Unmount(e.mnt, unix.MNT_DETACH)
-		}
 		for _, en := range hook.AllEntries() {
 			if en.Level <= logrus.WarnLevel {
 				t.Errorf("unexpected log %s: %s %v", en.Level, en.Message, en.Data)
@@ -140,19 +88,6 @@ func newEnv(t testing.TB, o envOpts) *testEnv {
 	return e
 }
 
-func isMounted(dir string) bool {
-	b, err := os.ReadFile("/proc/self/mounts")
-	if err != nil {
-		return false
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[1] == dir {
-			return true
-		}
-	}
-	return false
-}
-
 func (e *testEnv) m(name string) string { return filepath.Join(e.mnt, name) }
 func (e *testEnv) b(name string) string { return filepath.Join(e.backing, name) }
 
@@ -160,7 +95,7 @@ func (e *testEnv) logout() { e.kr.Clear() }
 
 func (e *testEnv) login() {
 	e.t.Helper()
-	if err := e.kr.Unlock(e.verifier, testPassword); err != nil {
+	if err := e.kr.Unlock(e.verifier, testmount.Password); err != nil {
 		e.t.Fatalf("login: %v", err)
 	}
 }
@@ -188,30 +123,11 @@ func (e *testEnv) isEncrypted(name string) bool {
 	return crypto.HasMagic(b[:n])
 }
 
-func mustWrite(t testing.TB, path string, data []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func mustRead(t testing.TB, path string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-// pattern returns n deterministic bytes that differ per seed.
-func pattern(seed byte, n int) []byte {
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(i*31+int(seed)*7) ^ seed
-	}
-	return b
-}
+var (
+	mustWrite = testmount.MustWrite
+	mustRead  = testmount.MustRead
+	pattern   = testmount.Pattern
+)
 
 // waitRequestInFlight waits until the kernel has a request of e's mount
 // waiting for the daemon's reply (fusectl's waiting count): external

@@ -1,0 +1,154 @@
+// Package testmount holds what the tests that mount a filesystem share
+// (packages fs and migrate): temp directories, the watchdog, the cleanup
+// and leftover-mount checks, the CI rule that a test which cannot mount
+// fails, a keyring with a cheap verifier, and deterministic content. It
+// imports neither fs nor go-fuse, so fs's own tests can use it. Only
+// tests import it.
+package testmount
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mountd/mountd/crypto"
+)
+
+// Password is the tests' password; KDF the cheapest Argon2id setting
+// crypto accepts.
+var (
+	Password = []byte("correct horse battery staple")
+	KDF      = crypto.KDFParams{Time: 2, MemoryKiB: 19 * 1024, Threads: 1}
+)
+
+// mounted holds the mountpoints this test binary created.
+var mounted sync.Map
+
+// TempDir makes a directory whose name marks it as the package's test's,
+// removed in t.Cleanup.
+func TempDir(t testing.TB, pkg, name string) string {
+	d, err := os.MkdirTemp("", "mountd-"+pkg+"-test-"+name+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
+// Keyring returns a keyring with the key set and its verifier, created
+// in backing's auth/.
+func Keyring(t testing.TB, backing string) (*crypto.Keyring, *crypto.Verifier) {
+	t.Helper()
+	kr := crypto.NewKeyring()
+	vpath := crypto.VerifierPath(backing)
+	if err := kr.Create(vpath, Password, KDF); err != nil {
+		t.Fatalf("create verifier: %v", err)
+	}
+	v, err := crypto.ReadVerifier(vpath)
+	if err != nil {
+		t.Fatalf("read verifier: %v", err)
+	}
+	return kr, v
+}
+
+// Failed reports that mounting failed: the test is skipped, or fails
+// under CI=true.
+func Failed(t testing.TB, err error) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("cannot mount FUSE (CI=true, so this fails): %v", err)
+	}
+	t.Skipf("cannot mount FUSE: %v", err)
+}
+
+// Watch records mnt as this binary's mount, aborts its FUSE connection
+// and fails the test if the test still runs after timeout (so a hung
+// request cannot hang the binary), and in t.Cleanup unmounts it with
+// unmount (detaching it if that fails or leaves it mounted). Register it
+// right after mounting.
+func Watch(t testing.TB, mnt string, timeout time.Duration, unmount func() error) {
+	mounted.Store(mnt, true)
+	watchdog := time.AfterFunc(timeout, func() {
+		t.Errorf("watchdog: test still running after %v; aborting the FUSE connection", timeout)
+		// MNT_FORCE makes FUSE abort the connection: every pending and
+		// future request fails with ENOTCONN. Then detach the mount.
+		_ = unix.Unmount(mnt, unix.MNT_FORCE)
+		_ = unix.Unmount(mnt, unix.MNT_DETACH)
+	})
+	t.Cleanup(func() {
+		watchdog.Stop()
+		if err := unmount(); err != nil {
+			t.Errorf("unmount: %v; detaching", err)
+			_ = unix.Unmount(mnt, unix.MNT_DETACH)
+		}
+		if IsMounted(mnt) {
+			t.Errorf("%s still mounted after cleanup", mnt)
+			_ = unix.Unmount(mnt, unix.MNT_DETACH)
+		}
+	})
+}
+
+// Main runs the tests and fails the binary if a mount of it is left.
+func Main(m *testing.M) int {
+	code := m.Run()
+	if code == 0 {
+		var left []string
+		mounted.Range(func(k, _ any) bool {
+			if IsMounted(k.(string)) {
+				left = append(left, k.(string))
+			}
+			return true
+		})
+		if len(left) > 0 {
+			fmt.Fprintf(os.Stderr, "FUSE mounts left behind: %v\n", left)
+			code = 1
+		}
+	}
+	return code
+}
+
+// IsMounted reports whether dir is a mountpoint of this mount namespace.
+func IsMounted(dir string) bool {
+	b, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		return false
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[1] == dir {
+			return true
+		}
+	}
+	return false
+}
+
+// MustWrite writes data to path (mode 0644).
+func MustWrite(t testing.TB, path string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// MustRead reads path.
+func MustRead(t testing.TB, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// Pattern returns n deterministic bytes that differ per seed.
+func Pattern(seed byte, n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*31+int(seed)*7) ^ seed
+	}
+	return b
+}
