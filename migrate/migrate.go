@@ -311,10 +311,9 @@ func (t *migration) run(ctx context.Context, removeListener func()) {
 		m.mu.Lock()
 		st := t.snapshotLocked()
 		m.mu.Unlock()
-		log.WithFields(logrus.Fields{
-			"files_total": st.FilesTotal, "to_encrypt": len(items),
-			"bytes_total": st.BytesTotal, "files_skipped": st.FilesSkipped,
-		}).Info("encrypt_existing_files: counted")
+		f := logrus.Fields(st.Counters())
+		f["to_encrypt"] = len(items)
+		log.WithFields(f).Info("encrypt_existing_files: counted")
 		stop = t.convert(ctx, items)
 	}
 	t.finish(ctx, stop, log)
@@ -354,13 +353,9 @@ func (t *migration) finish(ctx context.Context, stop error, log *logrus.Entry) {
 	if s := dur.Seconds(); s > 0 {
 		rate = math.Round(float64(converted)/(1<<20)/s*10) / 10
 	}
-	f := logrus.Fields{
-		"state": final.State, "files_total": final.FilesTotal, "files_done": final.FilesDone,
-		"files_skipped": final.FilesSkipped, "files_busy": final.FilesBusy, "files_failed": final.FilesFailed,
-		"files_left_plaintext": final.FilesLeftPlaintext, "bytes_total": final.BytesTotal,
-		"bytes_done": final.BytesDone, "bytes_encrypted": converted,
-		logkey.DurMS: logkey.MS(dur), "rate_mib_s": rate,
-	}
+	f := logrus.Fields(final.Counters())
+	f["state"], f["bytes_encrypted"], f["rate_mib_s"] = final.State, converted, rate
+	f[logkey.DurMS] = logkey.MS(dur)
 	if len(final.SkippedReasons) > 0 {
 		f["skipped_reasons"] = final.SkippedReasons
 	}

@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"errors"
 	"maps"
+	"reflect"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -138,6 +140,20 @@ func (r *Record) leave(f File) {
 	if len(r.LeftPlaintext) < MaxListed {
 		r.LeftPlaintext = append(r.LeftPlaintext, f)
 	}
+}
+
+// Counters returns the record's counters (its int64 fields) under their
+// JSON names, for log lines: a new counter shows up there as well.
+func (r Record) Counters() map[string]any {
+	out := map[string]any{}
+	v, t := reflect.ValueOf(r), reflect.TypeOf(r)
+	for i := range t.NumField() {
+		if f := t.Field(i); f.Type.Kind() == reflect.Int64 {
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			out[name] = v.Field(i).Int()
+		}
+	}
+	return out
 }
 
 // Clone returns a copy that shares nothing with r.

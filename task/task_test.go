@@ -102,3 +102,30 @@ func TestStates(t *testing.T) {
 		}
 	}
 }
+
+// TestCounters: every counter of the record is in Counters, under its
+// JSON name, with its value.
+func TestCounters(t *testing.T) {
+	r := Record{FilesTotal: 1, FilesDone: 2, FilesSkipped: 3, FilesFailed: 4, FilesBusy: 5, FilesLeftPlaintext: 6, BytesTotal: 7, BytesDone: 8}
+	b, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all map[string]any
+	if err := json.Unmarshal(b, &all); err != nil {
+		t.Fatal(err)
+	}
+	c := r.Counters()
+	n := 0
+	for k, v := range all {
+		if f, ok := v.(float64); ok {
+			n++
+			if c[k] != int64(f) {
+				t.Errorf("%s: Counters has %v, JSON %v", k, c[k], v)
+			}
+		}
+	}
+	if n != 8 || len(c) != n {
+		t.Errorf("%d counters in JSON, %d in Counters: %v", n, len(c), c)
+	}
+}
