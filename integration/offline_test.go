@@ -11,7 +11,6 @@ import (
 	"regexp"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -24,8 +23,8 @@ import (
 // fsck, export) and of reset_password, against the real binary and daemon.
 
 // offline runs the binary with stdin and returns stdout, stderr and the
-// exit code; the process's peak RSS (KiB) comes back in rss.
-func offline(t *testing.T, stdin string, args ...string) (stdout, stderr string, code int, rss int64) {
+// exit code.
+func offline(t *testing.T, stdin string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	cmd := exec.Command(mountdBin, args...)
 	cmd.Stdin = strings.NewReader(stdin)
@@ -37,10 +36,7 @@ func offline(t *testing.T, stdin string, args ...string) (stdout, stderr string,
 	} else if err != nil {
 		t.Fatal(err)
 	}
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		rss = ru.Maxrss
-	}
-	return out.String(), errb.String(), code, rss
+	return out.String(), errb.String(), code
 }
 
 var recoveryKeyLine = regexp.MustCompile(`^([0-9A-Z]{4}-){14}[0-9A-Z]{4}\n$`)
@@ -49,7 +45,7 @@ var recoveryKeyLine = regexp.MustCompile(`^([0-9A-Z]{4}-){14}[0-9A-Z]{4}\n$`)
 // it starts) and returns the recovery key.
 func initDaemon(t *testing.T, d *daemon, pw string) string {
 	t.Helper()
-	out, errs, code, _ := offline(t, pw+"\n", append([]string{"init", "--data", d.data}, migFastKDF...)...)
+	out, errs, code := offline(t, pw+"\n", append([]string{"init", "--data", d.data}, migFastKDF...)...)
 	if code != 0 || !recoveryKeyLine.MatchString(out) || !strings.Contains(errs, "store it offline") {
 		t.Fatalf("init: exit %d, stdout %q, stderr %s", code, out, errs)
 	}
@@ -81,11 +77,11 @@ func TestRecoveryRoundTripBinary(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	out, errs, code, _ := offline(t, rk+"\nsecond password\n", append([]string{"reset-password", "--data", d.data}, migFastKDF...)...)
+	out, errs, code := offline(t, rk+"\nsecond password\n", append([]string{"reset-password", "--data", d.data}, migFastKDF...)...)
 	if code != 0 {
 		t.Fatalf("reset-password: exit %d: %s %s", code, out, errs)
 	}
-	out, errs, code, _ = offline(t, "second password\n", "fsck", "--data", d.data)
+	out, errs, code = offline(t, "second password\n", "fsck", "--data", d.data)
 	if code != 0 || !strings.Contains(out, "clean") {
 		t.Fatalf("fsck: exit %d: %s %s", code, out, errs)
 	}
@@ -118,7 +114,7 @@ func TestRecoveryRoundTripBinary(t *testing.T) {
 
 func runOut(t *testing.T, stdin string, args ...string) (string, string) {
 	t.Helper()
-	out, errs, code, _ := offline(t, stdin, args...)
+	out, errs, code := offline(t, stdin, args...)
 	if code != 0 {
 		t.Fatalf("mountd %s: exit %d: %s %s", args[0], code, out, errs)
 	}
@@ -245,7 +241,7 @@ func TestOfflineRefusedWhileDaemonServes(t *testing.T) {
 		{password + "\n", []string{"fsck", "--data", d.data}},
 		{password + "\n", []string{"export", "--data", d.data, "--out", out}},
 	} {
-		stdout, errs, code, _ := offline(t, c.stdin, c.args...)
+		stdout, errs, code := offline(t, c.stdin, c.args...)
 		if code != 6 || !strings.Contains(errs, fmt.Sprintf("served by mountd pid %d (mounted at %s)", d.cmd.Process.Pid, d.mnt)) || stdout != "" {
 			t.Errorf("%s: exit %d, stdout %q: %s", c.args[0], code, stdout, errs)
 		}
@@ -322,7 +318,7 @@ func TestExportEqualsMount(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	out, errs, code, _ := offline(t, password+"\n", "fsck", "--data", d.data)
+	out, errs, code := offline(t, password+"\n", "fsck", "--data", d.data)
 	if code != 0 || !strings.Contains(out, "clean") {
 		t.Fatalf("fsck: exit %d: %s %s", code, out, errs)
 	}
@@ -333,14 +329,15 @@ func TestExportEqualsMount(t *testing.T) {
 	pwFile := filepath.Join(t.TempDir(), "pw")
 	os.WriteFile(pwFile, []byte(password+"\n"), 0o600)
 	cmd := exec.Command(plainBinary(t), "export", "--data", d.data, "--out", exp, "--password-file", pwFile)
-	b, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(b), "complete") {
-		t.Fatalf("export: %v: %s", err, b)
+	var b bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &b, &b
+	rss, err := runPeakRSS(cmd)
+	if err != nil || !strings.Contains(b.String(), "complete") {
+		t.Fatalf("export: %v: %s", err, b.String())
 	}
 	// Memory does not follow the file size: a fixed buffer per worker,
 	// the KDF's 19 MiB and the runtime.
-	rss := cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss
-	t.Logf("export: %s; peak RSS %d MiB", strings.TrimSpace(string(b)), rss>>10)
+	t.Logf("export: %s; peak RSS %d MiB", strings.TrimSpace(b.String()), rss>>10)
 	if limit := int64(96 << 10); rss > limit {
 		t.Fatalf("export peak RSS %d MiB, want at most %d MiB with a %d MiB file", rss>>10, limit>>10, big>>20)
 	}
