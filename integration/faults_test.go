@@ -71,6 +71,9 @@ func TestKillDuringStreamingWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	written := make(chan int64, 1)
+	// The kill lands mid-stream: after 16 acknowledged writes, however
+	// slow the machine.
+	running := make(chan struct{})
 	go func() {
 		var off int64
 		for {
@@ -78,16 +81,16 @@ func TestKillDuringStreamingWrite(t *testing.T) {
 				break
 			}
 			off += 1 << 20
+			if off == 16<<20 {
+				close(running)
+			}
 		}
 		written <- off
 	}()
-	time.Sleep(1500 * time.Millisecond)
+	waitOrFail(t, running, written, "the stream")
 	d.kill()
 	n := <-written
 	f.Close()
-	if n == 0 {
-		t.Fatal("nothing was written before the kill")
-	}
 	d.start()
 	d.mustLogin(password)
 	got := checkPrefix(t, path)
@@ -95,6 +98,17 @@ func TestKillDuringStreamingWrite(t *testing.T) {
 		t.Fatalf("file holds %d bytes; writer saw %d acknowledged (want a block-aligned prefix near it)", got, n)
 	}
 	noTemps(t, d.data)
+}
+
+// waitOrFail waits until a writer signals running; a writer that stops
+// first (its result on written) fails the test.
+func waitOrFail(t *testing.T, running <-chan struct{}, written <-chan int64, what string) {
+	t.Helper()
+	select {
+	case <-running:
+	case n := <-written:
+		t.Fatalf("%s failed after %d bytes, before the kill", what, n)
+	}
 }
 
 // TestKillDuringSmallWrites: kill -9 during many small sequential writes
@@ -109,18 +123,22 @@ func TestKillDuringSmallWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	written := make(chan int64, 1)
+	running := make(chan struct{})
 	go func() {
 		var off int64
-		for {
+		for i := 0; ; i++ {
 			n := 37 + int(off%500)
 			if _, err := f.WriteAt(pattern(off, n), off); err != nil {
 				break
 			}
 			off += int64(n)
+			if i == 2000 {
+				close(running)
+			}
 		}
 		written <- off
 	}()
-	time.Sleep(1500 * time.Millisecond)
+	waitOrFail(t, running, written, "the small writes")
 	d.kill()
 	n := <-written
 	f.Close()
