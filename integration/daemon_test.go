@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -189,13 +190,20 @@ func (d *daemon) start() {
 		}
 	})
 	deadline := time.Now().Add(30 * time.Second)
+	listen := d.addr
 	for {
 		select {
 		case <-d.exited:
 			t.Fatalf("daemon exited during start-up: %v\n%s", d.exitErr, d.out.String())
 		default:
 		}
-		if isMounted(d.mnt) {
+		if strings.HasSuffix(listen, ":0") {
+			// --listen HOST:0: the port the daemon logs it chose.
+			if m := startedListen.FindStringSubmatch(d.out.String()); m != nil {
+				d.addr = m[1]
+			}
+		}
+		if isMounted(d.mnt) && !strings.HasSuffix(d.addr, ":0") {
 			req, _ := d.newRequest("GET", "/api/system/encryption-status", nil)
 			if resp, err := d.client.Do(req); err == nil {
 				resp.Body.Close()
@@ -211,6 +219,9 @@ func (d *daemon) start() {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// startedListen finds the control plane's address in the start-up line.
+var startedListen = regexp.MustCompile(`msg="mountd started".* listen="([^"]+)"`)
 
 // stop sends SIGTERM and waits for exit; it kills after a timeout.
 func (d *daemon) stop() error {

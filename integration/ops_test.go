@@ -592,3 +592,25 @@ func TestTasksCancelAndInterrupt(t *testing.T) {
 		t.Errorf("cancel of an unknown id: %d %q", code, out)
 	}
 }
+
+// TestListenPortZero: --listen 127.0.0.1:0 serves on the port the kernel
+// chose (it used to mount, then refuse the address and unmount); status
+// names that port, and the Host check accepts it.
+func TestListenPortZero(t *testing.T) {
+	d := newDaemon(t)
+	d.addr = "127.0.0.1:0"
+	d.start()
+	_, port, err := net.SplitHostPort(d.addr)
+	if err != nil || port == "0" {
+		t.Fatalf("daemon address %q", d.addr)
+	}
+	st := d.status(false)
+	daemon, _ := st["daemon"].(map[string]any)
+	if daemon["listen"] != d.addr {
+		t.Fatalf("status says listen %v, the daemon logged %s", daemon["listen"], d.addr)
+	}
+	d.mustLogin(password)
+	if r := d.logout(); r.Status != 200 {
+		t.Fatalf("logout: %d %s", r.Status, r.Raw)
+	}
+}

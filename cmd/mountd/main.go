@@ -291,12 +291,22 @@ func printUsage(w io.Writer, c *command, f *flag.FlagSet) {
 				line += " " + typ
 			}
 			fmt.Fprintf(w, "%s\n    \t%s", line, strings.ReplaceAll(usage, "\n", "\n    \t"))
-			if d := fl.DefValue; d != "" && d != "false" && d != "0" && d != "[]" {
+			if d := fl.DefValue; !zeroDefault(d) {
 				fmt.Fprintf(w, " (default %s)", d)
 			}
 			fmt.Fprintln(w)
 		})
 	}
+}
+
+// zeroDefault says whether a flag's default is its type's zero value,
+// which the help leaves out ("0s" is a Duration's).
+func zeroDefault(d string) bool {
+	switch d {
+	case "", "false", "0", "0s", "[]":
+		return true
+	}
+	return false
 }
 
 // printOverview lists the commands by group.

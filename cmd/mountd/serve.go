@@ -305,6 +305,11 @@ func serve(c *serveConfig, s stdio) error {
 		return fmt.Errorf("control plane: %w", err)
 	}
 	defer ln.Close()
+	if a, ok := ln.Addr().(*net.TCPAddr); ok {
+		// Port 0 becomes the port the kernel chose, for the Host check
+		// and what status and the log show.
+		c.listen = a.String()
+	}
 
 	kr := crypto.NewKeyring()
 	if !kr.MemoryLocked() {
