@@ -1093,6 +1093,31 @@ func (r *Root) openDirRel(rel string) (int, error) {
 	return r.beneath(rel, unix.O_RDONLY|unix.O_DIRECTORY, 0)
 }
 
+// Filesystem types (statfs f_type) whose syncfs does not make a file's
+// data durable on the storage that holds it: FUSE sends no sync to the
+// server (except virtiofs, which is not a network filesystem we can tell
+// apart; it only costs fsyncs), and the SMB clients have no sync_fs.
+const (
+	fuseSuperMagic = 0x65735546
+	smbSuperMagic  = 0x517b
+	cifsMagic      = 0xff534d42
+	smb2Magic      = 0xfe534d42
+)
+
+// syncfsDurable reports whether syncfs on the filesystem of fd makes its
+// written files durable (false when it cannot tell).
+func syncfsDurable(fd int) bool {
+	var s unix.Statfs_t
+	if unix.Fstatfs(fd, &s) != nil {
+		return false
+	}
+	switch uint32(s.Type) {
+	case fuseSuperMagic, smbSuperMagic, cifsMagic, smb2Magic:
+		return false
+	}
+	return true
+}
+
 // SyncDir makes the entries of directory rel (a path from the backing
 // root) durable: the conversions committed in it with NoDirSync.
 func (r *Root) SyncDir(rel string) error {

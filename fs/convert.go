@@ -36,6 +36,9 @@ var (
 	// ErrChanged: the file changed while it was being copied; try again
 	// later.
 	ErrChanged = errors.New("fs: file changed during conversion")
+	// ErrNoSyncFS: syncfs would not make the copies durable on this
+	// filesystem; fsync each one (Conversion.Sync).
+	ErrNoSyncFS = errors.New("fs: syncfs does not reach this filesystem's storage")
 )
 
 // SkipReason says why a file is not to be converted.
@@ -99,10 +102,11 @@ type CommitOptions struct {
 // encryptInPlace replaces the plaintext regular file at rel (relative to
 // the backing root) with an encrypted copy, atomically: the copy is
 // written to an exclusive 0600 temp file beside it, checked, given the
-// original's owner, mode, xattrs and times, fsynced, and exchanged with
-// the original (renameat2 RENAME_EXCHANGE, so a file that replaced the
-// original meanwhile is never clobbered); then the directory is fsynced
-// and the kernel told to look the name up again. Outcomes as
+// original's owner, mode, xattrs and times, fsynced, and put in the
+// original's place (commit.go: exchanged with it, or, where the
+// filesystem cannot exchange, renamed over it after a check under the
+// names lock); then the directory is fsynced and the kernel told to look
+// the name up again. Outcomes as
 // PrepareConversion and Commit. It needs the key (crypto.ErrLocked
 // otherwise) and must not be called from a FUSE handler.
 func (r *Root) encryptInPlace(ctx context.Context, rel string) Outcome {
@@ -223,8 +227,15 @@ func (c *Conversion) Rel() string { return c.rel }
 // SyncFS makes every write of the filesystem that holds the copy
 // durable (syncfs): one call for many prepared conversions. It reports
 // write-back errors of the whole filesystem; Sync then tells which copy
-// is at fault.
-func (c *Conversion) SyncFS() error { return unix.Syncfs(c.dirfd) }
+// is at fault. On a filesystem whose syncfs does not reach its server
+// (FUSE: sshfs; SMB) it does nothing and returns ErrNoSyncFS: Sync each
+// copy instead.
+func (c *Conversion) SyncFS() error {
+	if !syncfsDurable(c.dirfd) {
+		return ErrNoSyncFS
+	}
+	return unix.Syncfs(c.dirfd)
+}
 
 // Sync makes the copy durable (fsync). On failure it aborts the
 // conversion: the original stays as it was.
@@ -340,22 +351,27 @@ func (c *Conversion) done() {
 }
 
 // Commit puts the copy in place once it is durable (Sync or SyncFS): it
-// checks the original did not change since PrepareConversion, exchanges
-// the two, removes the old plaintext (or hands it to o.KeepOld), fsyncs
-// the directory (unless o.NoDirSync), drops the claim, and then tells the
-// kernel the name was replaced. The Conversion is finished either way.
-// The outcome is done, skipped (SkipGone: the file went away), ErrChanged
-// (changed in the backing directory meanwhile), or what failed.
+// checks the original did not change since PrepareConversion, puts the
+// copy in its place (commit.go: an exchange, or a rename where the
+// filesystem has no RENAME_EXCHANGE), removes the old plaintext (or hands
+// it to o.KeepOld), fsyncs the directory (unless o.NoDirSync), drops the
+// claim, and then tells the kernel the name was replaced. The Conversion
+// is finished either way. The outcome is done, skipped (SkipGone: the
+// file went away), ErrChanged (changed in the backing directory
+// meanwhile), or what failed.
 func (c *Conversion) Commit(o CommitOptions) Outcome {
-	out := c.exchange(o)
+	out := c.commit(o)
 	r := c.r
 	swapped := c.swapped
 	if swapped {
 		r.replaced()
 	}
-	if out.Done() {
+	switch {
+	case errors.Is(out.Err, errCrashed):
+		c.abandon()
+	case out.Done():
 		c.done()
-	} else {
+	default:
 		c.Abort()
 	}
 	// Only now, with the claim dropped (doc.go: no kernel notification
@@ -375,56 +391,6 @@ func (c *Conversion) Commit(o CommitOptions) Outcome {
 		r.log.WithField(logkey.Path, c.rel).Info("encrypted file in place")
 	}
 	return out
-}
-
-// exchange is the renaming part of Commit. On success the temp file is
-// gone and c.tmp is nil.
-func (c *Conversion) exchange(o CommitOptions) Outcome {
-	dirfd, base, tmpName, sx := c.dirfd, c.base, c.tmpName, &c.sx
-	// Unchanged since we started? The claim kept the mount out; this
-	// catches changes made in the backing directory itself.
-	var now unix.Statx_t
-	if err := statAt(dirfd, base, &now); err != nil {
-		if err == unix.ENOENT {
-			return skipped(SkipGone)
-		}
-		return failed(err)
-	}
-	if now.Ino != sx.Ino || now.Dev_major != sx.Dev_major || now.Dev_minor != sx.Dev_minor ||
-		now.Size != sx.Size || now.Mtime != sx.Mtime || now.Ctime != sx.Ctime || now.Nlink != 1 {
-		return failed(ErrChanged)
-	}
-
-	// Swap, and make sure what we swapped out is what we copied.
-	if err := renameAt(dirfd, tmpName, dirfd, base, unix.RENAME_EXCHANGE); err != nil {
-		return failed(err)
-	}
-	var old unix.Statx_t
-	if err := statAt(dirfd, tmpName, &old); err != nil || old.Ino != sx.Ino {
-		// Someone put another file at base meanwhile: give it back.
-		if xerr := renameAt(dirfd, tmpName, dirfd, base, unix.RENAME_EXCHANGE); xerr != nil {
-			c.tmp.Close()
-			c.tmp = nil // tmp now holds someone's file; never delete it
-			return failed(fmt.Errorf("fs: convert: cannot undo exchange of %s: %w", base, xerr))
-		}
-		return failed(ErrChanged)
-	}
-	// tmpName now names the old plaintext: remove it before the directory
-	// is synced, so the removal lasts with the exchange (with KeepOld, the
-	// caller removes it later; a crash in between leaves a temp file for
-	// RemoveStaleTemps).
-	c.swapped = true
-	c.tmp.Close()
-	c.tmp = nil
-	if o.KeepOld != nil {
-		o.KeepOld(filepath.Join(filepath.Dir(c.rel), tmpName))
-	} else if err := unlinkAt(dirfd, tmpName, 0); err != nil {
-		c.r.log.WithField(logkey.Path, tmpName).WithError(err).Warn("cannot remove the plaintext left by a conversion")
-	}
-	if o.NoDirSync {
-		return Outcome{}
-	}
-	return failed(unix.Fsync(dirfd))
 }
 
 // copyXattrs copies the extended attributes of src to dst, best effort.
@@ -488,6 +454,9 @@ type converter struct {
 
 	// attempted, if set (tests; guarded by mu), runs after each attempt.
 	attempted func(rel string, out Outcome)
+
+	// caps: how commits put copies in place (commit.go).
+	caps commitCaps
 
 	kick   chan struct{}
 	ctx    context.Context

@@ -69,9 +69,13 @@
 //     pool's mu, fileTable.mu (openfile.go: the table and its claims; its
 //     cond waits only for a claim), dirCache.mu (backing.go: directory
 //     descriptors of nodes), node.mu (a node's cached class), converter.mu
-//     (convert.go), xattratMissing (backing.go), the Keyring's lmu (its
-//     listeners). The migration's locks are its own and are taken before
-//     any of these (migrate/doc.go).
+//     (convert.go), commitCaps.mu (commit.go), xattratMissing (backing.go),
+//     the Keyring's lmu (its listeners), and commitCaps.names (commit.go):
+//     taken shared by unlink, rename and link through the mount around
+//     their one backing call, exclusively by a rename commit around its
+//     check and rename (while it holds a claim); nothing is taken under
+//     it. The migration's locks are its own and are taken before any of
+//     these (migrate/doc.go).
 //
 // Waits that are not locks, and what makes them safe:
 //   - A claim (a conversion's "converting" entry in the table) makes an

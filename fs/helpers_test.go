@@ -62,6 +62,25 @@ type testEnv struct {
 // tempDir makes a directory whose path marks it as ours.
 func tempDir(t testing.TB, name string) string { return testmount.TempDir(t, "fs", name) }
 
+// netBacking, if set, is where newEnv makes its backing directories: a
+// network filesystem (TestOnSSHFS sets it to its sshfs mount; set
+// MOUNTD_FS_TEST_BACKING to run the whole package on a directory of
+// yours).
+var netBacking = os.Getenv("MOUNTD_FS_TEST_BACKING")
+
+// backingDir makes a fresh backing directory, under netBacking if set.
+func backingDir(t testing.TB) string {
+	if netBacking == "" {
+		return tempDir(t, "backing")
+	}
+	d, err := os.MkdirTemp(netBacking, "backing-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
 // newEnv mounts a fresh backing directory with a verifier in auth/ and
 // the key set (unless o.loggedOut). The mount goes away in t.Cleanup,
 // lazily if it is busy. A watchdog aborts the FUSE connection and fails
@@ -70,7 +89,7 @@ func tempDir(t testing.TB, name string) string { return testmount.TempDir(t, "fs
 // or fails under CI=true.
 func newEnv(t testing.TB, o envOpts) *testEnv {
 	t.Helper()
-	e := &testEnv{t: t, backing: tempDir(t, "backing"), mnt: tempDir(t, "mnt")}
+	e := &testEnv{t: t, backing: backingDir(t), mnt: tempDir(t, "mnt")}
 
 	e.kr = crypto.NewKeyring()
 	if !o.loopback {
@@ -122,6 +141,10 @@ func newEnv(t testing.TB, o envOpts) *testEnv {
 		}
 		e.root = s.Root
 		unmount = s.Unmount
+		// MOUNTD_FS_FORCE_RENAME=1 runs every test with conversions
+		// committing by rename, as on a filesystem without
+		// RENAME_EXCHANGE (commit.go).
+		e.root.conv.caps.forceRename = os.Getenv("MOUNTD_FS_FORCE_RENAME") == "1"
 	}
 
 	timeout := o.timeout

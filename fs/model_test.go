@@ -28,6 +28,11 @@ func TestModel(t *testing.T) {
 	if s := os.Getenv("MOUNTD_MODEL_OPS"); s != "" {
 		ops, _ = strconv.Atoi(s)
 	}
+	runModel(t, seed, ops)
+}
+
+// runModel runs the model's ops operations from seed on a fresh mount.
+func runModel(t *testing.T, seed uint64, ops int) {
 	t.Logf("seed %d, %d operations", seed, ops)
 	e := newEnv(t, envOpts{timeout: 5 * 60e9})
 	m := newModel(t, e, rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)))

@@ -173,7 +173,7 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 		return nil, errnoOf(err)
 	}
 	defer d.release()
-	if err := r.linkNode(tn, d.fd, name); err != nil {
+	if err := r.nameChange(func() error { return r.linkNode(tn, d.fd, name) }); err != nil {
 		return nil, errnoOf(err)
 	}
 	return n.newChild(ctx, d.fd, name, out)
@@ -204,7 +204,7 @@ func (n *node) remove(name string, flags int) syscall.Errno {
 		return errnoOf(err)
 	}
 	defer d.release()
-	return errnoOf(unlinkAt(d.fd, name, flags))
+	return errnoOf(n.root.nameChange(func() error { return unlinkAt(d.fd, name, flags) }))
 }
 
 // Rename moves name in n to newName in newParent (flags as renameat2).
@@ -235,7 +235,9 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 		defer d2.release()
 	}
 	moved := nodeOf(n.GetChild(name))
-	rename := func() error { return renameAt(d1.fd, name, d2.fd, newName, uint(flags)) }
+	rename := func() error {
+		return r.nameChange(func() error { return renameAt(d1.fd, name, d2.fd, newName, uint(flags)) })
+	}
 	if flags&unix.RENAME_WHITEOUT != 0 {
 		// The whiteout left at name is a new object: the caller's.
 		err = r.asOwner(ctx, rename, nil)

@@ -9,9 +9,12 @@ import (
 
 // Batches. Rather than fsync each encrypted copy and each directory per
 // file, which costs a journal commit per file, the workers hand the
-// prepared copies to a batcher; a batch is made durable with one syncfs,
-// then each copy is exchanged with its original, then the directories
-// that got renames are fsynced (migration.commitBatch). A batch is
+// prepared copies to a batcher; a batch is made durable with one syncfs
+// (or, where syncfs does not reach the storage, sshfs and SMB: fs's
+// ErrNoSyncFS, one fsync per copy), then each copy is put in its
+// original's place (exchanged, or renamed over it where the filesystem
+// cannot exchange), then the directories that got renames are fsynced
+// (migration.commitBatch). A batch is
 // committed when it holds maxFiles files or maxBytes bytes, or age after
 // its first file, so a file waits little for its turn (while it waits,
 // opens of it through the mount wait too). A batch prepared before a

@@ -56,6 +56,25 @@ type testEnv struct {
 
 func tempDir(t testing.TB, name string) string { return testmount.TempDir(t, "migrate", name) }
 
+// netBacking, if set, is where newEnv makes its backing directories: a
+// network filesystem (TestMigrateOnSSHFS sets it to its sshfs mount; set
+// MOUNTD_MIGRATE_TEST_BACKING to run the package on a directory of
+// yours).
+var netBacking = os.Getenv("MOUNTD_MIGRATE_TEST_BACKING")
+
+// backingDir makes a fresh backing directory, under netBacking if set.
+func backingDir(t testing.TB) string {
+	if netBacking == "" {
+		return tempDir(t, "backing")
+	}
+	d, err := os.MkdirTemp(netBacking, "backing-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
 // newEnv mounts a fresh backing directory with a verifier in auth/ and
 // the key set. The mount goes away in t.Cleanup; a watchdog aborts the
 // FUSE connection after o.timeout (default a minute). Without FUSE the
@@ -63,7 +82,7 @@ func tempDir(t testing.TB, name string) string { return testmount.TempDir(t, "mi
 // fails the test.
 func newEnv(t testing.TB, o envOpts) *testEnv {
 	t.Helper()
-	e := &testEnv{t: t, backing: tempDir(t, "backing"), mnt: tempDir(t, "mnt")}
+	e := &testEnv{t: t, backing: backingDir(t), mnt: tempDir(t, "mnt")}
 	e.kr, e.verifier = testmount.Keyring(t, e.backing)
 	logger, hook := logtest.NewNullLogger()
 	logger.SetLevel(logrus.DebugLevel)

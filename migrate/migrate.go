@@ -561,7 +561,8 @@ func (t *migration) commitBatch(ps *passState, rm *remover, items []batchItem) {
 	}
 	// One syncfs writes back every copy of the batch. If it fails (it
 	// reports write-back errors of the whole filesystem), fsync each copy
-	// to learn which ones are at fault.
+	// to learn which ones are at fault; so too where it cannot make them
+	// durable (fs.ErrNoSyncFS: sshfs, SMB).
 	syncFS := prepared.SyncFS
 	if h := m.hooks.syncfs; h != nil {
 		syncFS = h
