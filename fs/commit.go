@@ -229,6 +229,11 @@ func (c *Conversion) rename() Outcome {
 	if c.crashAt(stepChecked) {
 		return failed(errCrashed)
 	}
+	// A network filesystem's client may hide a file that is open
+	// instead of replacing it (sshfs renames it away first, leaving the
+	// name empty for a moment): close the original first. Its inode
+	// number is the server's to give, not the next local create's.
+	c.closeSrc()
 	err := renameAt(c.dirfd, c.tmpName, c.dirfd, c.base, 0)
 	if err == unix.ENOENT && c.copyAt(&tx) {
 		// NFS: a retransmitted RENAME whose first transmission was

@@ -97,6 +97,11 @@ type CommitOptions struct {
 	// file name, relative to the backing root) to remove later
 	// (RemoveTemp), instead of removing it before the directory fsync.
 	KeepOld func(rel string)
+	// DeferNotify, if set, is given the kernel notification (the name
+	// now holds another inode) instead of Commit making it: the caller
+	// runs it once it holds no claim at all, e.g. after committing a
+	// whole batch of prepared conversions (doc.go).
+	DeferNotify func(notify func())
 }
 
 // encryptInPlace replaces the plaintext regular file at rel (relative to
@@ -131,6 +136,7 @@ type Conversion struct {
 	rel     string
 	dirfd   int
 	base    string
+	src     int // the original, open until the claim is dropped (-1 if not)
 	tmpName string
 	tmp     *os.File
 	sx      unix.Statx_t
@@ -172,7 +178,7 @@ func (r *Root) PrepareConversion(ctx context.Context, rel string, o PrepareOptio
 		}
 		return nil, failed(err)
 	}
-	c := &Conversion{r: r, rel: rel, dirfd: dirfd, base: base}
+	c := &Conversion{r: r, rel: rel, dirfd: dirfd, base: base, src: -1}
 	ok := false
 	defer func() {
 		if !ok {
@@ -192,7 +198,10 @@ func (r *Root) PrepareConversion(ctx context.Context, rel string, o PrepareOptio
 	case err != nil:
 		return nil, failed(err)
 	}
-	defer unix.Close(src)
+	// Open until the claim is dropped: the claimed inode then stays
+	// allocated, so no file created meanwhile can get its number and
+	// wait in acquire for a claim that is not its own (doc.go).
+	c.src = src
 	switch {
 	case sx.Nlink == 0:
 		return nil, skipped(SkipGone)
@@ -338,12 +347,21 @@ func (c *Conversion) Abort() {
 	c.done()
 }
 
-// done drops the claim and closes the directory.
+// closeSrc closes the original.
+func (c *Conversion) closeSrc() {
+	if c.src >= 0 {
+		unix.Close(c.src)
+		c.src = -1
+	}
+}
+
+// done drops the claim and closes the original and the directory.
 func (c *Conversion) done() {
 	if c.drop != nil {
 		c.drop()
 		c.drop = nil
 	}
+	c.closeSrc()
 	if c.dirfd >= 0 {
 		unix.Close(c.dirfd)
 		c.dirfd = -1
@@ -380,7 +398,12 @@ func (c *Conversion) Commit(o CommitOptions) Outcome {
 	// in acquire for the claim (its new file can get the inode number of
 	// the plaintext just removed).
 	if swapped {
-		r.notifyReplaced(c.rel)
+		if o.DeferNotify != nil {
+			rel := c.rel
+			o.DeferNotify(func() { r.notifyReplaced(rel) })
+		} else {
+			r.notifyReplaced(c.rel)
+		}
 	}
 	if !out.Done() {
 		return out
@@ -466,6 +489,7 @@ type converter struct {
 
 type convItem struct {
 	first, next time.Time
+	seq         uint64 // counts enqueues: one during an attempt means the file changed again
 }
 
 // convertDelay is the wait before the first attempt: a saving program
@@ -500,6 +524,7 @@ func (c *converter) enqueue(rel string) {
 	c.mu.Lock()
 	if it := c.pending[rel]; it != nil {
 		it.next = now.Add(convertDelay)
+		it.seq++
 	} else {
 		c.pending[rel] = &convItem{first: now, next: now.Add(convertDelay)}
 	}
@@ -537,9 +562,11 @@ func (c *converter) pass() time.Duration {
 	now := time.Now()
 	c.mu.Lock()
 	var due []string
+	seqs := map[string]uint64{}
 	for rel, it := range c.pending {
 		if !it.next.After(now) {
 			due = append(due, rel)
+			seqs[rel] = it.seq
 		}
 	}
 	c.active = len(due)
@@ -560,6 +587,10 @@ func (c *converter) pass() time.Duration {
 		it := c.pending[rel]
 		switch {
 		case it == nil:
+		case it.seq != seqs[rel]:
+			// Moved onto the name again during the attempt: what
+			// this attempt found may not be what is there now.
+			it.first = time.Now()
 		case err == nil:
 			delete(c.pending, rel)
 		case out.Retry(), errors.Is(err, crypto.ErrLocked):

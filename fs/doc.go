@@ -82,7 +82,11 @@
 //     open or truncate of that inode wait in acquire, inside a FUSE
 //     request, with the kernel holding the directory's lock. So whoever
 //     holds a claim must not wait for a FUSE request or a kernel lock: it
-//     copies, checks and renames in the backing directory only.
+//     copies, checks and renames in the backing directory only. A
+//     conversion that commits by exchange keeps the claimed original open
+//     until it drops the claim, so the inode number it claims cannot be
+//     given to a file created meanwhile (whose create would wait for a
+//     claim that is not its own).
 //   - lockChange waits for the inode's prefetch goroutines, which take no
 //     lock of the inode (only the Keyring's read hold).
 //   - The prefetch pool never blocks: without a free buffer there is no
@@ -94,7 +98,9 @@
 // can wait on, and never inside a request handler. The kernel takes its
 // own inode and page locks to act on them, and a request that holds those
 // may be waiting for us: a conversion's commit drops its claim before it
-// tells the kernel the name was replaced; the logout listener swaps the
+// tells the kernel the name was replaced, and the migration's batch
+// commit notifies only after the last claim of its batch is dropped
+// (CommitOptions.DeferNotify); the logout listener swaps the
 // served set out under gate and notifies after releasing it.
 //
 // # Logout

@@ -24,6 +24,10 @@ func TestMain(m *testing.M) {
 		size, _ := strconv.Atoi(os.Getenv("MOUNTD_MMAP_SIZE"))
 		os.Exit(mmapHelper(path, size))
 	}
+	if path := os.Getenv("MOUNTD_SAVELOOP_HELPER"); path != "" {
+		n, _ := strconv.Atoi(os.Getenv("MOUNTD_SAVELOOP_N"))
+		os.Exit(saveLoopHelper(path, n))
+	}
 	// Tests read their own mount: leave room for the serving goroutines.
 	if runtime.GOMAXPROCS(0) < 4 {
 		runtime.GOMAXPROCS(4)

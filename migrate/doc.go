@@ -28,7 +28,9 @@
 // disk is full) around PrepareConversion. A conversion's claim is held
 // from PrepareConversion until Commit or Abort; fs/doc.go has the order of
 // the filesystem's locks and the rule that no kernel notification runs
-// under a claim (Commit drops it first).
+// under a claim: a batch's commit collects the notifications of its files
+// (CommitOptions.DeferNotify) and runs them once it has dropped the last
+// claim of the batch.
 //
 // What it must never do: touch the backing directory other than through
 // fs (fs's TestBackingConfinedToOneFile checks this package too); import

@@ -568,6 +568,16 @@ func (t *migration) commitBatch(ps *passState, rm *remover, items []batchItem) {
 		syncFS = h
 	}
 	synced := syncFS(items[0].p) == nil
+	// The kernel is told of the replaced names only once every claim of
+	// the batch is dropped: a request waiting for one of them may hold a
+	// directory lock that a notification needs (fs/doc.go).
+	var notify []func()
+	defer func() {
+		for _, n := range notify {
+			n()
+		}
+	}()
+	co := fs.CommitOptions{Quiet: true, NoDirSync: true, KeepOld: rm.add, DeferNotify: func(n func()) { notify = append(notify, n) }}
 	for _, bi := range items {
 		if !synced {
 			if err := bi.p.Sync(); err != nil {
@@ -575,7 +585,7 @@ func (t *migration) commitBatch(ps *passState, rm *remover, items []batchItem) {
 				continue
 			}
 		}
-		bi.finish(bi.p.Commit(fs.CommitOptions{Quiet: true, NoDirSync: true, KeepOld: rm.add}))
+		bi.finish(bi.p.Commit(co))
 	}
 	if err := t.syncDirs(); err != nil {
 		ps.result(item{}, false, err)
