@@ -213,7 +213,7 @@ func record(t *testing.T, fsType string, sector int, w *workload) *recording {
 			t.Fatal(err)
 		}
 	}
-	d, err := startDaemon(data, mnt)
+	d, err := startDaemon(data, mnt, filepath.Join(dir, "mountd.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,13 +228,13 @@ func record(t *testing.T, fsType string, sector int, w *workload) *recording {
 		t.Fatal(err)
 	}
 	if w.setup != nil {
-		if err := w.setup(wc); err != nil {
+		if err := d.watch(5*time.Minute, func() error { return w.setup(wc) }); err != nil {
 			t.Fatalf("setup: %v\n%s", err, d.output())
 		}
 	}
 	syncfs(t, fsDir)
 	rec.start = r.position()
-	if err := w.run(wc); err != nil {
+	if err := d.watch(10*time.Minute, func() error { return w.run(wc) }); err != nil {
 		t.Fatalf("run: %v\n%s", err, d.output())
 	}
 	rec.end = r.position()
@@ -298,11 +298,32 @@ func checkState(dir, fsType string, im *image, w *workload, acked []ack) (bad, n
 		}
 	}()
 	data := filepath.Join(fsDir, "Client_Data")
-	d, err := startDaemon(data, mnt)
+	d, err := startDaemon(data, mnt, filepath.Join(dir, "mountd.log"))
 	if err != nil {
 		return nil, notes, err
 	}
 	c := &cctx{mnt: mnt, data: data, d: d, acked: acked}
+	if err := d.watch(5*time.Minute, func() error { check(c, w, acked); return nil }); err != nil {
+		c.fail("check: %v", err)
+	}
+	if err := d.stop(); err != nil {
+		return c.bad, c.notes, err
+	}
+	umounted = true
+	if err := unmount(fsDir); err != nil {
+		return c.bad, c.notes, err
+	}
+	if fsType == "xfs" {
+		if _, err := fsck(fsType, img); err != nil {
+			c.fail("xfs_repair -n after the check: %v", err)
+		}
+	}
+	return c.bad, c.notes, nil
+}
+
+// check logs in and runs w's check.
+func check(c *cctx, w *workload, acked []ack) {
+	d := c.d
 	func() {
 		defer func() {
 			if p := recover(); p != nil {
@@ -325,19 +346,6 @@ func checkState(dir, fsType string, im *image, w *workload, acked []ack) (bad, n
 		}
 		w.check(c)
 	}()
-	if err := d.stop(); err != nil {
-		return c.bad, c.notes, err
-	}
-	umounted = true
-	if err := unmount(fsDir); err != nil {
-		return c.bad, c.notes, err
-	}
-	if fsType == "xfs" {
-		if _, err := fsck(fsType, img); err != nil {
-			c.fail("xfs_repair -n after the check: %v", err)
-		}
-	}
-	return c.bad, c.notes, nil
 }
 
 // isEIO reports whether err is an I/O error (what mountd returns for

@@ -19,7 +19,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -233,28 +232,21 @@ func unmount(dir string) error {
 	return nil
 }
 
-// daemon is one mountd process.
+// daemon is one mountd process. Its output goes to a file (readable from
+// outside while a test hangs).
 type daemon struct {
 	data, mnt string
 	addr      string
 	cmd       *exec.Cmd
-	out       bytes.Buffer
-	outMu     sync.Mutex
+	out       *os.File
 	exited    chan struct{}
 	exitErr   error
 	client    *http.Client
 }
 
-func (d *daemon) Write(p []byte) (int, error) {
-	d.outMu.Lock()
-	defer d.outMu.Unlock()
-	return d.out.Write(p)
-}
-
 func (d *daemon) output() string {
-	d.outMu.Lock()
-	defer d.outMu.Unlock()
-	return d.out.String()
+	b, _ := os.ReadFile(d.out.Name())
+	return string(b)
 }
 
 func freeAddr() (string, error) {
@@ -266,24 +258,31 @@ func freeAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
-// startDaemon runs mountd on data, mounted at mnt, and waits until both
-// the mount and the control plane answer. New passwords get the cheapest
-// KDF the verifier accepts, so that every crash state logs in quickly.
-func startDaemon(data, mnt string) (*daemon, error) {
+// startDaemon runs mountd on data, mounted at mnt, with its output in
+// logPath, and waits until both the mount and the control plane answer.
+// New passwords get the cheapest KDF the verifier accepts, so that every
+// crash state logs in quickly.
+func startDaemon(data, mnt, logPath string) (*daemon, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
-	d := &daemon{data: data, mnt: mnt, addr: addr, exited: make(chan struct{}),
+	out, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	d := &daemon{data: data, mnt: mnt, addr: addr, out: out, exited: make(chan struct{}),
 		client: &http.Client{Timeout: 60 * time.Second}}
 	d.cmd = exec.Command(mountdBin, "--data", data, "--mount", mnt, "--listen", addr,
 		"--kdf-time", "2", "--kdf-memory", "19", "--kdf-threads", "1", "--log-level", "info")
-	d.cmd.Stdout, d.cmd.Stderr = d, d
+	d.cmd.Stdout, d.cmd.Stderr = out, out
 	if err := d.cmd.Start(); err != nil {
+		out.Close()
 		return nil, err
 	}
 	go func() {
 		d.exitErr = d.cmd.Wait()
+		out.Close()
 		close(d.exited)
 	}()
 	deadline := time.Now().Add(60 * time.Second)
@@ -325,6 +324,48 @@ func (d *daemon) stop() error {
 		err = uerr
 	}
 	return err
+}
+
+// watch runs fn, and if it has not returned within limit (a deadlock in
+// the daemon: a file operation waiting for a reply forever), it makes the
+// daemon print its goroutines (SIGQUIT, into its log), aborts its FUSE
+// connection so that fn's stuck call fails, and returns an error with the
+// log.
+func (d *daemon) watch(limit time.Duration, fn func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- fn() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(limit):
+	}
+	d.cmd.Process.Signal(syscall.SIGQUIT)
+	time.Sleep(2 * time.Second)
+	abortFUSE(d.mnt)
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		err = errors.New("still stuck: mount fusectl on /sys/fs/fuse/connections so that a hung connection can be aborted")
+	}
+	return fmt.Errorf("hung for %v (then: %v); the daemon's goroutines:\n%s", limit, err, d.output())
+}
+
+// abortFUSE aborts the FUSE connection mounted at dir, if the fusectl file
+// system is mounted (a daemon stuck in the kernel cannot even be killed).
+func abortFUSE(dir string) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && f[4] == dir {
+			if _, minor, ok := strings.Cut(f[2], ":"); ok {
+				os.WriteFile("/sys/fs/fuse/connections/"+minor+"/abort", []byte("1"), 0)
+			}
+		}
+	}
 }
 
 // call makes a control-plane request with a JSON body (nil: none).
