@@ -3,6 +3,7 @@ package crypto
 import (
 	"crypto/cipher"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -29,7 +30,7 @@ type fder interface{ Fd() uintptr }
 
 const (
 	// chunkBlocks is how many blocks one backing read or write covers:
-	// 256 blocks = 1 MiB of plaintext, the largest FUSE request.
+	// 256 blocks, about 1 MiB of plaintext, the largest FUSE request.
 	chunkBlocks = 256
 	chunkPlain  = chunkBlocks * BlockSize
 
@@ -51,7 +52,7 @@ var zeroChunk [chunkPlain]byte
 // random-I/O case) take a small one, so they neither allocate nor pin a
 // megabyte each.
 type scratch struct {
-	cbuf   []byte // blocks * CipherBlockSize
+	cbuf   []byte // blocks * CipherBlockSize (a slot of either version fits)
 	nonces []byte // blocks * NonceSize
 	aad    [maxWorkers][aadSize]byte
 	head   [BlockSize]byte // first block of a read-modify-write
@@ -71,10 +72,9 @@ var (
 )
 
 // getScratch returns a scratch for n bytes at off (a large one when they
-// span more than smallBlocks blocks; callers loop over chunks of
-// s.chunk() bytes either way).
-func getScratch(off int64, n int64) *scratch {
-	if off%BlockSize+n <= smallBlocks*BlockSize {
+// span more than smallBlocks blocks; callers loop over spans of s.span()).
+func getScratch(g geom, off int64, n int64) *scratch {
+	if n <= 0 || g.blockOf(off+n-1)-g.blockOf(off) < smallBlocks {
 		return smallPool.Get().(*scratch)
 	}
 	return largePool.Get().(*scratch)
@@ -88,8 +88,12 @@ func putScratch(s *scratch) {
 	}
 }
 
-// chunk is the most plaintext one pass over s covers.
-func (s *scratch) chunk() int { return len(s.cbuf) / CipherBlockSize * BlockSize }
+// span is the most plaintext from off that one pass over s covers: up to
+// the end of the last of the blocks s holds.
+func (s *scratch) span(g geom, off int64) int64 {
+	blocks := int64(len(s.cbuf) / CipherBlockSize)
+	return g.blockStart(g.blockOf(off)+blocks) - off
+}
 
 // File is random access to the plaintext of an encrypted file.
 //
@@ -97,6 +101,9 @@ func (s *scratch) chunk() int { return len(s.cbuf) / CipherBlockSize * BlockSize
 // SetBacking must not run concurrently with any other call on the same File
 // (the filesystem holds a per-inode lock). Every call checks the Keyring:
 // once it is cleared, every method returns ErrLocked.
+//
+// Writes keep the file's format version, except that an empty file (a bare
+// header) gets a version 2 header with a new file-id on its first write.
 type File struct {
 	k *Keyring
 	b Backing
@@ -104,7 +111,9 @@ type File struct {
 }
 
 // OpenFile opens the encrypted file in b, reading and checking its header.
-// The key is not needed until data is read or written.
+// The key is not needed until data is read or written. A file whose end was
+// cut (by a crash, or by hand) opens: the blocks that are whole read back,
+// the rest fails with a BlockError (see Header.PlainSize).
 func OpenFile(k *Keyring, b Backing) (*File, error) {
 	var hb [HeaderSize]byte
 	n, err := b.ReadAt(hb[:], 0)
@@ -162,24 +171,27 @@ func (f *File) cipherSize() (int64, error) {
 	return fi.Size(), nil
 }
 
-// Size returns the plaintext size, computed from the backing size.
+// Size returns the plaintext size, computed from the backing size (see
+// Header.PlainSize).
 func (f *File) Size() (int64, error) {
 	cs, err := f.cipherSize()
 	if err != nil {
 		return 0, err
 	}
-	if cs < HeaderSize {
-		return 0, fmt.Errorf("%w: %d bytes is shorter than the header", ErrBadSize, cs)
-	}
-	return PlainSize(cs)
+	return f.h.PlainSize(cs)
 }
 
 // ReadAt reads plaintext at off. Like io.ReaderAt it returns io.EOF when
 // fewer than len(p) bytes are available. A block that fails authentication
-// gives an error wrapping ErrUnauthenticated and no data.
+// gives an error wrapping ErrUnauthenticated, one that holds fewer bytes
+// than the file size says an error wrapping ErrBadSize, both in a
+// BlockError, and no data.
 func (f *File) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("crypto: negative offset %d", off)
+	}
+	if len(p) == 0 {
+		return 0, nil
 	}
 	hold, err := f.k.acquire()
 	if err != nil {
@@ -190,93 +202,116 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	s := getScratch(off, int64(len(p)))
-	defer putScratch(s)
-
-	done := 0
-	for done < len(p) {
-		want := min(len(p)-done, s.chunk()-int((off+int64(done))%BlockSize))
-		n, err := f.readChunk(s, aead, p[done:done+want], off+int64(done))
-		done += n
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return done, io.EOF
-			}
-			return 0, err
-		}
-	}
-	return done, nil
-}
-
-// readChunk reads into p (at most chunkBlocks blocks from off).
-func (f *File) readChunk(s *scratch, aead cipher.AEAD, p []byte, off int64) (int, error) {
-	first := off / BlockSize
-	last := (off + int64(len(p)) - 1) / BlockSize
-	nb := int(last - first + 1)
-	clen := nb * CipherBlockSize
-	n, err := f.b.ReadAt(s.cbuf[:clen], blockOffset(first))
-	if err != nil && !errors.Is(err, io.EOF) {
-		return 0, err
-	}
-	full, rem := n/CipherBlockSize, n%CipherBlockSize
-	if rem != 0 && rem <= BlockOverhead {
-		return 0, &BlockError{Block: first + int64(full), Err: ErrBadSize}
-	}
-	avail := full
-	if rem != 0 {
-		avail++
-	}
-	if avail == 0 {
-		return 0, io.EOF
-	}
-	// Plaintext available from off to the end of the last available block.
-	endPlain := (first+int64(full))*BlockSize + int64(max(rem-BlockOverhead, 0))
-	if rem == 0 {
-		endPlain = (first + int64(full)) * BlockSize
-	}
-	got := int(min(int64(len(p)), endPlain-off))
-	if got <= 0 {
-		return 0, io.EOF
-	}
-	err = f.forBlocks(s, avail, func(w, i int) error {
-		blk := first + int64(i)
-		ct := s.cbuf[i*CipherBlockSize : min((i+1)*CipherBlockSize, n)]
-		bstart := blk * BlockSize
-		plen := int64(len(ct) - BlockOverhead)
-		// The part of this block that p wants.
-		lo, hi := max(bstart, off), min(bstart+plen, off+int64(got))
-		if lo >= hi {
-			return nil
-		}
-		f.h.aad(&s.aad[w], uint64(blk))
-		var dst []byte
-		direct := lo == bstart && hi == bstart+plen
-		if direct {
-			dst = p[lo-off : lo-off : hi-off]
-		} else {
-			dst = ct[NonceSize:NonceSize] // decrypt in place
-		}
-		pt, err := aead.Open(dst, ct[:NonceSize], ct[NonceSize:], s.aad[w][:])
-		if err != nil {
-			return &BlockError{Block: blk, Err: ErrUnauthenticated}
-		}
-		if !direct {
-			copy(p[lo-off:hi-off], pt[lo-bstart:hi-bstart])
-		}
-		return nil
-	})
+	size, err := f.Size()
 	if err != nil {
 		return 0, err
 	}
-	if got < len(p) {
-		return got, io.EOF
+	if off >= size {
+		return 0, io.EOF
 	}
-	return got, nil
+	want := min(int64(len(p)), size-off)
+	g := f.h.geom()
+	s := getScratch(g, off, want)
+	defer putScratch(s)
+	for done := int64(0); done < want; {
+		o := off + done
+		n := min(want-done, s.span(g, o))
+		if err := f.readChunk(s, aead, size, p[done:done+n], o); err != nil {
+			return 0, err
+		}
+		done += n
+	}
+	if want < int64(len(p)) {
+		return int(want), io.EOF
+	}
+	return int(want), nil
+}
+
+// readSlots reads the slots of blocks first..last of a file of plaintext
+// size size into s.cbuf and returns them with their backing offset.
+func (f *File) readSlots(s *scratch, size, first, last int64) ([]byte, int64, error) {
+	g := f.h.geom()
+	lo := g.slotOff(first)
+	hi := g.slotOff(last) + g.slotLen(last, min(g.blockLen(last), size-g.blockStart(last)))
+	buf := s.cbuf[:hi-lo]
+	n, err := f.b.ReadAt(buf, lo)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, 0, err
+	}
+	if int64(n) < hi-lo {
+		// The backing file is shorter than its size said a moment ago.
+		return nil, 0, &BlockError{Block: g.blockOf(max(g.blockStart(first), size-1)), Err: ErrBadSize}
+	}
+	return buf, lo, nil
+}
+
+// openSlot authenticates and decrypts the slot of block i (as read from
+// disk; in version 1 exactly the sealed block) and returns its plaintext:
+// into direct when it is exactly len(direct) bytes long, else in place.
+func (f *File) openSlot(aead cipher.AEAD, aad *[aadSize]byte, i int64, slot, direct []byte) ([]byte, error) {
+	var nonce, sealed, meta []byte
+	if f.h.Version == 1 {
+		nonce, sealed = slot[:NonceSize], slot[NonceSize:]
+	} else {
+		meta = slot[:slotMetaSize]
+		l := int64(binary.BigEndian.Uint16(meta))
+		if l == 0 || l > f.h.geom().blockLen(i) || meta[2] != 0 || meta[3] != 0 {
+			return nil, &BlockError{Block: i, Err: ErrUnauthenticated}
+		}
+		nonce = slot[slotMetaSize : slotMetaSize+NonceSize]
+		sealed = slot[slotMetaSize+NonceSize : slotMetaSize+NonceSize+l+TagSize]
+	}
+	dst := sealed[:0]
+	if direct != nil && len(direct) == len(sealed)-TagSize {
+		dst = direct[:0]
+	}
+	pt, err := aead.Open(dst, nonce, sealed, f.h.aad(aad, uint64(i), meta))
+	if err != nil {
+		return nil, &BlockError{Block: i, Err: ErrUnauthenticated}
+	}
+	return pt, nil
+}
+
+// readChunk reads p (at most one span of s) at off; off+len(p) <= size.
+func (f *File) readChunk(s *scratch, aead cipher.AEAD, size int64, p []byte, off int64) error {
+	g := f.h.geom()
+	end := off + int64(len(p))
+	first, last := g.blockOf(off), g.blockOf(end-1)
+	buf, lo, err := f.readSlots(s, size, first, last)
+	if err != nil {
+		return err
+	}
+	return f.forBlocks(int(last-first+1), func(w, k int) error {
+		i := first + int64(k)
+		bstart := g.blockStart(i)
+		want := min(g.blockLen(i), size-bstart) // what the size says it holds
+		so := g.slotOff(i) - lo
+		slot := buf[so : so+g.slotLen(i, want)]
+		// The part of this block that p wants.
+		rlo, rhi := max(bstart, off), min(bstart+want, end)
+		var direct []byte
+		if rlo == bstart && rhi == bstart+want {
+			direct = p[rlo-off : rhi-off]
+		}
+		pt, err := f.openSlot(aead, &s.aad[w], i, slot, direct)
+		if err != nil {
+			return err
+		}
+		if int64(len(pt)) < rhi-bstart {
+			// Authentic, but shorter than the size says: the rest was
+			// never written (a crash between the two).
+			return &BlockError{Block: i, Err: ErrBadSize}
+		}
+		if direct == nil || &pt[0] != &direct[0] {
+			copy(p[rlo-off:rhi-off], pt[rlo-bstart:rhi-bstart])
+		}
+		return nil
+	})
 }
 
 // forBlocks calls fn(worker, i) for i in [0, n), in parallel for large n.
 // It returns the first error.
-func (f *File) forBlocks(s *scratch, n int, fn func(w, i int) error) error {
+func (f *File) forBlocks(n int, fn func(w, i int) error) error {
 	workers := min(runtime.GOMAXPROCS(0), maxWorkers, n/(parallelMin/2))
 	if n < parallelMin || workers < 2 {
 		for i := 0; i < n; i++ {
@@ -341,11 +376,12 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	g := f.h.geom()
 	var s *scratch
 	if off > size {
-		s = getScratch(size, off+int64(len(p))-size)
+		s = getScratch(g, size, off+int64(len(p))-size)
 	} else {
-		s = getScratch(off, int64(len(p)))
+		s = getScratch(g, off, int64(len(p)))
 	}
 	defer putScratch(s)
 	if err := f.fill(s, aead, &size, off); err != nil {
@@ -354,11 +390,16 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) {
 	return f.write(s, aead, &size, p, off)
 }
 
-// rehead writes a new header with a fresh file-id. Caller holds the read lock.
+// rehead gives the empty file a version 2 header with a fresh file-id
+// (dropping whatever a crash left past the old header). Caller holds the
+// read lock.
 func (f *File) rehead() error {
 	h := Header{Version: Version, KeyID: f.k.keyID}
 	if _, err := rand.Read(h.FileID[:]); err != nil {
 		return fmt.Errorf("crypto: random file-id: %w", err)
+	}
+	if err := f.b.Truncate(HeaderSize); err != nil {
+		return err
 	}
 	hb := h.Marshal()
 	if _, err := f.b.WriteAt(hb[:], 0); err != nil {
@@ -370,8 +411,9 @@ func (f *File) rehead() error {
 
 // fill extends the file with encrypted zeros from *size up to end.
 func (f *File) fill(s *scratch, aead cipher.AEAD, size *int64, end int64) error {
+	g := f.h.geom()
 	for *size < end {
-		n := min(end-*size, int64(s.chunk())-*size%BlockSize)
+		n := min(end-*size, s.span(g, *size), chunkPlain)
 		if _, err := f.write(s, aead, size, zeroChunk[:n], *size); err != nil {
 			return err
 		}
@@ -379,12 +421,13 @@ func (f *File) fill(s *scratch, aead cipher.AEAD, size *int64, end int64) error 
 	return nil
 }
 
-// write writes p at off (off <= *size) chunk by chunk and updates *size.
+// write writes p at off (off <= *size) span by span and updates *size.
 func (f *File) write(s *scratch, aead cipher.AEAD, size *int64, p []byte, off int64) (int, error) {
+	g := f.h.geom()
 	done := 0
 	for done < len(p) {
 		o := off + int64(done)
-		n := min(len(p)-done, s.chunk()-int(o%BlockSize))
+		n := int(min(int64(len(p)-done), s.span(g, o)))
 		if err := f.writeChunk(s, aead, *size, p[done:done+n], o); err != nil {
 			return done, err
 		}
@@ -394,45 +437,48 @@ func (f *File) write(s *scratch, aead cipher.AEAD, size *int64, p []byte, off in
 	return done, nil
 }
 
-// oldBlock reads and decrypts block blk of a file of plaintext size size
-// into dst, returning its plaintext length (0 past the end).
-func (f *File) oldBlock(aead cipher.AEAD, s *scratch, dst *[BlockSize]byte, size int64, blk int64) (int, error) {
-	plen := min(size-blk*BlockSize, BlockSize)
-	if plen <= 0 {
+// oldBlock reads and decrypts block i of a file of plaintext size size
+// into dst and returns how many bytes the block holds (0 past the end).
+func (f *File) oldBlock(aead cipher.AEAD, s *scratch, dst []byte, size int64, i int64) (int, error) {
+	g := f.h.geom()
+	want := min(size-g.blockStart(i), g.blockLen(i))
+	if want <= 0 {
 		return 0, nil
 	}
-	ct := s.cbuf[:plen+BlockOverhead]
-	if _, err := f.b.ReadAt(ct, blockOffset(blk)); err != nil {
-		if errors.Is(err, io.EOF) {
-			return 0, &BlockError{Block: blk, Err: ErrBadSize}
-		}
+	buf, _, err := f.readSlots(s, size, i, i)
+	if err != nil {
 		return 0, err
 	}
-	f.h.aad(&s.aad[0], uint64(blk))
-	if _, err := aead.Open(dst[:0], ct[:NonceSize], ct[NonceSize:], s.aad[0][:]); err != nil {
-		return 0, &BlockError{Block: blk, Err: ErrUnauthenticated}
+	pt, err := f.openSlot(aead, &s.aad[0], i, buf, nil)
+	if err != nil {
+		return 0, err
 	}
-	return int(plen), nil
+	if int64(len(pt)) < want {
+		return 0, &BlockError{Block: i, Err: ErrBadSize}
+	}
+	return copy(dst, pt[:want]), nil
 }
 
-// writeChunk writes p (at most one chunk of blocks) at off <= size.
+// writeChunk writes p (at most one span of s) at off <= size.
 func (f *File) writeChunk(s *scratch, aead cipher.AEAD, size int64, p []byte, off int64) error {
+	g := f.h.geom()
 	end := off + int64(len(p))
-	first, last := off/BlockSize, (end-1)/BlockSize
+	newSize := max(end, size)
+	first, last := g.blockOf(off), g.blockOf(end-1)
 	nb := int(last - first + 1)
 
 	// Read-modify-write of the first and last blocks where p does not
 	// cover everything that must be in them.
 	headLen, tailLen := -1, -1
-	if off%BlockSize != 0 || (end < (first+1)*BlockSize && end < size) {
-		n, err := f.oldBlock(aead, s, &s.head, size, first)
+	if fs := g.blockStart(first); off > fs || (end < fs+g.blockLen(first) && end < size) {
+		n, err := f.oldBlock(aead, s, s.head[:], size, first)
 		if err != nil {
 			return err
 		}
 		headLen = n
 	}
-	if last != first && end%BlockSize != 0 && end < size {
-		n, err := f.oldBlock(aead, s, &s.tail, size, last)
+	if ls := g.blockStart(last); last != first && end < ls+g.blockLen(last) && end < size {
+		n, err := f.oldBlock(aead, s, s.tail[:], size, last)
 		if err != nil {
 			return err
 		}
@@ -442,52 +488,61 @@ func (f *File) writeChunk(s *scratch, aead cipher.AEAD, size int64, p []byte, of
 		return fmt.Errorf("crypto: random nonce: %w", err)
 	}
 
-	newEnd := max(end, size)
-	lens := func(i int) int { // plaintext length of block first+i after the write
-		return int(min(newEnd-(first+int64(i))*BlockSize, BlockSize))
+	lens := func(i int64) int64 { // plaintext length of block i after the write
+		return min(newSize-g.blockStart(i), g.blockLen(i))
 	}
-	clen := 0
-	for i := 0; i < nb; i++ {
-		clen += lens(i) + BlockOverhead
+	base := g.slotOff(first)
+	clen := int(g.slotOff(last) + g.slotLen(last, lens(last)) - base)
+	if err := f.makeRoom(size, newSize, base+int64(clen)); err != nil {
+		return err
 	}
-	// Only space past the current end can be missing (ENOSPC); rewriting
-	// allocated blocks in place needs none.
-	if oldEnd, wEnd := CipherSize(size), blockOffset(first)+int64(clen); wEnd > oldEnd {
-		from := max(blockOffset(first), oldEnd)
-		if err := f.preallocate(from, wEnd-from); err != nil {
-			return err
-		}
-	}
-	seal := func(w, i int) error {
-		blk := first + int64(i)
-		bstart := blk * BlockSize
+	seal := func(w, k int) error {
+		i := first + int64(k)
+		bstart := g.blockStart(i)
 		plen := lens(i)
 		var pt []byte
 		switch {
-		case i == 0 && headLen >= 0:
+		case k == 0 && headLen >= 0:
 			pt = s.head[:plen]
 			clear(pt[headLen:]) // bytes between the old end and off are zeros
-			copy(pt[off-bstart:], p[:min(int64(len(p)), bstart+int64(plen)-off)])
-		case i == nb-1 && tailLen >= 0:
+			copy(pt[off-bstart:], p[:min(int64(len(p)), bstart+plen-off)])
+		case k == nb-1 && tailLen >= 0:
 			pt = s.tail[:plen]
 			copy(pt, p[bstart-off:])
 		default:
-			pt = p[bstart-off : bstart-off+int64(plen)]
+			pt = p[bstart-off : bstart-off+plen]
 		}
-		o := i * CipherBlockSize
-		out := s.cbuf[o : o+NonceSize+plen+TagSize]
-		copy(out[:NonceSize], s.nonces[i*NonceSize:])
-		f.h.aad(&s.aad[w], uint64(blk))
-		aead.Seal(out[NonceSize:NonceSize], out[:NonceSize], pt, s.aad[w][:])
+		o := g.slotOff(i) - base
+		slot := s.cbuf[o : o+g.slotLen(i, plen)]
+		nonce := s.nonces[k*NonceSize : (k+1)*NonceSize]
+		if g.v == 1 {
+			copy(slot[:NonceSize], nonce)
+			aead.Seal(slot[NonceSize:NonceSize], slot[:NonceSize], pt, f.h.aad(&s.aad[w], uint64(i), nil))
+			return nil
+		}
+		binary.BigEndian.PutUint16(slot[:2], uint16(plen))
+		slot[2], slot[3] = 0, 0
+		copy(slot[slotMetaSize:], nonce)
+		ct := slot[slotMetaSize+NonceSize:]
+		aead.Seal(ct[:0], slot[slotMetaSize:slotMetaSize+NonceSize], pt, f.h.aad(&s.aad[w], uint64(i), slot))
+		clear(ct[plen+TagSize:])
 		return nil
 	}
-	// Blocks before the last are full, so the sealed blocks are contiguous.
-	if nb < 2*pipeBlocks {
-		if err := f.forBlocks(s, nb, seal); err != nil {
-			return err
+	// A failed write leaves the old plaintext size (what was written of
+	// it may fail to authenticate: the caller was told it failed).
+	restore := func(err error) error {
+		if err != nil && g.v == 2 && newSize > size {
+			f.b.Truncate(g.cipherSize(size))
 		}
-		_, err := f.b.WriteAt(s.cbuf[:clen], blockOffset(first))
 		return err
+	}
+	// Blocks before the last are full, so the sealed slots are contiguous.
+	if nb < 2*pipeBlocks {
+		if err := f.forBlocks(nb, seal); err != nil {
+			return restore(err)
+		}
+		_, err := f.b.WriteAt(s.cbuf[:clen], base)
+		return restore(err)
 	}
 	// A large chunk is sealed and written in segments, each segment
 	// written while the next is sealed: the copy into the backing file's
@@ -497,21 +552,44 @@ func (f *File) writeChunk(s *scratch, aead cipher.AEAD, size int64, p []byte, of
 	defer wg.Wait()
 	for k, lo := 0, 0; lo < nb; k, lo = k+1, lo+pipeBlocks {
 		hi := min(lo+pipeBlocks, nb)
-		if err := f.forBlocks(s, hi-lo, func(w, i int) error { return seal(w, lo+i) }); err != nil {
-			return err
+		if err := f.forBlocks(hi-lo, func(w, i int) error { return seal(w, lo+i) }); err != nil {
+			wg.Wait()
+			return restore(err)
 		}
-		cEnd := hi * CipherBlockSize
-		if hi == nb {
-			cEnd = clen
+		segEnd := clen
+		if hi < nb {
+			segEnd = int(g.slotOff(first+int64(hi)) - base)
 		}
-		seg, at := s.cbuf[lo*CipherBlockSize:cEnd], blockOffset(first+int64(lo))
+		seg, at := s.cbuf[g.slotOff(first+int64(lo))-base:segEnd], g.slotOff(first+int64(lo))
 		wg.Go(func() { _, errs[k] = f.b.WriteAt(seg, at) })
 	}
 	wg.Wait()
 	for _, err := range errs {
 		if err != nil {
+			return restore(err)
+		}
+	}
+	return nil
+}
+
+// makeRoom prepares the backing file for a write that ends at backing
+// offset wEnd and leaves the plaintext size at newSize (from size): it
+// reserves the space past the current end, so that a full disk fails the
+// write before any block is half-written, and in version 2 sets the new
+// size first, so that the size never says less than the slots hold.
+func (f *File) makeRoom(size, newSize, wEnd int64) error {
+	g := f.h.geom()
+	oldEnd := g.cipherSize(size)
+	if g.v == 2 && size > 0 {
+		oldEnd -= oldEnd % PageSize // the last slot's end, not the size
+	}
+	if wEnd > oldEnd {
+		if err := f.preallocate(oldEnd, wEnd-oldEnd); err != nil {
 			return err
 		}
+	}
+	if g.v == 2 && newSize > size {
+		return f.b.Truncate(g.cipherSize(newSize))
 	}
 	return nil
 }
@@ -532,8 +610,11 @@ func (f *File) preallocate(off, n int64) error {
 	return &os.PathError{Op: "fallocate", Path: "backing", Err: err}
 }
 
-// Truncate sets the plaintext size. Growing appends encrypted zero blocks;
-// shrinking re-seals the new last block when it is cut.
+// Truncate sets the plaintext size. Growing appends encrypted zero blocks.
+// Shrinking a version 2 file only cuts the backing file (the last slot
+// keeps the bytes past the new end until it is rewritten; reads stop at
+// the size and a later extension writes zeros there); in version 1 it
+// re-seals the new last block when it is cut.
 func (f *File) Truncate(size int64) error {
 	if size < 0 {
 		return fmt.Errorf("crypto: negative size %d", size)
@@ -551,6 +632,7 @@ func (f *File) Truncate(size int64) error {
 	if err != nil {
 		return err
 	}
+	g := f.h.geom()
 	switch {
 	case size == cur:
 		return nil
@@ -562,30 +644,130 @@ func (f *File) Truncate(size int64) error {
 			if aead, err = f.k.fileAEAD(&f.h); err != nil {
 				return err
 			}
+			g = f.h.geom()
 		}
-		s := getScratch(cur, size-cur)
+		s := getScratch(g, cur, size-cur)
 		defer putScratch(s)
 		return f.fill(s, aead, &cur, size)
 	}
-	r := size % BlockSize
-	if r == 0 {
-		return f.b.Truncate(CipherSize(size))
+	if g.v == 2 {
+		return f.cut(size)
 	}
-	s := getScratch(0, BlockSize)
+	i := g.blockOf(size)
+	if size == g.blockStart(i) {
+		return f.b.Truncate(g.cipherSize(size))
+	}
+	s := getScratch(g, 0, 1)
 	defer putScratch(s)
-	blk := size / BlockSize
-	if _, err := f.oldBlock(aead, s, &s.head, cur, blk); err != nil {
+	r := size - g.blockStart(i)
+	if _, err := f.oldBlock(aead, s, s.head[:], cur, i); err != nil {
 		return err
 	}
-	if err := f.b.Truncate(CipherSize(size)); err != nil {
+	if err := f.b.Truncate(g.cipherSize(size)); err != nil {
 		return err
 	}
 	out := s.cbuf[:NonceSize+r+TagSize]
 	if _, err := rand.Read(out[:NonceSize]); err != nil {
 		return fmt.Errorf("crypto: random nonce: %w", err)
 	}
-	f.h.aad(&s.aad[0], uint64(blk))
-	aead.Seal(out[NonceSize:NonceSize], out[:NonceSize], s.head[:r], s.aad[0][:])
-	_, err = f.b.WriteAt(out, blockOffset(blk))
+	aead.Seal(out[NonceSize:NonceSize], out[:NonceSize], s.head[:r], f.h.aad(&s.aad[0], uint64(i), nil))
+	_, err = f.b.WriteAt(out, g.slotOff(i))
 	return err
+}
+
+// cut shrinks a version 2 file to size. The file system zeroes the rest of
+// the page the new end falls in, and may write that page before the new
+// size is on disk: the new end must never fall in a page that holds a
+// slot. So the file is first cut at the page boundary after the last slot
+// (cutting whole pages only), then extended to its size.
+func (f *File) cut(size int64) error {
+	cs, err := f.cipherSize()
+	if err != nil {
+		return err
+	}
+	c := f.h.geom().cipherSize(size)
+	if pages := c / PageSize * PageSize; size > 0 && cs > pages+PageSize {
+		if err := f.b.Truncate(pages); err != nil {
+			return err
+		}
+	}
+	return f.b.Truncate(c)
+}
+
+// Damage is a plaintext range of an encrypted file that cannot be read:
+// its block fails authentication (ErrUnauthenticated) or holds fewer bytes
+// than the file size says (ErrBadSize). Len 0 with ErrBadSize marks a
+// backing size that no writer makes (a cut end); Off is then the
+// plaintext size reported for the file.
+type Damage struct {
+	Block    int64
+	Off, Len int64
+	Err      error
+}
+
+// Verify authenticates every block of the file, in order, and calls fn for
+// each damaged range (and once for a cut end); it stops at fn's first
+// error and returns it. It returns an error of its own only when the file
+// cannot be read at all (I/O error, no key, another master key). Memory
+// is bounded whatever the file size.
+func (f *File) Verify(fn func(Damage) error) error {
+	hold, err := f.k.acquire()
+	if err != nil {
+		return err
+	}
+	defer hold.release()
+	aead, err := f.k.fileAEAD(&f.h)
+	if err != nil {
+		return err
+	}
+	cs, err := f.cipherSize()
+	if err != nil {
+		return err
+	}
+	size, err := f.h.PlainSize(cs)
+	if err != nil {
+		return fn(Damage{Err: err})
+	}
+	g := f.h.geom()
+	s := largePool.Get().(*scratch)
+	defer putScratch(s)
+	var res [chunkBlocks]error
+	var got [chunkBlocks]int64
+	for first := int64(0); g.blockStart(first) < size; {
+		last := min(g.blockOf(size-1), first+chunkBlocks-1)
+		buf, lo, err := f.readSlots(s, size, first, last)
+		if err != nil {
+			return err
+		}
+		f.forBlocks(int(last-first+1), func(w, k int) error {
+			i := first + int64(k)
+			want := min(g.blockLen(i), size-g.blockStart(i))
+			so := g.slotOff(i) - lo
+			pt, err := f.openSlot(aead, &s.aad[w], i, buf[so:so+g.slotLen(i, want)], nil)
+			res[k], got[k] = err, int64(len(pt))
+			return nil
+		})
+		for k := range int(last - first + 1) {
+			i := first + int64(k)
+			bstart := g.blockStart(i)
+			want := min(g.blockLen(i), size-bstart)
+			var d *Damage
+			switch {
+			case res[k] != nil:
+				d = &Damage{Block: i, Off: bstart, Len: want, Err: ErrUnauthenticated}
+			case got[k] < want:
+				d = &Damage{Block: i, Off: bstart + got[k], Len: want - got[k], Err: ErrBadSize}
+			}
+			if d != nil {
+				if err := fn(*d); err != nil {
+					return err
+				}
+			}
+		}
+		first = last + 1
+	}
+	if f.h.SizeDamaged(cs) {
+		return fn(Damage{Block: g.blockOf(max(size-1, 0)), Off: size, Err: ErrBadSize})
+	}
+	return nil
 }

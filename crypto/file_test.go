@@ -3,6 +3,7 @@ package crypto
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -25,21 +26,36 @@ func readAll(t *testing.T, f *File) []byte {
 }
 
 // TestModel runs thousands of random writes, truncates and reads against
-// an in-memory model, on a real file, straddling block boundaries.
+// an in-memory model, on a real file, straddling block boundaries, for a
+// new (version 2) file and an existing version 1 file.
 func TestModel(t *testing.T) {
+	for _, v := range []uint8{1, 2} {
+		t.Run(fmt.Sprintf("v%d", v), func(t *testing.T) { testModel(t, v) })
+	}
+}
+
+func testModel(t *testing.T, v uint8) {
 	k := newTestKeyring(t, 1)
-	f, b := newTestFile(t, k)
-	rng := rand.New(rand.NewPCG(1, 2))
-	var model []byte
 	pool := make([]byte, 2*chunkPlain+4*BlockSize)
 	rand.NewChaCha8([32]byte{1}).Read(pool)
+	model := append([]byte(nil), pool[:3*BlockSize+77]...)
+	f, b := newFileV(t, k, v, model)
+	rng := rand.New(rand.NewPCG(1, uint64(v)))
+	// Offsets near the block boundaries of both versions.
+	bound := func() int64 {
+		i := int64(rng.IntN(12))
+		if rng.IntN(2) == 0 {
+			return i * BlockSize
+		}
+		return blockStart(&File{h: Header{Version: 2}}, i)
+	}
 	offset := func() int64 {
 		// Favour offsets near block and chunk boundaries.
 		switch rng.IntN(4) {
 		case 0:
 			return int64(rng.IntN(3*chunkPlain + BlockSize))
 		case 1:
-			return int64(rng.IntN(12))*BlockSize + int64(rng.IntN(5)) - 2
+			return bound() + int64(rng.IntN(5)) - 2
 		default:
 			return int64(rng.IntN(len(model) + 2*BlockSize + 1))
 		}
@@ -49,7 +65,8 @@ func TestModel(t *testing.T) {
 		case 0:
 			return rng.IntN(chunkPlain + 3*BlockSize)
 		case 1:
-			return BlockSize + rng.IntN(5) - 2
+			d := bound() - bound() // a distance between two boundaries
+			return int(max(d, -d)) + rng.IntN(5)
 		default:
 			return rng.IntN(3 * BlockSize)
 		}
@@ -99,8 +116,8 @@ func TestModel(t *testing.T) {
 		}
 		if i%100 == 0 {
 			fi, _ := b.Stat()
-			if fi.Size() != CipherSize(int64(len(model))) {
-				t.Fatalf("op %d: backing size %d, want %d", i, fi.Size(), CipherSize(int64(len(model))))
+			if h := f.Header(); fi.Size() != h.CipherSize(int64(len(model))) {
+				t.Fatalf("op %d: v%d backing size %d, want %d", i, h.Version, fi.Size(), h.CipherSize(int64(len(model))))
 			}
 		}
 	}
@@ -134,34 +151,39 @@ func TestMarkerNeverOnDisk(t *testing.T) {
 }
 
 func TestExtendStoresRealZeroBlocks(t *testing.T) {
-	k := newTestKeyring(t, 3)
-	f, b := newTestFile(t, k)
-	if _, err := f.WriteAt([]byte("end"), 5*BlockSize+7); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Truncate(9 * BlockSize); err != nil {
-		t.Fatal(err)
-	}
-	raw, _ := os.ReadFile(b.Name())
-	for i := int64(0); i < 9; i++ {
-		blk := raw[blockOffset(i):blockOffset(i+1)]
-		if bytes.Equal(blk, make([]byte, len(blk))) {
-			t.Fatalf("block %d is an unencrypted hole", i)
-		}
-	}
-	got := readAll(t, f)
-	want := make([]byte, 9*BlockSize)
-	copy(want[5*BlockSize+7:], "end")
-	if !bytes.Equal(got, want) {
-		t.Fatal("content mismatch after extension")
-	}
-	// Zeroing a block on disk (a hole punched behind our back) is an
-	// authentication failure, never zeros.
-	if _, err := b.WriteAt(make([]byte, CipherBlockSize), blockOffset(2)); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.ReadAt(make([]byte, 10), 2*BlockSize); !errors.Is(err, ErrUnauthenticated) {
-		t.Fatalf("zeroed block: err = %v, want ErrUnauthenticated", err)
+	for _, v := range []uint8{1, 2} {
+		t.Run(fmt.Sprintf("v%d", v), func(t *testing.T) {
+			k := newTestKeyring(t, 3)
+			f, b := newFileV(t, k, v, []byte("start"))
+			if _, err := f.WriteAt([]byte("end"), 5*BlockSize+7); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.Truncate(9 * BlockSize); err != nil {
+				t.Fatal(err)
+			}
+			raw, _ := os.ReadFile(b.Name())
+			for i := int64(0); blockStart(f, i) < 9*BlockSize; i++ {
+				blk := raw[slotOff(f, i):min(slotOff(f, i+1), int64(len(raw)))]
+				if bytes.Equal(blk, make([]byte, len(blk))) {
+					t.Fatalf("block %d is an unencrypted hole", i)
+				}
+			}
+			got := readAll(t, f)
+			want := make([]byte, 9*BlockSize)
+			copy(want, "start")
+			copy(want[5*BlockSize+7:], "end")
+			if !bytes.Equal(got, want) {
+				t.Fatal("content mismatch after extension")
+			}
+			// Zeroing a block on disk (a hole punched behind our back) is an
+			// authentication failure, never zeros.
+			if _, err := b.WriteAt(make([]byte, slotOff(f, 3)-slotOff(f, 2)), slotOff(f, 2)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.ReadAt(make([]byte, 10), blockStart(f, 2)); !errors.Is(err, ErrUnauthenticated) {
+				t.Fatalf("zeroed block: err = %v, want ErrUnauthenticated", err)
+			}
+		})
 	}
 }
 
@@ -185,6 +207,17 @@ func TestHeaderOnlyFileGetsNewFileID(t *testing.T) {
 	}
 	if fi, _ := b.Stat(); fi.Size() != HeaderSize {
 		t.Fatalf("truncate(0) left %d bytes", fi.Size())
+	}
+	// A version 1 file emptied and written again becomes version 2.
+	g, _ := newV1File(t, k, []byte("old format"))
+	if err := g.Truncate(0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.WriteAt([]byte("new"), 0); err != nil || g.Header().Version != 2 {
+		t.Fatalf("rewritten version 1 file: version %d, %v", g.Header().Version, err)
+	}
+	if got := readAll(t, g); string(got) != "new" {
+		t.Fatalf("read %q", got)
 	}
 }
 
@@ -237,16 +270,25 @@ func TestWrongKey(t *testing.T) {
 }
 
 // TestTamper checks that every kind of tampering gives an error and never
-// data.
+// data, in both versions.
 func TestTamper(t *testing.T) {
+	for _, v := range []uint8{1, 2} {
+		t.Run(fmt.Sprintf("v%d", v), func(t *testing.T) { testTamper(t, v) })
+	}
+}
+
+func testTamper(t *testing.T, v uint8) {
 	k := newTestKeyring(t, 8)
-	make3 := func(t *testing.T) (*File, *os.File, []byte) {
-		f, b := newTestFile(t, k)
-		data := bytes.Repeat([]byte("0123456789abcdef"), 3*BlockSize/16)
-		if _, err := f.WriteAt(data, 0); err != nil {
-			t.Fatal(err)
-		}
-		return f, b, data
+	data := bytes.Repeat([]byte("0123456789abcdef"), 3*BlockSize/16)
+	make3 := func(t *testing.T) (*File, *os.File) {
+		return newFileV(t, k, v, data)
+	}
+	f0, _ := make3(t)
+	slot := func(i int64) int64 { return slotOff(f0, i) }
+	slotLen := slot(2) - slot(1)
+	nonceAt := int64(0)
+	if v == 2 {
+		nonceAt = slotMetaSize
 	}
 	flip := func(off int64) func(t *testing.T, b *os.File) {
 		return func(t *testing.T, b *os.File) {
@@ -263,35 +305,48 @@ func TestTamper(t *testing.T) {
 	}{
 		{"header file-id bit", flip(20), ErrUnauthenticated},
 		{"header key-id bit", flip(9), ErrWrongKey},
-		{"nonce bit", flip(blockOffset(1) + 3), ErrUnauthenticated},
-		{"ciphertext bit", flip(blockOffset(1) + NonceSize + 100), ErrUnauthenticated},
-		{"tag bit", flip(blockOffset(2) - 1), ErrUnauthenticated},
+		{"nonce bit", flip(slot(1) + nonceAt + 3), ErrUnauthenticated},
+		{"ciphertext bit", flip(slot(1) + nonceAt + NonceSize + 100), ErrUnauthenticated},
+		{"tag bit", flip(slot(2) - 1), ErrUnauthenticated},
 		{"blocks swapped", func(t *testing.T, b *os.File) {
-			b0, b1 := make([]byte, CipherBlockSize), make([]byte, CipherBlockSize)
-			b.ReadAt(b0, blockOffset(0))
-			b.ReadAt(b1, blockOffset(1))
-			b.WriteAt(b1, blockOffset(0))
-			b.WriteAt(b0, blockOffset(1))
+			b1, b2 := make([]byte, slotLen), make([]byte, slotLen)
+			b.ReadAt(b1, slot(1))
+			b.ReadAt(b2, slot(2))
+			b.WriteAt(b2, slot(1))
+			b.WriteAt(b1, slot(2))
 		}, ErrUnauthenticated},
 		{"block from another file", func(t *testing.T, b *os.File) {
-			_, other, _ := make3(t)
-			blk := make([]byte, CipherBlockSize)
-			other.ReadAt(blk, blockOffset(1))
-			b.WriteAt(blk, blockOffset(1))
+			_, other := make3(t)
+			blk := make([]byte, slotLen)
+			other.ReadAt(blk, slot(1))
+			b.WriteAt(blk, slot(1))
 		}, ErrUnauthenticated},
 		{"header from another file", func(t *testing.T, b *os.File) {
-			_, other, _ := make3(t)
+			_, other := make3(t)
 			h := make([]byte, HeaderSize)
 			other.ReadAt(h, 0)
 			b.WriteAt(h, 0)
 		}, ErrUnauthenticated},
-		{"truncated mid-tag", func(t *testing.T, b *os.File) {
-			b.Truncate(blockOffset(2) + 10)
-		}, ErrBadSize},
+		{"version byte", func(t *testing.T, b *os.File) {
+			b.WriteAt([]byte{3 - v}, MagicSize-1)
+		}, ErrUnauthenticated},
+	}
+	if v == 2 {
+		cases = append(cases, []struct {
+			name   string
+			tamper func(t *testing.T, b *os.File)
+			want   error
+		}{
+			{"length field", flip(slot(1) + 1), ErrUnauthenticated},
+			{"reserved field", flip(slot(1) + 3), ErrUnauthenticated},
+			{"length field of the last block", func(t *testing.T, b *os.File) {
+				b.WriteAt([]byte{0, 10}, slot(3))
+			}, ErrUnauthenticated},
+		}...)
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			_, b, _ := make3(t)
+			_, b := make3(t)
 			tc.tamper(t, b)
 			g, err := OpenFile(k, b)
 			if err != nil {
@@ -321,7 +376,7 @@ func TestNoncesNeverRepeat(t *testing.T) {
 			t.Fatal(err)
 		}
 		var n [NonceSize]byte
-		b.ReadAt(n[:], HeaderSize)
+		b.ReadAt(n[:], HeaderSize+slotMetaSize)
 		if seen[n] {
 			t.Fatalf("nonce repeated after %d writes", i)
 		}
@@ -348,17 +403,18 @@ func TestOpenFileErrors(t *testing.T) {
 }
 
 func TestBlockErrorLocates(t *testing.T) {
-	k := newTestKeyring(t, 12)
-	f, b := newTestFile(t, k)
-	f.WriteAt(make([]byte, 5*BlockSize), 0)
-	var c [1]byte
-	b.ReadAt(c[:], blockOffset(3)+50)
-	c[0] ^= 1
-	b.WriteAt(c[:], blockOffset(3)+50)
-	_, err := f.ReadAt(make([]byte, 5*BlockSize), 0)
-	var be *BlockError
-	if !errors.As(err, &be) || be.Block != 3 || !errors.Is(err, ErrUnauthenticated) {
-		t.Fatalf("err = %v, want a BlockError for block 3", err)
+	for _, v := range []uint8{1, 2} {
+		k := newTestKeyring(t, 12)
+		f, b := newFileV(t, k, v, make([]byte, 5*BlockSize))
+		var c [1]byte
+		b.ReadAt(c[:], slotOff(f, 3)+50)
+		c[0] ^= 1
+		b.WriteAt(c[:], slotOff(f, 3)+50)
+		_, err := f.ReadAt(make([]byte, 5*BlockSize), 0)
+		var be *BlockError
+		if !errors.As(err, &be) || be.Block != 3 || !errors.Is(err, ErrUnauthenticated) {
+			t.Fatalf("v%d: err = %v, want a BlockError for block 3", v, err)
+		}
 	}
 }
 
@@ -372,12 +428,13 @@ func TestWritePipelined(t *testing.T) {
 		data[i] = byte(i*7 + i>>12)
 	}
 	f, _ := newTestFile(t, k)
+	f1, _ := newV1File(t, k, []byte("v1"))
 	mb := &memBacking{}
 	mf, err := CreateFile(k, mb)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, x := range []*File{f, mf} {
+	for _, x := range []*File{f, f1, mf} {
 		if n, err := x.WriteAt(data, 100); err != nil || n != len(data) {
 			t.Fatalf("write: %d %v", n, err)
 		}
@@ -387,8 +444,107 @@ func TestWritePipelined(t *testing.T) {
 		}
 	}
 	// Rewrite with the third segment failing.
-	mb.failAt = blockOffset(2*pipeBlocks + 5)
+	mb.failAt = slotOff(mf, 2*pipeBlocks+5)
 	if _, err := mf.WriteAt(data, 0); !errors.Is(err, errInjected) {
 		t.Fatalf("write with a failing segment: %v", err)
+	}
+}
+
+// TestCutEnd: a file whose end was cut (by a crash or by hand) opens,
+// reports the documented size (FORMAT.md), reads back every whole block,
+// fails with a BlockError only for the range no block holds, and Verify
+// lists exactly that.
+func TestCutEnd(t *testing.T) {
+	k := newTestKeyring(t, 13)
+	data := make([]byte, 3*BlockSize+500)
+	for i := range data {
+		data[i] = byte(i*31 + i>>8)
+	}
+	g2 := geom{2}
+	for _, tc := range []struct {
+		name    string
+		v       uint8
+		cut     int64 // backing size after the cut
+		size    int64 // plaintext size reported
+		bad     []Damage
+		damaged bool // the size is one no writer makes
+	}{
+		{"v1 trailing fragment of 10 bytes", 1, HeaderSize + 3*CipherBlockSize + 10, 3 * BlockSize,
+			[]Damage{{Block: 2, Off: 3 * BlockSize, Err: ErrBadSize}}, true},
+		{"v1 last block cut inside", 1, HeaderSize + 2*CipherBlockSize + 1000, 2*BlockSize + 1000 - BlockOverhead,
+			[]Damage{{Block: 2, Off: 2 * BlockSize, Len: 1000 - BlockOverhead, Err: ErrUnauthenticated}}, false},
+		{"v1 cut inside the first block", 1, HeaderSize + 4, 0,
+			[]Damage{{Block: 0, Off: 0, Err: ErrBadSize}}, true},
+		{"v2 cut at the end of the last page", 2, 4 * PageSize, g2.blockStart(3) + PageBlockSize,
+			[]Damage{{Block: 3, Off: int64(len(data)), Len: g2.blockStart(3) + PageBlockSize - int64(len(data)), Err: ErrBadSize},
+				{Block: 3, Off: g2.blockStart(3) + PageBlockSize, Err: ErrBadSize}}, true},
+		{"v2 last page gone", 2, 3*PageSize + 100, g2.blockStart(2) + 100, nil, false},
+		{"v2 more past the last page than a block holds", 2, 2*PageSize + 4090, g2.blockStart(2),
+			[]Damage{{Block: 1, Off: g2.blockStart(2), Err: ErrBadSize}}, true},
+		{"v2 cut inside page 0", 2, 1000, 0, []Damage{{Block: 0, Off: 0, Err: ErrBadSize}}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, b := newFileV(t, k, tc.v, data)
+			if err := b.Truncate(tc.cut); err != nil {
+				t.Fatal(err)
+			}
+			f, err := OpenFile(k, b)
+			if err != nil {
+				t.Fatalf("OpenFile: %v", err)
+			}
+			size, err := f.Size()
+			if err != nil || size != tc.size || f.Header().SizeDamaged(tc.cut) != tc.damaged {
+				t.Fatalf("Size = %d, %v (damaged %v); want %d (damaged %v)", size, err, f.Header().SizeDamaged(tc.cut), tc.size, tc.damaged)
+			}
+			var got []Damage
+			if err := f.Verify(func(d Damage) error { got = append(got, d); return nil }); err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.bad) {
+				t.Fatalf("Verify: %v\nwant     %v", got, tc.bad)
+			}
+			// Every byte outside the damage reads back; inside, a
+			// BlockError for the right block.
+			bad := func(x int64) *Damage {
+				for i := range got {
+					if d := &got[i]; d.Len > 0 && d.Off <= x && x < d.Off+d.Len {
+						return d
+					}
+				}
+				return nil
+			}
+			g := f.h.geom()
+			for i := int64(0); g.blockStart(i) < size; i++ {
+				lo, hi := g.blockStart(i), min(g.blockStart(i)+g.blockLen(i), size)
+				buf := make([]byte, hi-lo)
+				n, err := f.ReadAt(buf, lo)
+				if d := bad(hi - 1); d != nil {
+					var be *BlockError
+					if !errors.As(err, &be) || be.Block != d.Block || !errors.Is(err, d.Err) {
+						t.Fatalf("block %d: %d bytes, %v; want a BlockError %v", i, n, err, d.Err)
+					}
+					if d.Off > lo { // the part before the damage reads back
+						if n, err := f.ReadAt(buf[:d.Off-lo], lo); err != nil || !bytes.Equal(buf[:n], data[lo:d.Off]) {
+							t.Fatalf("block %d before the damage: %d bytes, %v", i, n, err)
+						}
+					}
+					continue
+				}
+				if (err != nil && err != io.EOF) || int64(n) != hi-lo || !bytes.Equal(buf, data[lo:hi]) {
+					t.Fatalf("block %d: %d bytes, %v", i, n, err)
+				}
+			}
+		})
+	}
+	// The case: 145 whole version 1 blocks, then 4 bytes.
+	_, b := newV1File(t, k, make([]byte, 146*BlockSize))
+	b.Truncate(HeaderSize + 145*CipherBlockSize + 4)
+	f, err := OpenFile(k, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 146*BlockSize)
+	if n, err := f.ReadAt(buf, 0); n != 145*BlockSize || err != io.EOF {
+		t.Fatalf("read %d bytes, %v; want the 145 whole blocks", n, err)
 	}
 }

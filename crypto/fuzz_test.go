@@ -32,19 +32,37 @@ func FuzzParseHeader(f *testing.F) {
 	})
 }
 
+// FuzzPlainSize: every backing size from the header up maps to a
+// plaintext size; the sizes a writer makes round-trip, the others are
+// flagged and never claim more than the backing file holds.
 func FuzzPlainSize(f *testing.F) {
-	f.Add(int64(0))
-	f.Add(int64(HeaderSize + 29))
-	f.Fuzz(func(t *testing.T, c int64) {
-		if c < 0 {
+	f.Add(uint8(1), int64(0))
+	f.Add(uint8(1), int64(HeaderSize+29))
+	f.Add(uint8(2), int64(PageSize))
+	f.Add(uint8(2), int64(3*PageSize+17))
+	f.Fuzz(func(t *testing.T, v uint8, c int64) {
+		h := Header{Version: 1 + v%2}
+		p, err := h.PlainSize(c)
+		if c < HeaderSize {
+			if !errors.Is(err, ErrBadSize) {
+				t.Fatalf("PlainSize(%d) = %d, %v; want ErrBadSize", c, p, err)
+			}
 			return
 		}
-		p, err := PlainSize(c)
-		if err != nil {
-			return
+		if err != nil || p < 0 {
+			t.Fatalf("v%d PlainSize(%d) = %d, %v", h.Version, c, p, err)
 		}
-		if p < 0 || (c != 0 && CipherSize(p) != c) {
-			t.Fatalf("PlainSize(%d) = %d, CipherSize back = %d", c, p, CipherSize(p))
+		canon := h.CipherSize(p)
+		if damaged := h.SizeDamaged(c); damaged == (canon == c) {
+			t.Fatalf("v%d PlainSize(%d) = %d (damaged %v), CipherSize back = %d", h.Version, c, p, damaged, canon)
+		}
+		// The slots of p's blocks lie within c.
+		g := h.geom()
+		if p > 0 {
+			last := g.blockOf(p - 1)
+			if end := g.slotOff(last) + g.slotLen(last, p-g.blockStart(last)); end > c {
+				t.Fatalf("v%d PlainSize(%d) = %d: its last slot ends at %d", h.Version, c, p, end)
+			}
 		}
 	})
 }
@@ -98,14 +116,16 @@ func FuzzDecode(f *testing.F) {
 		f.Fatal(err)
 	}
 	authentic := map[string][]byte{}
-	for name := range katPlaintexts {
-		enc, _ := os.ReadFile(filepath.Join("testdata", "kat-"+name+".enc"))
-		plain, _ := os.ReadFile(filepath.Join("testdata", "kat-"+name+".plain"))
-		authentic[string(enc)] = plain
-		f.Add(enc)
+	for _, prefix := range katPrefix {
+		for name := range katPlaintexts {
+			enc, _ := os.ReadFile(filepath.Join("testdata", prefix+name+".enc"))
+			plain, _ := os.ReadFile(filepath.Join("testdata", "kat-"+name+".plain"))
+			authentic[string(enc)] = plain
+			f.Add(enc)
+		}
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if len(b) > 4*CipherBlockSize {
+		if len(b) > 4*CipherBlockSize+HeaderSize {
 			return // larger inputs only repeat what these cover, slower
 		}
 		bk := &memBacking{b: b}
@@ -113,13 +133,23 @@ func FuzzDecode(f *testing.F) {
 		if err != nil {
 			return
 		}
+		var damaged int64
+		if err := file.Verify(func(d Damage) error { damaged += d.Len; return nil }); err != nil {
+			t.Fatalf("Verify: %v", err)
+		}
 		buf := make([]byte, len(b)+BlockSize)
 		n, err := file.ReadAt(buf, 0)
 		if err != nil && err != io.EOF {
 			if n != 0 {
 				t.Fatalf("%d bytes returned with error %v", n, err)
 			}
+			if damaged == 0 {
+				t.Fatalf("ReadAt failed (%v), Verify found nothing", err)
+			}
 			return
+		}
+		if damaged != 0 {
+			t.Fatalf("ReadAt read it all, Verify found %d bytes damaged", damaged)
 		}
 		if n == 0 {
 			return

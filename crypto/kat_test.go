@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"flag"
+	"fmt"
 	iofs "io/fs"
 	"os"
 	"path/filepath"
@@ -15,9 +16,10 @@ var updateKAT = flag.Bool("update-kat", false, "rewrite crypto/testdata known-an
 
 // Known-answer vectors: ciphertext files produced by this package and
 // checked in. Decrypting them must keep working forever; a change that
-// breaks old files fails here. Regenerate only for a new format version.
+// breaks old files fails here.
 //
-//	kat-<name>.enc   the encrypted file
+//	kat-<name>.enc   a version 1 file (frozen)
+//	kat2-<name>.enc  a version 2 file
 //	kat-<name>.plain its plaintext
 //	kat.key             the master key, hex
 //	kat-verifier.bin    a version 1 verifier wrapping that key under katPassword
@@ -26,7 +28,8 @@ var updateKAT = flag.Bool("update-kat", false, "rewrite crypto/testdata known-an
 //	kat-recovery-key.txt (recovery slot), whose raw bytes are katRecoveryKey
 //
 // -update-kat writes only the files that are missing: vectors once checked
-// in are never regenerated (random nonces would change them).
+// in are never regenerated (random nonces would change them). Content
+// files are written in the current version (Version).
 const katPassword = "mountd known-answer password ü"
 
 var katPlaintexts = map[string][]byte{
@@ -69,25 +72,33 @@ func TestKnownAnswer(t *testing.T) {
 	if err := k.setKeyForTest(key); err != nil {
 		t.Fatal(err)
 	}
-	for name := range katPlaintexts {
-		t.Run(name, func(t *testing.T) {
-			want, err := os.ReadFile(filepath.Join(dir, "kat-"+name+".plain"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			b, err := os.Open(filepath.Join(dir, "kat-"+name+".enc"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer b.Close()
-			f, err := OpenFile(k, b)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := readAll(t, f); !bytes.Equal(got, want) {
-				t.Fatalf("decrypted %d bytes, differs from %d-byte plaintext", len(got), len(want))
-			}
-		})
+	for v, prefix := range katPrefix {
+		for name := range katPlaintexts {
+			t.Run(prefix+name, func(t *testing.T) {
+				want, err := os.ReadFile(filepath.Join(dir, "kat-"+name+".plain"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, err := os.Open(filepath.Join(dir, prefix+name+".enc"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer b.Close()
+				f, err := OpenFile(k, b)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if f.Header().Version != v {
+					t.Fatalf("version %d, want %d", f.Header().Version, v)
+				}
+				if got := readAll(t, f); !bytes.Equal(got, want) {
+					t.Fatalf("decrypted %d bytes, differs from %d-byte plaintext", len(got), len(want))
+				}
+				if err := f.Verify(func(d Damage) error { return fmt.Errorf("damage %+v", d) }); err != nil {
+					t.Fatal(err)
+				}
+			})
+		}
 	}
 	id, _ := k.KeyID()
 	unlocked := func(t *testing.T, k2 *Keyring) {
@@ -138,9 +149,11 @@ func TestKnownAnswer(t *testing.T) {
 	})
 }
 
+// katPrefix names the known-answer files of each version.
+var katPrefix = map[uint8]string{1: "kat-", 2: "kat2-"}
+
 func writeKAT(t *testing.T, dir string) {
 	t.Helper()
-	os.MkdirAll(dir, 0o755)
 	k := NewKeyring()
 	if err := k.setKeyForTest(katKey()); err != nil {
 		t.Fatal(err)
@@ -172,7 +185,7 @@ func writeKAT(t *testing.T, dir string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		create("kat-"+name+".enc", mb.b)
+		create(katPrefix[Version]+name+".enc", mb.b)
 		create("kat-"+name+".plain", plain)
 	}
 	v, err := build(katKey(), nil, []byte(katPassword), testKDF, katRecoveryKey())

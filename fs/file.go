@@ -65,7 +65,7 @@ func (f *cryptFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 			// reads ahead on the backing file; else only the latter.
 			full := m == len(dest) && err == nil
 			if !full || !r.startPrefetch(st, off+int64(m), len(dest)) {
-				st.readAhead(off + int64(len(dest)))
+				st.readAhead(st.cf.Header(), off+int64(len(dest)))
 			}
 		}
 		if res != nil {
@@ -220,7 +220,7 @@ func (f *cryptFile) getattr(a *fuse.Attr) syscall.Errno {
 	}
 	attrFromStatx(a, &x)
 	if st.cf != nil {
-		if ps, err := crypto.PlainSize(int64(x.Size)); err == nil {
+		if ps, err := st.cf.Header().PlainSize(int64(x.Size)); err == nil {
 			a.Size = uint64(ps)
 		}
 	}

@@ -83,7 +83,11 @@ func TestProtectedContentOnDisk(t *testing.T) {
 		if bytes.Contains(raw, marker) {
 			t.Errorf("%s: plaintext marker in the backing file", name)
 		}
-		if want := crypto.CipherSize(int64(len(data))); int64(len(raw)) != want {
+		h, err := crypto.ParseHeader(raw)
+		if err != nil || h.Version != crypto.Version {
+			t.Errorf("%s: header %+v, %v", name, h, err)
+		}
+		if want := h.CipherSize(int64(len(data))); int64(len(raw)) != want {
 			t.Errorf("%s: backing size %d, want %d", name, len(raw), want)
 		}
 		if got := mustRead(t, e.m(name)); !bytes.Equal(got, data) {

@@ -47,7 +47,8 @@ func runModel(t *testing.T, seed uint64, ops int) {
 		if !crypto.HasMagic(raw) {
 			t.Errorf("%s: not encrypted on disk", name)
 		}
-		if ps, err := crypto.PlainSize(int64(len(raw))); err != nil || ps != int64(len(m.files[name])) {
+		h, _ := crypto.ParseHeader(raw)
+		if ps, err := h.PlainSize(int64(len(raw))); err != nil || ps != int64(len(m.files[name])) {
 			t.Errorf("%s: backing size %d maps to %d (%v), model has %d", name, len(raw), ps, err, len(m.files[name]))
 		}
 	}

@@ -282,7 +282,7 @@ func classifyHeader(b []byte, size int64) (contentClass, crypto.Header, error) {
 	if err != nil {
 		return classBad, crypto.Header{}, err
 	}
-	if _, err := crypto.PlainSize(size); err != nil {
+	if _, err := h.PlainSize(size); err != nil {
 		return classBad, h, err
 	}
 	return classEncrypted, h, nil
@@ -290,12 +290,12 @@ func classifyHeader(b []byte, size int64) (contentClass, crypto.Header, error) {
 
 // classifyAttr is classify for attribute lookups: without a descriptor it
 // reads the header only of files that probes says to.
-func (n *node) classifyAttr(x *unix.Statx_t, fd int) contentClass {
+func (n *node) classifyAttr(x *unix.Statx_t, fd int) (contentClass, crypto.Header) {
 	if fd < 0 && !n.classCached(x) && !n.root.protected(n.name()) {
-		return classPlain
+		return classPlain, crypto.Header{}
 	}
-	class, _, _ := n.classify(x, fd)
-	return class
+	class, h, _ := n.classify(x, fd)
+	return class, h
 }
 
 // fillAttr fills a from x, with the plaintext size for an encrypted file.
@@ -304,8 +304,8 @@ func (n *node) fillAttr(x *unix.Statx_t, fd int, a *fuse.Attr) {
 	if !isReg(x) {
 		return
 	}
-	if n.classifyAttr(x, fd) == classEncrypted {
-		if ps, err := crypto.PlainSize(int64(x.Size)); err == nil {
+	if class, h := n.classifyAttr(x, fd); class == classEncrypted {
+		if ps, err := h.PlainSize(int64(x.Size)); err == nil {
 			a.Size = uint64(ps)
 		}
 	}

@@ -9,8 +9,6 @@ import (
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
-
-	"github.com/mountd/mountd/crypto"
 )
 
 // Attribute operations. Sizes of encrypted files are plaintext sizes,
@@ -72,7 +70,7 @@ func (n *node) Statx(ctx context.Context, f gofs.FileHandle, flags uint32, mask 
 		}
 		err := statxFd(st.fd, sync, req, &x)
 		if err == nil && st.cf != nil {
-			if ps, perr := crypto.PlainSize(int64(x.Size)); perr == nil {
+			if ps, perr := st.cf.Header().PlainSize(int64(x.Size)); perr == nil {
 				plain = ps
 			}
 		}
@@ -105,8 +103,8 @@ func (n *node) Statx(ctx context.Context, f gofs.FileHandle, flags uint32, mask 
 				continue // changed since statNode looked
 			}
 			if err == nil && needsHeader(&x) {
-				if n.classifyAttr(&x, sfd) == classEncrypted {
-					if ps, perr := crypto.PlainSize(int64(x.Size)); perr == nil {
+				if class, h := n.classifyAttr(&x, sfd); class == classEncrypted {
+					if ps, perr := h.PlainSize(int64(x.Size)); perr == nil {
 						plain = ps
 					}
 				}

@@ -114,7 +114,7 @@ func (r *Root) startPrefetch(st *inodeState, off int64, n int) bool {
 		st.pf = append(st.pf, pf)
 		go func() {
 			defer close(pf.done)
-			st.readAhead(pf.off)
+			st.readAhead(cf.Header(), pf.off)
 			m, err := cf.ReadAt(pf.buf[:pf.n], pf.off)
 			pf.m, pf.err = max(m, 0), err
 		}()

@@ -118,8 +118,14 @@ func TestPrefetchTampered(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pos := crypto.HeaderSize + blk*crypto.CipherBlockSize + 40
-	var c [1]byte
+	var c [crypto.HeaderSize]byte
+	b.ReadAt(c[:], 0)
+	h, err := crypto.ParseHeader(c[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	start, _ := h.BlockRange(blk)
+	pos := h.CipherOffset(start) + 40
 	b.ReadAt(c[:], pos)
 	c[0] ^= 1
 	b.WriteAt(c[:], pos)
@@ -129,8 +135,8 @@ func TestPrefetchTampered(t *testing.T) {
 	if !errors.Is(err, syscall.EIO) {
 		t.Fatalf("read %d bytes, err %v; want EIO", len(got), err)
 	}
-	if len(got) > int(blk)*crypto.BlockSize || !bytes.Equal(got, data[:len(got)]) {
-		t.Fatalf("served %d bytes, tampered block starts at %d", len(got), blk*crypto.BlockSize)
+	if int64(len(got)) > start || !bytes.Equal(got, data[:len(got)]) {
+		t.Fatalf("served %d bytes, tampered block starts at %d", len(got), start)
 	}
 	if len(e.warnings()) == 0 {
 		t.Fatal("the authentication failure was not logged")

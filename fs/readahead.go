@@ -21,9 +21,9 @@ const (
 	// readAheadWindow is how much plaintext ahead of a sequential read is
 	// requested.
 	readAheadWindow = 8 << 20
-	// readAheadStep is the least ciphertext asked for at once: half a
-	// window.
-	readAheadStep = readAheadWindow / 2 / crypto.BlockSize * crypto.CipherBlockSize
+	// readAheadStep is the least ciphertext asked for at once: about
+	// half a window.
+	readAheadStep = readAheadWindow / 2
 )
 
 // sequential notes a read of n bytes at off and reports whether it
@@ -38,21 +38,16 @@ func (st *inodeState) sequential(off int64, n int) bool {
 // window at a time: FADV_WILLNEED walks every page it is given, cached or
 // not, so asking for the whole window on every request cost more than
 // the decryption.
-func (st *inodeState) readAhead(end int64) {
-	want := cipherOff(end + readAheadWindow)
+// h is the file's header, which says where its blocks are.
+func (st *inodeState) readAhead(h crypto.Header, end int64) {
+	want := h.CipherOffset(end + readAheadWindow)
 	have := st.raEnd.Load()
-	if have < cipherOff(end) || have > want {
-		have = cipherOff(end) // a new stream, or one that went back
+	if from := h.CipherOffset(end); have < from || have > want {
+		have = from // a new stream, or one that went back
 	}
 	if want-have < readAheadStep {
 		return
 	}
 	st.raEnd.Store(want)
 	_ = unix.Fadvise(st.fd, have, want-have, unix.FADV_WILLNEED)
-}
-
-// cipherOff is where the block holding plaintext offset off starts in
-// the backing file.
-func cipherOff(off int64) int64 {
-	return crypto.HeaderSize + off/crypto.BlockSize*crypto.CipherBlockSize
 }

@@ -34,7 +34,15 @@ func (e *testEnv) patchBacking(name string, off int64, b []byte) {
 	}
 }
 
-func blockOff(i int64) int64 { return crypto.HeaderSize + i*crypto.CipherBlockSize }
+// blockOff is where block i of the encrypted file raw starts on disk.
+func blockOff(raw []byte, i int64) int64 {
+	h, err := crypto.ParseHeader(raw)
+	if err != nil {
+		panic(err)
+	}
+	start, _ := h.BlockRange(i)
+	return h.CipherOffset(start)
+}
 
 // TestTamper: modified ciphertext reads as EIO (never garbage), is logged
 // once per inode with its path and block, and the daemon keeps serving.
@@ -48,13 +56,15 @@ func TestTamper(t *testing.T) {
 
 	// A flipped bit in block 1.
 	raw := e.backingBytes("flip.bin")
-	e.patchBacking("flip.bin", blockOff(1)+100, []byte{raw[blockOff(1)+100] ^ 1})
+	e.patchBacking("flip.bin", blockOff(raw, 1)+100, []byte{raw[blockOff(raw, 1)+100] ^ 1})
 	f, err := os.Open(e.m("flip.bin"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	buf := make([]byte, crypto.BlockSize)
-	if _, err := f.ReadAt(buf, 0); err != nil || !bytes.Equal(buf, data[:crypto.BlockSize]) {
+	h, _ := crypto.ParseHeader(raw)
+	_, n0 := h.BlockRange(0)
+	buf := make([]byte, n0)
+	if _, err := f.ReadAt(buf, 0); err != nil || !bytes.Equal(buf, data[:n0]) {
 		t.Errorf("block 0 of flip.bin: %v", err)
 	}
 	for i := 0; i < 3; i++ {
@@ -67,10 +77,10 @@ func TestTamper(t *testing.T) {
 
 	// Blocks 0 and 1 swapped.
 	raw = e.backingBytes("swap.bin")
-	b0 := append([]byte(nil), raw[blockOff(0):blockOff(1)]...)
-	b1 := append([]byte(nil), raw[blockOff(1):blockOff(2)]...)
-	e.patchBacking("swap.bin", blockOff(0), b1)
-	e.patchBacking("swap.bin", blockOff(1), b0)
+	b1 := append([]byte(nil), raw[blockOff(raw, 1):blockOff(raw, 2)]...)
+	b2 := append([]byte(nil), raw[blockOff(raw, 2):blockOff(raw, 3)]...)
+	e.patchBacking("swap.bin", blockOff(raw, 1), b2)
+	e.patchBacking("swap.bin", blockOff(raw, 2), b1)
 	_, err = os.ReadFile(e.m("swap.bin"))
 	wantErrno(t, err, syscall.EIO, "read swapped blocks")
 
@@ -86,15 +96,31 @@ func TestTamper(t *testing.T) {
 	_, err = os.Open(e.m("keyid.bin"))
 	wantErrno(t, err, syscall.EIO, "open with a changed key-id")
 
-	// An impossible size: a trailing fragment too short for a block.
-	if err := os.Truncate(e.b("short.bin"), blockOff(3)+crypto.BlockOverhead-3); err != nil {
+	// An impossible size (the file cut at the end of its last page, as
+	// a crash can leave it): it opens, every whole block reads back, and
+	// what the size claims past them is EIO.
+	raw = e.backingBytes("short.bin")
+	if err := os.Truncate(e.b("short.bin"), int64(len(raw))/4096*4096); err != nil {
 		t.Fatal(err)
 	}
-	_, err = os.ReadFile(e.m("short.bin"))
-	wantErrno(t, err, syscall.EIO, "read a file with an impossible size")
+	f, err = os.Open(e.m("short.bin"))
+	if err != nil {
+		t.Fatalf("open a file with a cut end: %v", err)
+	}
+	whole := make([]byte, len(data))
+	if _, err := f.ReadAt(whole, 0); err != nil || !bytes.Equal(whole, data) {
+		t.Errorf("read the whole blocks of a file with a cut end: %v", err)
+	}
+	if fi, _ := f.Stat(); fi.Size() <= int64(len(data)) {
+		t.Errorf("stat size %d: the documented size of a cut file is its last block in full", fi.Size())
+	}
+	_, err = f.ReadAt(buf[:10], int64(len(data)))
+	wantErrno(t, err, syscall.EIO, "read past what the last block holds")
+	f.Close()
 
 	// A block of zeros is not a hole.
-	e.patchBacking("zero.bin", blockOff(2), make([]byte, crypto.CipherBlockSize))
+	raw = e.backingBytes("zero.bin")
+	e.patchBacking("zero.bin", blockOff(raw, 2), make([]byte, blockOff(raw, 3)-blockOff(raw, 2)))
 	_, err = os.ReadFile(e.m("zero.bin"))
 	wantErrno(t, err, syscall.EIO, "read a zeroed block")
 

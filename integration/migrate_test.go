@@ -109,7 +109,7 @@ func migIsCipher(t *testing.T, path string, want int64) bool {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	var b [crypto.MagicSize]byte
+	var b [crypto.HeaderSize]byte
 	n, _ := io.ReadFull(f, b[:])
 	if !crypto.HasMagic(b[:n]) {
 		return false
@@ -118,7 +118,11 @@ func migIsCipher(t *testing.T, path string, want int64) bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ps, err := crypto.PlainSize(fi.Size())
+	h, err := crypto.ParseHeader(b[:n])
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := h.PlainSize(fi.Size())
 	if err != nil || ps != want {
 		t.Errorf("%s: ciphertext of %d bytes (plain %d, %v), want plain %d", path, fi.Size(), ps, err, want)
 	}
