@@ -465,9 +465,9 @@ func runCrashScenarioLimit(t *testing.T, k *Keyring, rng *rand.Rand, v uint8, sc
 func TestCrashStatesRandom(t *testing.T) {
 	k := newTestKeyring(t, 24)
 	rng := rand.New(rand.NewPCG(11, 12))
-	runs := 150
+	runs := 60
 	if testing.Short() {
-		runs = 40
+		runs = 20
 	}
 	states := 0
 	for r := 0; r < runs; r++ {
@@ -504,7 +504,7 @@ func TestCrashStatesRandom(t *testing.T) {
 				}
 				return nil
 			}}
-		n, bad := runCrashScenarioLimit(t, k, rng, 2, sc, 0, 150)
+		n, bad := runCrashScenarioLimit(t, k, rng, 2, sc, 0, 100)
 		states += n
 		if len(bad) > 0 {
 			t.Fatalf("%s (initial %d bytes, %d operations): %d of %d states lose acknowledged data, e.g. %s", sc.name, size, len(steps), len(bad), n, bad[0])

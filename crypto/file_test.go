@@ -72,6 +72,9 @@ func testModel(t *testing.T, v uint8) {
 		}
 	}
 	ops := 3000
+	if v == 1 {
+		ops = 1500 // the version only existing files have
+	}
 	if testing.Short() {
 		ops = 500
 	}

@@ -21,11 +21,6 @@ import (
 // checks, through a freshly started mountd on each, that everything that
 // was acknowledged is there. See README.md in this directory.
 func TestCrash(t *testing.T) {
-	if os.Getenv("MOUNTD_CRASH") == "" {
-		// Until the crash-safe format lands, the harness fails on main
-		// by design; it runs on request.
-		t.Skip("set MOUNTD_CRASH=short (or full) to run the crash-state harness")
-	}
 	c := loadConfig(t)
 	for _, fsType := range c.fsTypes {
 		for _, sector := range c.sectors {

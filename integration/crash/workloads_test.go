@@ -573,7 +573,7 @@ func migrateWorkload(full bool) *workload {
 func streamWorkload(full bool) *workload {
 	mib := 4
 	if full {
-		mib = 48
+		mib = 40
 	}
 	var content []byte
 	return &workload{
