@@ -160,6 +160,10 @@ func (h Header) CipherOffset(off int64) int64 {
 	return g.slotOff(g.blockOf(max(off, 0)))
 }
 
+// BlockOf returns the number of the block that holds plaintext offset
+// off >= 0 (for a file of h's version).
+func (h Header) BlockOf(off int64) int64 { return h.geom().blockOf(max(off, 0)) }
+
 // BlockRange returns the plaintext offset of block i and the most
 // plaintext it holds.
 func (h Header) BlockRange(i int64) (off, n int64) {

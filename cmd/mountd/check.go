@@ -271,8 +271,8 @@ func checkFile(d *dataDir, o *scanOpts, j scanJob, buf []byte, res *scanResult, 
 		return
 	}
 	if o.kr == nil {
-		if _, err := crypto.PlainSize(j.size); err != nil {
-			bad(findCorrupt, "truncated: "+errText(err))
+		if h.SizeDamaged(j.size) {
+			bad(findCorrupt, "truncated: its size is one no writer makes (its end was cut)")
 		}
 		return
 	}
@@ -304,8 +304,11 @@ func checkFile(d *dataDir, o *scanOpts, j scanJob, buf []byte, res *scanResult, 
 	if first != nil {
 		blk, off := first.Block, first.Off
 		detail := fmt.Sprintf("block %d (plaintext bytes %d..%d) failed authentication", blk, off, off+first.Len-1)
-		if first.Why == "truncated" {
+		switch first.Why {
+		case "truncated":
 			detail = fmt.Sprintf("truncated in the middle of block %d (plaintext offset %d): the file ends in a fragment that holds no data", blk, off)
+		case "incomplete":
+			detail = fmt.Sprintf("block %d (plaintext bytes %d..%d) holds less than the file size says: its end was cut", blk, off, off+first.Len-1)
 		}
 		fnd = append(fnd, finding{Path: j.rel, Kind: findCorrupt, Detail: detail, Block: &blk, Offset: &off})
 		return

@@ -56,33 +56,20 @@ func (s sizeInfo) Sys() any           { return nil }
 type cryptFile struct {
 	f    *crypto.File
 	size int64 // plaintext size
-	// cut is set when the file ends in a fragment too short to hold any
-	// plaintext (a truncation in the middle of a block): the file is read
-	// as if that fragment were not there, and the fragment is a damaged
-	// block of its own, numbered cutBlock.
+	// cut is set when the file's size is one no writer makes (its end was
+	// cut in the middle of a block): the file reads as the format maps
+	// that size (crypto.Header.PlainSize), and the cut is a damaged block
+	// of its own, numbered cutBlock.
 	cut      bool
 	cutBlock int64
 }
 
 // openCrypt opens the encrypted file f (of ciphertext size cipherSize)
 // under kr. ErrBadHeader, or ErrWrongKey when the file belongs to another
-// master key, come back wrapped; a truncated tail does not: the blocks
-// before it stay readable.
+// master key, come back wrapped; a cut end does not: the blocks before it
+// stay readable (crypto.OpenFile opens such files).
 func openCrypt(kr *crypto.Keyring, f *os.File, cipherSize int64) (*cryptFile, error) {
-	size := cipherSize
-	if _, err := crypto.PlainSize(size); err != nil {
-		// The largest size the format accepts at or below the real one:
-		// what precedes a torn tail.
-		for size--; size >= 0 && cipherSize-size <= crypto.CipherBlockSize; size-- {
-			if _, err := crypto.PlainSize(size); err == nil {
-				break
-			}
-		}
-		if size < crypto.HeaderSize {
-			return nil, fmt.Errorf("%w: %d bytes is not a header and blocks", crypto.ErrBadHeader, cipherSize)
-		}
-	}
-	cf, err := crypto.OpenFile(kr, &roBacking{f: f, size: size})
+	cf, err := crypto.OpenFile(kr, &roBacking{f: f, size: cipherSize})
 	if err != nil {
 		return nil, err
 	}
@@ -90,14 +77,15 @@ func openCrypt(kr *crypto.Keyring, f *os.File, cipherSize int64) (*cryptFile, er
 	if err != nil {
 		return nil, err
 	}
-	if cf.Header().KeyID != id {
+	h := cf.Header()
+	if h.KeyID != id {
 		return nil, crypto.ErrWrongKey
 	}
-	c := &cryptFile{f: cf, cut: size != cipherSize}
+	c := &cryptFile{f: cf, cut: h.SizeDamaged(cipherSize)}
 	if c.size, err = cf.Size(); err != nil {
 		return nil, err
 	}
-	c.cutBlock = (c.size + crypto.BlockSize - 1) / crypto.BlockSize
+	c.cutBlock = h.BlockOf(c.size)
 	return c, nil
 }
 
@@ -106,7 +94,7 @@ type badBlock struct {
 	Block int64  `json:"block"`
 	Off   int64  `json:"offset"` // plaintext offset of the block
 	Len   int64  `json:"length"` // plaintext bytes lost (zero-filled by export)
-	Why   string `json:"reason"` // "authentication failed" or "truncated"
+	Why   string `json:"reason"` // "authentication failed", "incomplete" (holds less than the size says) or "truncated"
 }
 
 // stream reads c's plaintext from the start, handing emit each run of
@@ -122,10 +110,14 @@ func (c *cryptFile) stream(get func() []byte, emit func([]byte) error, bad func(
 		n := min(int64(len(buf)), c.size-off)
 		got, err := c.f.ReadAt(buf[:n], off)
 		var be *crypto.BlockError
-		if errors.As(err, &be) && errors.Is(err, crypto.ErrUnauthenticated) {
-			start := be.Block * crypto.BlockSize
+		if errors.As(err, &be) {
+			start, blen := c.f.Header().BlockRange(be.Block)
 			if start < off || start >= off+n {
 				return err
+			}
+			why := "authentication failed"
+			if errors.Is(err, crypto.ErrBadSize) {
+				why = "incomplete"
 			}
 			// ReadAt names the first failing block: what precedes it in
 			// this read is authentic.
@@ -138,8 +130,8 @@ func (c *cryptFile) stream(get func() []byte, emit func([]byte) error, bad func(
 				}
 				buf = get()
 			}
-			blen := min(crypto.BlockSize, c.size-start)
-			if !bad(badBlock{Block: be.Block, Off: start, Len: blen, Why: "authentication failed"}) {
+			blen = min(blen, c.size-start)
+			if !bad(badBlock{Block: be.Block, Off: start, Len: blen, Why: why}) {
 				return nil
 			}
 			clear(buf[:blen])

@@ -582,6 +582,8 @@ func (x *exporter) corrupt(rel string, bad []badBlock) {
 	for _, b := range bad {
 		if b.Why == "truncated" {
 			ranges = append(ranges, fmt.Sprintf("block %d: the file was cut in the middle of it; it ends at byte %d", b.Block, b.Off))
+		} else if b.Why == "incomplete" {
+			ranges = append(ranges, fmt.Sprintf("block %d: bytes %d..%d zero-filled (the block holds less than the file size says: its end was cut)", b.Block, b.Off, b.Off+b.Len-1))
 		} else {
 			ranges = append(ranges, fmt.Sprintf("block %d: bytes %d..%d zero-filled (authentication failed)", b.Block, b.Off, b.Off+b.Len-1))
 		}

@@ -88,9 +88,18 @@ func (fx *fixture) patch(t *testing.T, rel string, f func(b []byte) []byte) {
 	}
 }
 
-// blockAt is the ciphertext offset of block i of a version 1 file (the
-// tests corrupt files; fsck itself never computes this).
-func blockAt(i int) int { return crypto.HeaderSize + i*crypto.CipherBlockSize }
+// blockAt is the ciphertext offset of block i of a file in the current
+// format (the tests corrupt files; fsck itself never computes this).
+func blockAt(i int) int {
+	h := crypto.Header{Version: crypto.Version}
+	return int(h.CipherOffset(blockStart(int64(i))))
+}
+
+// blockStart is the plaintext offset of block i in the current format.
+func blockStart(i int64) int64 {
+	start, _ := crypto.Header{Version: crypto.Version}.BlockRange(i)
+	return start
+}
 
 func runFsck(t *testing.T, data string, stdin string, extra ...string) (int, *fsckReport, string) {
 	t.Helper()
@@ -114,7 +123,7 @@ func TestFsckClean(t *testing.T) {
 		t.Fatalf("clean tree: exit %d %+v %s", code, rep, errs)
 	}
 	wantEnc := int64(len(sizes) + 2)
-	if c := rep.Counts; c.Encrypted != wantEnc || c.Authenticated != wantEnc || c.PlainOther != 2 || c.Symlinks != 4 || c.Versions[1] != wantEnc {
+	if c := rep.Counts; c.Encrypted != wantEnc || c.Authenticated != wantEnc || c.PlainOther != 2 || c.Symlinks != 4 || c.Versions[crypto.Version] != wantEnc {
 		t.Fatalf("counts: %+v", c)
 	}
 	var total int64
@@ -167,17 +176,22 @@ func TestFsckFindsDamage(t *testing.T) {
 			fx.patch(t, "big.bin", func(b []byte) []byte { b[blockAt(7)+500] ^= 0x20; return b })
 		}, "big.bin", findCorrupt, 7, exitDamaged},
 		{"flipped bit in the tag of the last block", func(t *testing.T, fx *fixture) {
-			fx.patch(t, "enc/4097.bin", func(b []byte) []byte { b[len(b)-1] ^= 1; return b })
+			// Block 1 holds 4097 - blockStart(1) bytes; its tag ends the sealed part of its slot.
+			last := blockAt(1) + crypto.PageOverhead + int(4097-blockStart(1)) - 1
+			fx.patch(t, "enc/4097.bin", func(b []byte) []byte { b[last] ^= 1; return b })
 		}, "enc/4097.bin", findCorrupt, 1, exitDamaged},
 		{"flipped header bit", func(t *testing.T, fx *fixture) {
 			fx.patch(t, "enc/4096.bin", func(b []byte) []byte { b[20] ^= 1; return b })
 		}, "enc/4096.bin", findCorrupt, 0, exitDamaged},
-		{"truncated mid-block, a fragment without data", func(t *testing.T, fx *fixture) {
-			fx.patch(t, "big.bin", func(b []byte) []byte { return b[:blockAt(20)+10] })
+		{"cut at the end of a page, the size lost", func(t *testing.T, fx *fixture) {
+			fx.patch(t, "big.bin", func(b []byte) []byte { return b[:blockAt(20)] })
 		}, "big.bin", findCorrupt, 20, exitDamaged},
-		{"truncated mid-block", func(t *testing.T, fx *fixture) {
-			fx.patch(t, "big.bin", func(b []byte) []byte { return b[:blockAt(20)+2000] })
+		{"cut with more past the last page than a block holds", func(t *testing.T, fx *fixture) {
+			fx.patch(t, "big.bin", func(b []byte) []byte { return b[:blockAt(20)+4090] })
 		}, "big.bin", findCorrupt, 20, exitDamaged},
+		{"cut, the last block holding less than the size says", func(t *testing.T, fx *fixture) {
+			fx.patch(t, "enc/4097.bin", func(b []byte) []byte { return b[:blockAt(2)] })
+		}, "enc/4097.bin", findCorrupt, 1, exitDamaged},
 		{"truncated inside the header", func(t *testing.T, fx *fixture) {
 			fx.patch(t, "enc/1.bin", func(b []byte) []byte { return b[:20] })
 		}, "enc/1.bin", findBadHeader, -1, exitDamaged},
@@ -185,13 +199,13 @@ func TestFsckFindsDamage(t *testing.T) {
 			fx.patch(t, "big.bin", func(b []byte) []byte {
 				x, y := blockAt(3), blockAt(4)
 				blk := bytes.Clone(b[x:y])
-				copy(b[x:y], b[y:y+crypto.CipherBlockSize])
+				copy(b[x:y], b[y:y+(y-x)])
 				copy(b[y:], blk)
 				return b
 			})
 		}, "big.bin", findCorrupt, 3, exitDamaged},
 		{"zeroed block", func(t *testing.T, fx *fixture) {
-			fx.patch(t, "big.bin", func(b []byte) []byte { clear(b[blockAt(39) : blockAt(39)+crypto.CipherBlockSize]); return b })
+			fx.patch(t, "big.bin", func(b []byte) []byte { clear(b[blockAt(39):blockAt(40)]); return b })
 		}, "big.bin", findCorrupt, 39, exitDamaged},
 		{"block from another file", func(t *testing.T, fx *fixture) {
 			donor, _ := os.ReadFile(filepath.Join(fx.data, "enc/4097.bin"))
@@ -231,7 +245,7 @@ func TestFsckFindsDamage(t *testing.T) {
 			if f.Path != tc.path || f.Kind != tc.kind {
 				t.Fatalf("finding %+v, want %s %s", f, tc.path, tc.kind)
 			}
-			if tc.block >= 0 && (f.Block == nil || *f.Block != tc.block || *f.Offset != tc.block*crypto.BlockSize) {
+			if tc.block >= 0 && (f.Block == nil || *f.Block != tc.block || *f.Offset != blockStart(tc.block)) {
 				t.Fatalf("first bad block %v, want %d: %s", f.Block, tc.block, f.Detail)
 			}
 			if after := treeState(t, fx.data, "auth/lock"); !mapsEqual(before, after) {
