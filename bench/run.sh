@@ -212,6 +212,22 @@ fio_iops() {
 	log "$tg: $rw $v IOPS"
 }
 
+# fio_append TARGET FILE: 200-byte appends to a new FILE, each followed by
+# fsync (a log, a database journal): the writes a power loss must not undo.
+fio_append() {
+	local tg=$1 f=$2 out="$run/fio.out" v
+	rm -f "$f"
+	log "$tg: fio append+fsync ${runtime}s"
+	bg fio --name=append --filename="$f" --size=1G --rw=write --bs=200 --fsync=1 --fallocate=none \
+		--ioengine=psync --iodepth=1 --runtime="$runtime" --time_based \
+		--output-format=terse --terse-version=3 >"$out" 2>&1 || { cat "$out" >&2; die "fio append failed"; }
+	v=$(awk -F';' '$1 == "3" { printf "%.0f", $49 }' "$out")
+	[[ -n $v ]] || { cat "$out" >&2; die "no fio result"; }
+	rm -f "$f"
+	put "$tg" append "$v"
+	log "$tg: append+fsync $v IOPS"
+}
+
 # Tarball of Go's own source tree (~11k files), cached across runs.
 tarball="$base/gosrc-$(go env GOVERSION).tar"
 if [[ ! -s $tarball ]]; then
@@ -387,6 +403,9 @@ for ((round = 1; round <= rounds; round++)); do
 				fio_iops "$tg" "${DIR[$tg]}/big.bin" "$rw"
 			done
 		done
+		for tg in "${ord[@]}"; do
+			fio_append "$tg" "${DIR[$tg]}/log.bin"
+		done
 		note_rss "random I/O"
 		for tg in "${ord[@]}"; do
 			rm -f "${DIR[$tg]}/big.bin"
@@ -475,6 +494,7 @@ rows=(
 	"plain_r|streaming read, non-protected (big.dat)|MiB/s|rate"
 	"randread|4 KiB random read, protected, QD1|IOPS|rate"
 	"randwrite|4 KiB random write, protected, QD1|IOPS|rate"
+	"append|200 B append + fsync, protected, QD1|IOPS|rate"
 	"untar|untar $ntar entries + sync|s|time"
 	"lsR|ls -lR (cold cache)|s|time"
 	"rmrf|rm -rf + sync|s|time"
