@@ -58,7 +58,7 @@ func TestStreamZeroFills(t *testing.T) {
 	}
 	want := bytes.Clone(plain)
 	for _, b := range bad {
-		clear(want[b*crypto.BlockSize : min((b+1)*crypto.BlockSize, len(want))])
+		clear(want[blockStart(int64(b)):min(blockStart(int64(b)+1), int64(len(want)))])
 	}
 	if !bytes.Equal(out.Bytes(), want) {
 		t.Fatalf("%d bytes out, not the plaintext with the bad blocks zeroed", out.Len())
