@@ -342,6 +342,7 @@ func crashScenarios() []crashScenario {
 		// then a rewrite of the same last block, can leave the cut bytes
 		// unreadable when the size on disk is still the old one.
 		{name: "truncate down then append", initial: 3000, ops: seq(trunc(1000), w(1000, 500, 13)), cutOK: true},
+		{name: "truncate to zero then rewrite (O_TRUNC)", initial: 3000, ops: seq(trunc(0), w(0, 500, 14)), cutOK: true},
 	}
 }
 
