@@ -532,7 +532,9 @@ func (f *File) writeChunk(s *scratch, aead cipher.AEAD, size int64, p []byte, of
 	// it may fail to authenticate: the caller was told it failed).
 	restore := func(err error) error {
 		if err != nil && g.v == 2 && newSize > size {
-			f.b.Truncate(g.cipherSize(size))
+			if terr := f.b.Truncate(g.cipherSize(size)); terr != nil {
+				return errors.Join(err, terr)
+			}
 		}
 		return err
 	}
@@ -739,7 +741,8 @@ func (f *File) Verify(fn func(Damage) error) error {
 		if err != nil {
 			return err
 		}
-		f.forBlocks(int(last-first+1), func(w, k int) error {
+		// The callback never fails: each block's result is kept in res.
+		_ = f.forBlocks(int(last-first+1), func(w, k int) error {
 			i := first + int64(k)
 			want := min(g.blockLen(i), size-g.blockStart(i))
 			so := g.slotOff(i) - lo

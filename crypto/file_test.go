@@ -65,7 +65,8 @@ func testModel(t *testing.T, v uint8) {
 		case 0:
 			return rng.IntN(chunkPlain + 3*BlockSize)
 		case 1:
-			d := bound() - bound() // a distance between two boundaries
+			a, b := bound(), bound()
+			d := a - b // a distance between two boundaries
 			return int(max(d, -d)) + rng.IntN(5)
 		default:
 			return rng.IntN(3 * BlockSize)

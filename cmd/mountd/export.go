@@ -580,11 +580,12 @@ func (x *exporter) file(j exportJob, buf []byte) {
 func (x *exporter) corrupt(rel string, bad []badBlock) {
 	var ranges []string
 	for _, b := range bad {
-		if b.Why == "truncated" {
+		switch b.Why {
+		case "truncated":
 			ranges = append(ranges, fmt.Sprintf("block %d: the file was cut in the middle of it; it ends at byte %d", b.Block, b.Off))
-		} else if b.Why == "incomplete" {
+		case "incomplete":
 			ranges = append(ranges, fmt.Sprintf("block %d: bytes %d..%d zero-filled (the block holds less than the file size says: its end was cut)", b.Block, b.Off, b.Off+b.Len-1))
-		} else {
+		default:
 			ranges = append(ranges, fmt.Sprintf("block %d: bytes %d..%d zero-filled (authentication failed)", b.Block, b.Off, b.Off+b.Len-1))
 		}
 	}
