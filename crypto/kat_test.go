@@ -9,6 +9,8 @@ import (
 	iofs "io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
 )
 
@@ -147,6 +149,151 @@ func TestKnownAnswer(t *testing.T) {
 		}
 		unlocked(t, k3)
 	})
+}
+
+// TestKnownAnswerEncoding checks the checked-in content files bit for bit
+// against docs/FORMAT.md's encoder (specEncode): with the file-id and the
+// nonces a vector holds, the page's rules give exactly its bytes, in both
+// versions — the layout, the lengths, the aad, the zeros after each version
+// 2 slot and the bytes past its last page.
+func TestKnownAnswerEncoding(t *testing.T) {
+	for v, prefix := range katPrefix {
+		for name := range katPlaintexts {
+			t.Run(prefix+name, func(t *testing.T) {
+				enc, err := os.ReadFile(filepath.Join("testdata", prefix+name+".enc"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				plain, err := os.ReadFile(filepath.Join("testdata", "kat-"+name+".plain"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if enc[7] != v {
+					t.Fatalf("version byte %d, want %d", enc[7], v)
+				}
+				want := specEncode(t, v, katKey(), enc[16:32], specNonces(enc, len(plain)), plain)
+				if !bytes.Equal(enc, want) {
+					t.Fatalf("%d bytes differ from the %d the spec encodes (first difference at %d)", len(enc), len(want), firstDiff(enc, want))
+				}
+			})
+		}
+	}
+}
+
+// TestWriterMatchesSpec is the known answer for today's writer: a file
+// written through File (in one write, or appended in pieces that rewrite
+// the last block many times) is byte for byte what docs/FORMAT.md's encoder
+// makes of its plaintext with the file-id and nonces it drew.
+func TestWriterMatchesSpec(t *testing.T) {
+	k := NewKeyring()
+	if err := k.setKeyForTest(katKey()); err != nil {
+		t.Fatal(err)
+	}
+	plains := map[string][]byte{
+		"two-full-blocks": bytes.Repeat([]byte{0xa5}, 4032+4064),
+		"one-byte-more":   bytes.Repeat([]byte{0x3c}, 4032+1),
+		"large":           bytes.Repeat([]byte("mountd format 2 "), 5000),
+	}
+	for name, p := range katPlaintexts {
+		plains["kat-"+name] = p
+	}
+	for name, plain := range plains {
+		for _, piece := range []int{0, 1000, 4095} {
+			t.Run(fmt.Sprintf("%s/pieces-%d", name, piece), func(t *testing.T) {
+				mb := &memBacking{}
+				f, err := CreateFile(k, mb)
+				if err != nil {
+					t.Fatal(err)
+				}
+				step := piece
+				if step == 0 {
+					step = max(len(plain), 1)
+				}
+				for off := 0; off < len(plain); off += step {
+					if _, err := f.WriteAt(plain[off:min(off+step, len(plain))], int64(off)); err != nil {
+						t.Fatal(err)
+					}
+				}
+				got := mb.b
+				if got[7] != Version {
+					t.Fatalf("written in version %d, not %d", got[7], Version)
+				}
+				want := specEncode(t, Version, katKey(), got[16:32], specNonces(got, len(plain)), plain)
+				if !bytes.Equal(got, want) {
+					t.Fatalf("wrote %d bytes, the spec encodes %d (first difference at %d)", len(got), len(want), firstDiff(got, want))
+				}
+			})
+		}
+	}
+}
+
+// TestFormatDocExamples checks the worked examples of docs/FORMAT.md: each
+// hex dump is the start of the known-answer file it names, and a stated
+// length is that file's.
+func TestFormatDocExamples(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "docs", "FORMAT.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sections := strings.Split(string(doc), "#### Worked example")[1:]
+	if len(sections) < 2 {
+		t.Fatalf("%d worked examples in FORMAT.md, want one per content version", len(sections))
+	}
+	name := regexp.MustCompile("`crypto/testdata/(kat2?-[a-z]+\\.enc)`")
+	length := regexp.MustCompile(`It is (\d+) bytes long|\((\d+) = `)
+	dumpLine := regexp.MustCompile(`(?m)^([0-9a-f]{8}): ((?:[0-9a-f]{2,4} ?)+)`)
+	versions := map[byte]bool{}
+	for _, sec := range sections {
+		sec = strings.SplitN(sec, "\n#", 2)[0]
+		m := name.FindStringSubmatch(sec)
+		if m == nil {
+			t.Fatal("a worked example names no known-answer file")
+		}
+		file, err := os.ReadFile(filepath.Join("testdata", m[1]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		versions[file[7]] = true
+		if l := length.FindStringSubmatch(sec); l != nil {
+			if n := l[1] + l[2]; n != fmt.Sprint(len(file)) {
+				t.Errorf("%s: FORMAT.md says %s bytes, the file has %d", m[1], n, len(file))
+			}
+		}
+		lines := dumpLine.FindAllStringSubmatch(sec, -1)
+		if len(lines) == 0 {
+			t.Fatalf("%s: no hex dump", m[1])
+		}
+		var dump []byte
+		for _, l := range lines {
+			var off int
+			fmt.Sscanf(l[1], "%x", &off)
+			if off != len(dump) {
+				t.Fatalf("%s: dump line at %s, want %08x", m[1], l[1], len(dump))
+			}
+			b, err := hex.DecodeString(strings.ReplaceAll(strings.TrimSpace(l[2]), " ", ""))
+			if err != nil {
+				t.Fatalf("%s: dump line %s: %v", m[1], l[1], err)
+			}
+			dump = append(dump, b...)
+		}
+		if len(dump) > len(file) || !bytes.Equal(dump, file[:len(dump)]) {
+			t.Errorf("%s: FORMAT.md's dump differs from the file (first difference at %d)", m[1], firstDiff(dump, file))
+		}
+	}
+	if !versions[1] || !versions[2] {
+		t.Fatalf("worked examples cover versions %v, want 1 and 2", versions)
+	}
+}
+
+// firstDiff is the first offset at which a and b differ (or the shorter
+// length).
+func firstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
 }
 
 // katPrefix names the known-answer files of each version.

@@ -234,3 +234,79 @@ func TestSpecDecoder(t *testing.T) {
 		}
 	}
 }
+
+// specEncode is the encoder of docs/FORMAT.md, section 2, written from the
+// page alone: it lays plain out in format version v (1 or 2) under master
+// key mk with the given file-id and one nonce per block, so that its output
+// is a known answer for the writer: what mountd writes with those random
+// values must be exactly these bytes.
+func specEncode(t *testing.T, v byte, mk, fileID []byte, nonces [][]byte, plain []byte) []byte {
+	t.Helper()
+	keyID, _ := hkdf.Key(sha256.New, mk, nil, "mountd/v1/key-id", 8)
+	header := append(append([]byte("MTDENC\x00"), v), keyID...)
+	header = append(header, fileID...)
+	fileKey, _ := hkdf.Key(sha256.New, mk, nil, "mountd/v1/content"+string(fileID), 32)
+	blk, _ := aes.NewCipher(fileKey)
+	gcm, _ := cipher.NewGCM(blk)
+	out := append([]byte(nil), header...)
+	if len(plain) == 0 {
+		return out
+	}
+	// Block sizes: 4096 each in version 1; 4032, then 4064 each in version 2.
+	var blocks [][]byte
+	for rest, i := plain, 0; len(rest) > 0; i++ {
+		n := 4096
+		if v == 2 {
+			n = 4064
+			if i == 0 {
+				n = 4032
+			}
+		}
+		n = min(n, len(rest))
+		blocks = append(blocks, rest[:n])
+		rest = rest[n:]
+	}
+	if len(nonces) != len(blocks) {
+		t.Fatalf("spec: %d nonces for %d blocks", len(nonces), len(blocks))
+	}
+	for i, pt := range blocks {
+		aad := binary.BigEndian.AppendUint64(append([]byte(nil), header...), uint64(i))
+		if v == 1 {
+			out = append(out, nonces[i]...)
+			out = gcm.Seal(out, nonces[i], pt, aad)
+			continue
+		}
+		meta := []byte{byte(len(pt) >> 8), byte(len(pt)), 0, 0}
+		out = append(out, meta...)
+		out = append(out, nonces[i]...)
+		out = gcm.Seal(out, nonces[i], pt, append(aad, meta...))
+		out = append(out, make([]byte, 4096*(i+1)-len(out))...) // zeros to the end of the slot
+	}
+	if v == 2 {
+		// r bytes past the last page (a hole: zeros), r = the last block's length.
+		out = append(out, make([]byte, len(blocks[len(blocks)-1]))...)
+	}
+	return out
+}
+
+// specNonces reads the nonce of every block of an encoded file (version 1
+// or 2) whose plaintext is plainLen bytes long, from the offsets
+// docs/FORMAT.md gives.
+func specNonces(file []byte, plainLen int) [][]byte {
+	var nonces [][]byte
+	if file[7] == 1 {
+		for off := 32; off < len(file); off += 4124 {
+			nonces = append(nonces, file[off:off+12])
+		}
+		return nonces
+	}
+	for i := 0; plainLen > 0; i++ {
+		off, n := 4096*i+4, 4064
+		if i == 0 {
+			off, n = 36, 4032
+		}
+		nonces = append(nonces, file[off:off+12])
+		plainLen -= n
+	}
+	return nonces
+}
