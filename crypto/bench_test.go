@@ -107,7 +107,7 @@ func BenchmarkRandomRead4K(b *testing.B) {
 // BenchmarkAppendFsync appends 200-byte records to a file on disk, each
 // followed by an fsync of the backing file (what an fsync through the
 // mount does), in both formats: the log and database pattern that a
-// power loss must not hurt (FORMAT.md, section 4).
+// power loss must not hurt (FORMAT.md, section 5).
 func BenchmarkAppendFsync(b *testing.B) {
 	for _, v := range []uint8{1, 2} {
 		b.Run(fmt.Sprintf("v%d", v), func(b *testing.B) {

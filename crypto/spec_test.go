@@ -50,7 +50,7 @@ func specDecode(t *testing.T, mk, file []byte) []byte {
 	return out
 }
 
-// specDecodeV2 decodes a version 2 file (FORMAT.md, section 3).
+// specDecodeV2 decodes a version 2 file (FORMAT.md, section 2.1).
 func specDecodeV2(t *testing.T, gcm cipher.AEAD, file []byte) []byte {
 	if len(file) == 32 {
 		return nil

@@ -59,7 +59,7 @@ func TestMain(m *testing.M) {
 //	MOUNTD_CRASH=full            every crash state (up to a cap) of longer workloads; default: a short run
 //	MOUNTD_CRASH_FS=ext4,xfs     backing file systems (default ext4; full: ext4,xfs)
 //	MOUNTD_CRASH_SECTOR=4096,512 atomic write units (default 4096, the model mountd relies on:
-//	                             FORMAT.md, section 4; 512 shows what torn 4 KiB writes cost)
+//	                             FORMAT.md, section 5; 512 shows what torn 4 KiB writes cost)
 //	MOUNTD_CRASH_STATES=N        at most N crash states per workload
 //	MOUNTD_CRASH_BIN=path        test this mountd binary instead of building one
 //	MOUNTD_CRASH_KEEP=dir        copy the images of violating states there
