@@ -439,19 +439,22 @@ func TestTamperThroughMount(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	const hdr, cbs = 32, 4096 + 28
+	// Content format version 2 (docs/FORMAT.md 2.1): block i >= 1 is the
+	// whole page i; blocks 1 and 2 are full, so swapping their pages
+	// leaves two well-formed slots at the wrong positions.
+	const page = 4096
 	b, _ := os.OpenFile(filepath.Join(d.data, "flip.bin"), os.O_RDWR, 0)
 	var c [1]byte
-	b.ReadAt(c[:], hdr+cbs+100)
+	b.ReadAt(c[:], page+100)
 	c[0] ^= 0x80
-	b.WriteAt(c[:], hdr+cbs+100)
+	b.WriteAt(c[:], page+100)
 	b.Close()
 	s, _ := os.OpenFile(filepath.Join(d.data, "swap.bin"), os.O_RDWR, 0)
-	b0, b1 := make([]byte, cbs), make([]byte, cbs)
-	s.ReadAt(b0, hdr)
-	s.ReadAt(b1, hdr+cbs)
-	s.WriteAt(b1, hdr)
-	s.WriteAt(b0, hdr+cbs)
+	b0, b1 := make([]byte, page), make([]byte, page)
+	s.ReadAt(b0, page)
+	s.ReadAt(b1, 2*page)
+	s.WriteAt(b1, page)
+	s.WriteAt(b0, 2*page)
 	s.Close()
 	for _, n := range []string{"flip.bin", "swap.bin"} {
 		f, err := os.Open(filepath.Join(d.mnt, n))
