@@ -193,7 +193,7 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	hold, err := f.k.acquire()
+	hold, err := f.k.acquireRead()
 	if err != nil {
 		return 0, err
 	}
@@ -713,7 +713,7 @@ type Damage struct {
 // cannot be read at all (I/O error, no key, another master key). Memory
 // is bounded whatever the file size.
 func (f *File) Verify(fn func(Damage) error) error {
-	hold, err := f.k.acquire()
+	hold, err := f.k.acquireRead()
 	if err != nil {
 		return err
 	}

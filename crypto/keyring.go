@@ -55,15 +55,22 @@ type Keyring struct {
 
 	gen atomic.Uint64
 
+	// pending is true from the start of a Clear that found a key set
+	// until the key is gone: reads of content fail (ErrLocked), writes
+	// still work (so the filesystem can write back what the kernel
+	// holds dirty), and long operations stop at their next chunk.
+	pending atomic.Bool
+
 	lmu       sync.Mutex
 	listeners map[uint64]func()
+	before    map[uint64]func()
 	nextL     uint64
 }
 
 // NewKeyring returns an empty (locked) Keyring.
 func NewKeyring() *Keyring {
 	page, locked := allocSecret(pageSize)
-	return &Keyring{page: page, locked: locked, listeners: map[uint64]func(){}}
+	return &Keyring{page: page, locked: locked, listeners: map[uint64]func(){}, before: map[uint64]func(){}}
 }
 
 // MemoryLocked reports whether the key page is locked in RAM.
@@ -101,30 +108,72 @@ func (k *Keyring) KeyID() (KeyID, error) {
 	return k.keyID, nil
 }
 
+// LogoutPending reports whether a logout has begun and the key is still
+// set (Clear is running its OnBeforeClear listeners, or waiting for the
+// operations in flight). Content reads already fail; an operation made of
+// many chunks checks it between them and stops with ErrLocked.
+func (k *Keyring) LogoutPending() bool { return k.pending.Load() }
+
+// Readable reports whether content can be read: a key is set and no
+// logout is pending.
+func (k *Keyring) Readable() bool { return k.IsSet() && !k.pending.Load() }
+
 // OnClear registers fn to run during every Clear, after the Keyring is
 // marked locked and the operations in flight have finished, and before the
 // key bytes are zeroed. fn runs with no Keyring lock held, but must not call
 // Create, Unlock or Clear. The returned function unregisters fn.
-func (k *Keyring) OnClear(fn func()) (remove func()) {
+func (k *Keyring) OnClear(fn func()) (remove func()) { return k.listen(k.listeners, fn) }
+
+// OnBeforeClear registers fn to run at the start of every Clear that finds
+// a key set, while the key is still set: content reads already fail
+// (LogoutPending), writes still work. It is where what is waiting to be
+// written (dirty pages the kernel holds) gets written before the lock.
+// Like OnClear's, fn runs with no Keyring lock held and must not call
+// Create, Unlock or Clear.
+func (k *Keyring) OnBeforeClear(fn func()) (remove func()) { return k.listen(k.before, fn) }
+
+func (k *Keyring) listen(m map[uint64]func(), fn func()) (remove func()) {
 	k.lmu.Lock()
 	id := k.nextL
 	k.nextL++
-	k.listeners[id] = fn
+	m[id] = fn
 	k.lmu.Unlock()
 	return func() {
 		k.lmu.Lock()
-		delete(k.listeners, id)
+		delete(m, id)
 		k.lmu.Unlock()
 	}
 }
 
-// Clear logs out: it marks the Keyring locked (new operations get
-// ErrLocked), waits for operations in flight, runs the OnClear listeners,
-// then overwrites the key with zeroes and drops every derived cipher. It is
-// idempotent and returns only when all of that is done.
+// run calls the listeners of m (a copy taken under lmu).
+func (k *Keyring) run(m map[uint64]func()) {
+	k.lmu.Lock()
+	fns := make([]func(), 0, len(m))
+	for _, fn := range m {
+		fns = append(fns, fn)
+	}
+	k.lmu.Unlock()
+	for _, fn := range fns {
+		fn()
+	}
+}
+
+// Clear logs out. With a key set, it first marks a logout pending (reads
+// of content fail, long operations stop at their next chunk, writes still
+// work) and runs the OnBeforeClear listeners with the key still set (the
+// filesystem writes back dirty pages there); then it marks the Keyring
+// locked (new operations get ErrLocked), waits for operations in flight,
+// runs the OnClear listeners, and overwrites the key with zeroes and drops
+// every derived cipher. It is idempotent and returns only when all of that
+// is done.
 func (k *Keyring) Clear() {
 	k.stateMu.Lock()
 	defer k.stateMu.Unlock()
+
+	if k.IsSet() {
+		k.pending.Store(true)
+		k.run(k.before)
+	}
 
 	k.mu.Lock()
 	wasSet := k.set
@@ -132,18 +181,11 @@ func (k *Keyring) Clear() {
 	if wasSet {
 		k.gen.Add(1)
 	}
+	k.pending.Store(false)
 	k.mu.Unlock()
 
 	if wasSet {
-		k.lmu.Lock()
-		fns := make([]func(), 0, len(k.listeners))
-		for _, fn := range k.listeners {
-			fns = append(fns, fn)
-		}
-		k.lmu.Unlock()
-		for _, fn := range fns {
-			fn()
-		}
+		k.run(k.listeners)
 	}
 
 	k.mu.Lock()
@@ -222,6 +264,18 @@ func (k *Keyring) acquire() (keyHold, error) {
 		return keyHold{}, ErrLocked
 	}
 	return keyHold{k: k}, nil
+}
+
+// acquireRead is acquire for an operation that reads content: it also
+// fails while a logout is pending, so nothing new is decrypted once a
+// logout has begun.
+func (k *Keyring) acquireRead() (keyHold, error) {
+	h, err := k.acquire()
+	if err == nil && k.pending.Load() {
+		h.release()
+		return keyHold{}, ErrLocked
+	}
+	return h, err
 }
 
 // release drops the hold taken by acquire.

@@ -107,3 +107,49 @@ func TestClearRacesOperations(t *testing.T) {
 	stop.Store(true)
 	wg.Wait()
 }
+
+// TestBeforeClearFlushes: the OnBeforeClear listeners run first, with the
+// key set and a logout pending: reads fail with ErrLocked, writes still
+// work (so what the kernel holds dirty can be written back); OnClear
+// listeners run after them, locked; a Clear without a key runs neither.
+func TestBeforeClearFlushes(t *testing.T) {
+	k := newTestKeyring(t, 0x5C)
+	f, _ := newTestFile(t, k)
+	if _, err := f.WriteAt([]byte("old bytes"), 0); err != nil {
+		t.Fatal(err)
+	}
+	var order []string
+	k.OnBeforeClear(func() {
+		order = append(order, "before")
+		if !k.IsSet() || !k.LogoutPending() || k.Readable() {
+			t.Errorf("before the lock: set %v, pending %v, readable %v", k.IsSet(), k.LogoutPending(), k.Readable())
+		}
+		if _, err := f.ReadAt(make([]byte, 4), 0); !errors.Is(err, ErrLocked) {
+			t.Errorf("read during a pending logout: %v, want ErrLocked", err)
+		}
+		if _, err := f.WriteAt([]byte("new"), 0); err != nil {
+			t.Errorf("write during a pending logout: %v", err)
+		}
+	})
+	k.OnClear(func() {
+		order = append(order, "clear")
+		if k.IsSet() || k.LogoutPending() {
+			t.Errorf("OnClear: set %v, pending %v", k.IsSet(), k.LogoutPending())
+		}
+	})
+	k.Clear()
+	k.Clear()
+	if fmt.Sprint(order) != "[before clear]" {
+		t.Fatalf("listeners ran %v, want [before clear]", order)
+	}
+	if err := k.setKeyForTest(testKey(0x5C)); err != nil {
+		t.Fatal(err)
+	}
+	if !k.Readable() || k.LogoutPending() {
+		t.Fatal("not readable after a new login")
+	}
+	got := make([]byte, 9)
+	if _, err := f.ReadAt(got, 0); err != nil || string(got) != "new bytes" {
+		t.Fatalf("after login: %q %v; the write made while the logout was pending is lost", got, err)
+	}
+}

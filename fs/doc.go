@@ -34,6 +34,10 @@
 //     that served plaintext is recorded, and a Keyring.OnClear listener calls
 //     NotifyContent(0, 0) on each of them, which drops page-cache pages and
 //     unmaps mmaps, before the key is zeroed.
+//   - Lose a write the kernel holds for us at logout: dirty pages of shared
+//     mappings are written back (encrypted) before the lock (beforeClear),
+//     and a write-back that fails is logged with the path (Write) and
+//     reported by the application's next fsync or msync.
 //   - Call a kernel notification while holding a filesystem lock, or from
 //     inside a FUSE request handler: both can deadlock.
 //   - Touch anything outside the backing directory, or follow a symlink in
@@ -43,11 +47,11 @@
 //     other users only on objects pinned by descriptor.
 //   - Import the control package, or log key material or plaintext.
 //
-// Known limits: pages of a shared writable mapping of an encrypted file
-// that were dirtied but not synced before logout are dropped (the next
-// read reports the lost write once as EIO); a backing file whose magic
-// was destroyed reads as plaintext, since content decides; an O_TMPFILE
-// file cannot be linked into the tree (EXDEV, as go-fuse's loopback).
+// Known limits: a backing file whose magic was destroyed reads as
+// plaintext, since content decides; an O_TMPFILE file cannot be linked
+// into the tree (EXDEV, as go-fuse's loopback); a page of a MAP_PRIVATE
+// mapping that the application wrote is its own copy, which the kernel
+// keeps after logout (it was never the file's).
 //
 // # Locks
 //
@@ -55,7 +59,8 @@
 // only locks further down (the other files point here):
 //
 //  1. crypto.Keyring's stateMu: held by Clear (logout) for its whole run,
-//     including the OnClear listeners below; no request handler takes it.
+//     including the OnBeforeClear and OnClear listeners below; no request
+//     handler takes it.
 //  2. cryptFile.lmu (file_lock.go): a handle's lock descriptor.
 //  3. inodeState.mu (openfile.go): the content of one inode; shared for
 //     reads, exclusive for every change through lockChange/unlockChange,
@@ -112,10 +117,21 @@
 //     session lock) go through the same Service.Logout (a Locker wired in
 //     cmd/mountd); the daemon's shutdown stops the migration and then
 //     calls Keyring.Clear itself.
-//  2. Keyring.Clear takes stateMu, marks the key unset under mu (new
-//     crypto calls get ErrLocked, so new reads and writes of encrypted
-//     files get EACCES), which waits for the crypto calls in flight, and
-//     runs the OnClear listeners with stateMu held and mu released:
+//  2. Keyring.Clear takes stateMu and, with a key set, marks a logout
+//     pending (LogoutPending: content reads get ErrLocked, writes still
+//     work, extensions stop at their next chunk) and runs the
+//     OnBeforeClear listeners with the key still set — flush, then lock:
+//     - Root.beforeClear (logout.go): takes gate exclusively (waits for
+//     plaintext-serving calls in flight), copies the served set,
+//     releases gate, discards the prefetches, then NotifyContent(0, 0)
+//     on each served inode holding no filesystem lock: the kernel writes
+//     back the dirty pages of shared mappings (WRITE requests, served
+//     by other goroutines, encrypted under the key) and unmaps them; no
+//     page comes back, since faulting one in needs a read.
+//  3. Clear then marks the key unset under mu (new crypto calls get
+//     ErrLocked, so new reads and writes of encrypted files get EACCES),
+//     which waits for the crypto calls in flight, and runs the OnClear
+//     listeners with stateMu held and mu released:
 //     - Root.onClear (logout.go): takes gate exclusively, which waits
 //     for every plaintext-serving operation to finish, swaps out the set
 //     of served inodes, releases gate, discards and zeroes every
@@ -125,8 +141,8 @@
 //     - the migration's listener cancels the running task (its workers
 //     stop at their next chunk; a copy being written fails with
 //     ErrLocked and is removed).
-//  3. Clear zeroes the key page, drops the derived ciphers and returns.
-//  4. control writes the seed's byte-exact reply.
+//  4. Clear zeroes the key page, drops the derived ciphers and returns.
+//  5. control writes the seed's byte-exact reply.
 //
 // So when the reply is sent, no plaintext of an encrypted file is in the
 // daemon's buffers or the kernel's caches, and no key byte in memory.

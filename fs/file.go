@@ -10,9 +10,11 @@ import (
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
 	"github.com/mountd/mountd/crypto"
+	"github.com/mountd/mountd/logkey"
 )
 
 // cryptFile is the handle of every file that is encrypted, or protected
@@ -50,7 +52,7 @@ func (f *cryptFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 		r.gate.RLock()
 		r.markServed(f.n)
 		var res fuse.ReadResult
-		if r.kr.IsSet() {
+		if r.kr.Readable() {
 			res = r.takePrefetch(st, len(dest), off)
 		}
 		if res != nil {
@@ -109,9 +111,33 @@ func (f *cryptFile) Write(ctx context.Context, data []byte, off int64) (uint32, 
 		err = unix.Fdatasync(st.fd)
 	}
 	if err != nil && m == 0 {
-		return 0, r.errno(err, f.n, "write")
+		errno := r.errno(err, f.n, "write")
+		if writeback(ctx) {
+			r.lostWriteback(f.n, off, len(data), errno)
+		}
+		return 0, errno
 	}
 	return uint32(m), 0
+}
+
+// writeback reports whether a WRITE request comes from the kernel's
+// write-back of cached pages (a shared mapping's dirty pages): the kernel
+// sends those without a process (pid 0). No application sees their result
+// directly; the kernel records a failure on the file, for the next fsync
+// or msync.
+func writeback(ctx context.Context) bool {
+	c, ok := ctx.(*fuse.Context)
+	return ok && c.Caller.Pid == 0
+}
+
+// lostWriteback logs a write-back that failed: never a silent loss.
+func (r *Root) lostWriteback(n *node, off int64, size int, errno syscall.Errno) {
+	r.log.WithFields(logrus.Fields{
+		logkey.Path: n.rel(),
+		fieldIno:    n.StableAttr().Ino,
+		fieldOff:    off,
+		fieldLen:    size,
+	}).WithError(errno).Error("write-back of cached pages failed; the next fsync or msync of the file reports it")
 }
 
 // Flush has nothing to do: writes reach the backing file synchronously.

@@ -36,6 +36,49 @@ func (r *Root) markServed(n *node) {
 	r.servedMu.Unlock()
 }
 
+// beforeClear is the Keyring's OnBeforeClear listener: flush, then lock.
+// It runs at the start of a logout, while the key is still set but reads
+// of content already fail (Keyring.LogoutPending), in the goroutine that
+// calls Clear. It takes gate for writing, so every plaintext-serving call
+// that got past the Keyring has finished, copies the served set, discards
+// the prefetched plaintext, and then asks the kernel to drop the pages of
+// each served inode (NotifyContent(0, 0)), holding no filesystem lock: the
+// kernel first writes back the dirty pages of shared mappings (WRITE
+// requests this daemon still encrypts under the key) and unmaps them. No
+// page comes back before the lock, since a fault needs a read and reads
+// fail; what an application writes into a mapping after that faults
+// (SIGBUS), it is never silently dropped. A write-back that fails
+// (a full disk) is logged with the path by Write and recorded by the
+// kernel on the file, so the next fsync or msync reports it.
+func (r *Root) beforeClear() {
+	r.gate.Lock()
+	r.servedMu.Lock()
+	served := make([]*node, 0, len(r.served))
+	for n := range r.served {
+		served = append(served, n)
+	}
+	r.servedMu.Unlock()
+	r.gate.Unlock()
+	r.clearPrefetches()
+	r.notifyAll(served, "cannot write back and drop cached plaintext before logout")
+	r.log.WithField("inodes", len(served)).Debug("wrote back and dropped cached plaintext before logout")
+}
+
+// notifyAll asks the kernel to drop the cached pages and mappings of each
+// node (writing back dirty pages first). Caller holds no filesystem lock.
+func (r *Root) notifyAll(nodes []*node, warn string) {
+	for _, n := range nodes {
+		errno := n.NotifyContent(0, 0)
+		switch errno {
+		case 0, syscall.ENOENT, syscall.ENOSYS:
+			// ENOENT: the kernel forgot the inode, so it caches nothing.
+			// ENOSYS: not mounted (yet, or any more).
+		default:
+			r.log.WithField(fieldIno, n.StableAttr().Ino).WithError(errno).Warn(warn)
+		}
+	}
+}
+
 // onClear is the Keyring's OnClear listener. It runs in the goroutine that
 // calls Clear (never a FUSE handler), holding no filesystem lock while it
 // talks to the kernel.
@@ -49,16 +92,10 @@ func (r *Root) onClear() {
 	r.gate.Unlock()
 	r.clearPrefetches()
 
+	nodes := make([]*node, 0, len(served))
 	for n := range served {
-		errno := n.NotifyContent(0, 0)
-		switch errno {
-		case 0, syscall.ENOENT, syscall.ENOSYS:
-			// ENOENT: the kernel forgot the inode, so it caches nothing.
-			// ENOSYS: not mounted (yet, or any more).
-		default:
-			r.log.WithField(fieldIno, n.StableAttr().Ino).WithError(errno).
-				Warn("cannot drop cached plaintext after logout")
-		}
+		nodes = append(nodes, n)
 	}
+	r.notifyAll(nodes, "cannot drop cached plaintext after logout")
 	r.log.WithField("inodes", len(served)).Debug("dropped cached plaintext after logout")
 }

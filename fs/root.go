@@ -31,6 +31,8 @@ const (
 	fieldOp    = "op"
 	fieldIno   = "ino"
 	fieldBlock = "block"
+	fieldOff   = "offset" // int64: a plaintext offset
+	fieldLen   = "length" // int: a number of bytes
 )
 
 // Options configure a Root.
@@ -95,7 +97,8 @@ type Root struct {
 	attrTimeout  time.Duration
 	entryTimeout time.Duration
 
-	removeOnClear func()
+	removeOnClear  func()
+	removeOnBefore func()
 
 	// files is the open-file table and the conversions' claims
 	// (openfile.go).
@@ -170,6 +173,7 @@ func NewRoot(opts Options) (*Root, error) {
 	r.files.init()
 	r.conv = newConverter(r, opts.ConvertRetry, opts.ConvertMaxAge)
 	r.removeOnClear = r.kr.OnClear(r.onClear)
+	r.removeOnBefore = r.kr.OnBeforeClear(r.beforeClear)
 	return r, nil
 }
 
@@ -188,6 +192,7 @@ func timeoutOrDefault(d time.Duration) time.Duration {
 func (r *Root) Close() {
 	r.closeOnce.Do(func() {
 		r.removeOnClear()
+		r.removeOnBefore()
 		r.conv.close()
 		r.dirs.clear()
 		unix.Close(r.rootFd)
