@@ -377,17 +377,116 @@ func (f *File) WriteAt(p []byte, off int64) (int, error) {
 		return 0, err
 	}
 	g := f.h.geom()
-	var s *scratch
-	if off > size {
-		s = getScratch(g, size, off+int64(len(p))-size)
-	} else {
-		s = getScratch(g, off, int64(len(p)))
+	end := off + int64(len(p))
+	if off <= size {
+		s := getScratch(g, off, int64(len(p)))
+		defer putScratch(s)
+		return f.write(s, aead, &size, p, off)
 	}
+	// A write past the end: an extension, all or nothing.
+	s := getScratch(g, size, end-size)
 	defer putScratch(s)
-	if err := f.fill(s, aead, &size, off); err != nil {
+	old := size
+	if err := f.grow(s, aead, &size, off, end); err != nil {
 		return 0, err
 	}
-	return f.write(s, aead, &size, p, off)
+	n, err := f.write(s, aead, &size, p, off)
+	if n == 0 && err != nil {
+		return 0, f.rollback(s, aead, old, err)
+	}
+	return n, err
+}
+
+// reserveStep is the most backing space one fallocate call of an
+// extension reserves, so that a pending logout is seen between two.
+const reserveStep = 1 << 30
+
+// grow extends the file from *size to end with encrypted zero blocks, as
+// the start of an operation whose plaintext ends at wEnd (>= end): all or
+// nothing. It first reserves the backing space up to wEnd's cipher size,
+// so that a size the backing file system cannot hold fails at once with
+// EFBIG and a full disk with ENOSPC, before any block is written; it
+// writes the zero blocks a chunk (about 1 MiB) at a time and stops with
+// ErrLocked at a pending logout (Keyring.LogoutPending), so one request
+// never holds a logout back for more than a chunk; and on any failure it
+// cuts the file back to its old size (rollback). Caller holds a keyHold.
+func (f *File) grow(s *scratch, aead cipher.AEAD, size *int64, end, wEnd int64) error {
+	old := *size
+	g := f.h.geom()
+	newCS := g.cipherSize(wEnd)
+	if newCS < wEnd {
+		// Past what a cipher size can say (int64): no file system holds it.
+		return &os.PathError{Op: "truncate", Path: "backing", Err: syscall.EFBIG}
+	}
+	oldCS, err := f.cipherSize()
+	if err != nil {
+		return err
+	}
+	if err := f.reserve(oldCS, newCS); err != nil {
+		return f.rollback(s, aead, old, err)
+	}
+	if err := f.fill(s, aead, size, end); err != nil {
+		return f.rollback(s, aead, old, err)
+	}
+	return nil
+}
+
+// reserve makes the backing file ready to grow from cipher size oldCS to
+// newCS: an end the file system cannot hold fails with EFBIG before
+// anything is allocated (the kernel checks the end of a fallocate range
+// against the file system's maximum file size first), then the space is
+// reserved past the end (FALLOC_FL_KEEP_SIZE), a step at a time, ENOSPC
+// on a full disk. Without fallocate, the size alone is probed by setting
+// it and setting it back.
+func (f *File) reserve(oldCS, newCS int64) error {
+	fd, ok := f.b.(fder)
+	if !ok || newCS <= oldCS {
+		return nil
+	}
+	const keepSize = 1 // FALLOC_FL_KEEP_SIZE
+	err := syscall.Fallocate(int(fd.Fd()), keepSize, newCS-1, 1)
+	switch err {
+	case nil:
+	case syscall.EOPNOTSUPP, syscall.ENOSYS, syscall.EINVAL:
+		if err := f.b.Truncate(newCS); err != nil {
+			return err
+		}
+		return f.b.Truncate(oldCS)
+	default:
+		return &os.PathError{Op: "fallocate", Path: "backing", Err: err}
+	}
+	for off := oldCS; off < newCS-1; off += reserveStep {
+		if f.k.pending.Load() {
+			return ErrLocked
+		}
+		if err := syscall.Fallocate(int(fd.Fd()), keepSize, off, min(reserveStep, newCS-1-off)); err != nil {
+			return &os.PathError{Op: "fallocate", Path: "backing", Err: err}
+		}
+	}
+	return nil
+}
+
+// rollback undoes a failed extension: it cuts the file back to the
+// plaintext size old (which also frees the space reserved past the end)
+// and returns cause, or the rollback's own error joined to it. The old
+// content stays: in version 2 the old last slot, rewritten with zeros
+// appended, still holds the old bytes and the size takes just them; in
+// version 1 the last block is re-sealed at its old length. Caller holds a
+// keyHold.
+func (f *File) rollback(s *scratch, aead cipher.AEAD, old int64, cause error) error {
+	var err error
+	if f.h.geom().v == 2 {
+		err = f.cut(old)
+	} else {
+		var cur int64
+		if cur, err = f.Size(); err == nil {
+			err = f.shrinkV1(s, aead, cur, old)
+		}
+	}
+	if err != nil {
+		return errors.Join(cause, fmt.Errorf("crypto: rolling back an extension: %w", err))
+	}
+	return cause
 }
 
 // rehead gives the empty file a version 2 header with a fresh file-id
@@ -409,10 +508,14 @@ func (f *File) rehead() error {
 	return nil
 }
 
-// fill extends the file with encrypted zeros from *size up to end.
+// fill extends the file with encrypted zeros from *size up to end, a
+// chunk at a time; it stops with ErrLocked at a pending logout.
 func (f *File) fill(s *scratch, aead cipher.AEAD, size *int64, end int64) error {
 	g := f.h.geom()
 	for *size < end {
+		if f.k.pending.Load() {
+			return ErrLocked
+		}
 		n := min(end-*size, s.span(g, *size), chunkPlain)
 		if _, err := f.write(s, aead, size, zeroChunk[:n], *size); err != nil {
 			return err
@@ -650,17 +753,24 @@ func (f *File) Truncate(size int64) error {
 		}
 		s := getScratch(g, cur, size-cur)
 		defer putScratch(s)
-		return f.fill(s, aead, &cur, size)
+		return f.grow(s, aead, &cur, size, size)
 	}
 	if g.v == 2 {
 		return f.cut(size)
 	}
-	i := g.blockOf(size)
-	if size == g.blockStart(i) {
-		return f.b.Truncate(g.cipherSize(size))
-	}
 	s := getScratch(g, 0, 1)
 	defer putScratch(s)
+	return f.shrinkV1(s, aead, cur, size)
+}
+
+// shrinkV1 cuts a version 1 file from plaintext size cur to size,
+// re-sealing the new last block when it is cut.
+func (f *File) shrinkV1(s *scratch, aead cipher.AEAD, cur, size int64) error {
+	g := f.h.geom()
+	i := g.blockOf(size)
+	if size == g.blockStart(i) || size == cur {
+		return f.b.Truncate(g.cipherSize(size))
+	}
 	r := size - g.blockStart(i)
 	if _, err := f.oldBlock(aead, s, s.head[:], cur, i); err != nil {
 		return err
@@ -673,7 +783,7 @@ func (f *File) Truncate(size int64) error {
 		return fmt.Errorf("crypto: random nonce: %w", err)
 	}
 	aead.Seal(out[NonceSize:NonceSize], out[:NonceSize], s.head[:r], f.h.aad(&s.aad[0], uint64(i), nil))
-	_, err = f.b.WriteAt(out, g.slotOff(i))
+	_, err := f.b.WriteAt(out, g.slotOff(i))
 	return err
 }
 
