@@ -19,7 +19,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
+
+	"github.com/mountd/mountd/logkey"
 )
 
 // TestLogoutCat: a file read before logout cannot be read after it, and
@@ -459,5 +462,60 @@ func TestLogoutDirtyMmap(t *testing.T) {
 	}
 	if w := e.warnings(); len(w) > 0 {
 		t.Errorf("warnings: %v", w[0].Message)
+	}
+}
+
+// fsImmutableFl is FS_IMMUTABLE_FL (linux/fs.h), which x/sys/unix lacks.
+const fsImmutableFl = 0x10
+
+// setImmutable sets or clears the immutable flag of the file at path
+// (FS_IOC_SETFLAGS, as chattr +i does).
+func setImmutable(t *testing.T, path string, on bool) {
+	t.Helper()
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	flags, err := unix.IoctlGetUint32(fd, unix.FS_IOC_GETFLAGS)
+	if err != nil {
+		t.Skipf("no file flags here: %v", err)
+	}
+	if on {
+		flags |= fsImmutableFl
+	} else {
+		flags &^= fsImmutableFl
+	}
+	if err := unix.IoctlSetPointerInt(fd, unix.FS_IOC_SETFLAGS, int(flags)); err != nil {
+		t.Skipf("cannot set the immutable flag: %v", err)
+	}
+}
+
+// TestLogoutFailedWriteback: never a silent loss. When the write-back of
+// a dirty mapped page fails at logout (here: the backing file was made
+// immutable), the daemon logs an error naming the file, and the
+// application's next fsync reports the failure.
+func TestLogoutFailedWriteback(t *testing.T) {
+	e := newEnv(t, envOpts{allowWarn: true})
+	const size = 3 * 4096
+	mustWrite(t, e.m("w.bin"), markerData(size))
+	m := startMapper(t, e.m("w.bin"), size)
+	m.do("sum")
+	m.do("dirty 5000 CANNOT-BE-STORED")
+	setImmutable(t, e.b("w.bin"), true)
+	t.Cleanup(func() { setImmutable(t, e.b("w.bin"), false) })
+
+	e.logout()
+	if got := m.do("fsync"); !strings.HasPrefix(got, "failed") {
+		t.Errorf("fsync after a failed write-back: %s, want the error", got)
+	}
+	logged := false
+	for _, en := range e.hook.AllEntries() {
+		if en.Level <= logrus.ErrorLevel && en.Data[logkey.Path] == "w.bin" && strings.Contains(en.Message, "write-back") {
+			logged = true
+		}
+	}
+	if !logged {
+		t.Error("the failed write-back was not logged with the path")
 	}
 }
