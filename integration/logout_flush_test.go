@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -83,5 +84,58 @@ func TestLogoutFlushesDirtyMapping(t *testing.T) {
 	}
 	if out := d.out.String(); strings.Contains(out, "write-back of cached pages failed") {
 		t.Errorf("daemon logged a failed write-back:\n%s", out)
+	}
+}
+
+// TestShutdownFlushesDirtyMapping: the daemon's shutdown (SIGTERM) clears
+// the key through the same Keyring.Clear, so it writes back the dirty pages
+// of a shared mapping first too: after a restart and a login the bytes the
+// application wrote without msync are there.
+func TestShutdownFlushesDirtyMapping(t *testing.T) {
+	d := newDaemon(t)
+	d.start()
+	d.mustLogin(password)
+
+	const size = 3 * 4096
+	data := bytes.Repeat([]byte("mapped plaintext, old. "), size/23+1)[:size]
+	path := filepath.Join(d.mnt, "mapped.bin")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const text = "WRITTEN-BEFORE-SHUTDOWN"
+	copy(m[5000:], text)
+	want := append([]byte(nil), data...)
+	copy(want[5000:], text)
+
+	if err := d.stop(); err != nil {
+		t.Errorf("stop: %v", err)
+	}
+	unix.Munmap(m)
+	f.Close()
+	if isMounted(d.mnt) {
+		// The mapping kept the mount busy: the daemon detached it.
+		exec.Command("umount", "-l", d.mnt).Run()
+	}
+	raw, err := os.ReadFile(filepath.Join(d.data, "mapped.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(raw, []byte(text)) {
+		t.Fatal("plaintext in the backing file")
+	}
+
+	d.start()
+	d.mustLogin(password)
+	got, err := os.ReadFile(path)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Errorf("after a restart: %v; the mapped write is there: %v", err, bytes.Contains(got, []byte(text)))
 	}
 }
