@@ -40,7 +40,9 @@ const maxCachedCiphers = 4096
 // Content operations (File.ReadAt, WriteAt, Truncate) hold the Keyring's
 // read lock for their own duration; Clear takes the write lock, so it waits
 // for operations in flight and no operation starts under a key that is being
-// cleared.
+// cleared. The one long operation, an extension, stops at its next chunk
+// once Clear has marked a logout pending, so no call holds a logout back
+// for more than a chunk.
 type Keyring struct {
 	stateMu sync.Mutex // serializes Create, Unlock and Clear
 
