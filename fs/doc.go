@@ -105,8 +105,10 @@
 // may be waiting for us: a conversion's commit drops its claim before it
 // tells the kernel the name was replaced, and the migration's batch
 // commit notifies only after the last claim of its batch is dropped
-// (CommitOptions.DeferNotify); the logout listener swaps the
-// served set out under gate and notifies after releasing it.
+// (CommitOptions.DeferNotify); the logout listeners (before and after
+// the lock) copy or swap the served set under gate and notify after
+// releasing it, and a write-back the first one causes takes no lock they
+// hold.
 //
 // # Logout
 //
