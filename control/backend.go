@@ -67,6 +67,11 @@ type Status struct {
 	// LastLock is the last time the key was cleared since the daemon
 	// started, else nil (JSON null).
 	LastLock *LockEvent `json:"last_lock"`
+	// PendingEncryption counts the protected files whose plaintext waits
+	// for encryption: written through the mount while logged out, or
+	// moved onto a protected name and not yet encrypted (open, or
+	// waiting for a login).
+	PendingEncryption int `json:"pending_encryption"`
 	// Files is set only when a scan was asked for.
 	Files *FileCounts `json:"files,omitempty"`
 	// Daemon describes the process serving the call; nil when the

@@ -133,7 +133,7 @@ func TestStatus(t *testing.T) {
 	want := `{"command":"encryption-status","success":true,"message":"File encryption key is not set",` +
 		`"key_set":false,"password_set":false,"recovery_key_set":false,"cipher":"AES-256-GCM",` +
 		`"kdf":{"name":"argon2id","time":3,"memory_kib":65536,"threads":4},"protect":["*.bin"],"task":null,` +
-		`"auto_lock":{"idle":{"state":"off","after_s":0},"suspend":{"state":"off"},"session_lock":{"state":"off"}},"last_lock":null}`
+		`"auto_lock":{"idle":{"state":"off","after_s":0},"suspend":{"state":"off"},"session_lock":{"state":"off"}},"last_lock":null,"pending_encryption":0}`
 	if res.status != 200 || string(res.body) != want {
 		t.Fatalf("status\n got %d %s\nwant %s", res.status, res.body, want)
 	}

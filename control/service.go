@@ -23,6 +23,12 @@ type FileScanner interface {
 	AnyEncrypted(ctx context.Context) (bool, error)
 }
 
+// PendingCounter counts the protected files waiting for encryption.
+// *fs.Root satisfies it as is.
+type PendingCounter interface {
+	PendingEncryption() int
+}
+
 // TaskRunner runs the encrypt-existing-files migration. The migration
 // (migrate.Migrator) implements it as is.
 type TaskRunner interface {
@@ -55,6 +61,9 @@ type ServiceOptions struct {
 	// Files and Tasks are the filesystem's side. Required.
 	Files FileScanner
 	Tasks TaskRunner
+	// Pending, if set, counts the files waiting for encryption (Status);
+	// nil reports none.
+	Pending PendingCounter
 	// AutoLock reports the automatic lock policies in Status. Nil reports
 	// every policy off.
 	AutoLock LockPolicies
@@ -78,6 +87,7 @@ type Service struct {
 	protect []string
 	files   FileScanner
 	tasks   TaskRunner
+	pending PendingCounter
 	policy  LockPolicies
 	onLogin func()
 	daemon  DaemonInfo
@@ -117,6 +127,7 @@ func NewService(opts ServiceOptions) (*Service, error) {
 		protect:      slices.Clone(opts.Protect),
 		files:        opts.Files,
 		tasks:        opts.Tasks,
+		pending:      opts.Pending,
 		policy:       opts.AutoLock,
 		onLogin:      opts.OnLogin,
 		now:          time.Now,
@@ -262,6 +273,9 @@ func (s *Service) Status(ctx context.Context, scan bool) (Status, error) {
 	}
 	if t, ok := s.tasks.Last(); ok {
 		st.Task = &t
+	}
+	if s.pending != nil {
+		st.PendingEncryption = s.pending.PendingEncryption()
 	}
 	if s.daemon != (DaemonInfo{}) {
 		d := s.daemon

@@ -93,21 +93,21 @@ func (e *testEnv) noTempFiles(dir string) {
 func TestAtomicSave(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	data := markerData(20000)
-	mustWrite(t, e.m("doc.bin.tmp"), data)
-	if err := os.Chmod(e.m("doc.bin.tmp"), 0o640); err != nil {
+	mustWrite(t, e.m("tmp4821"), data)
+	if err := os.Chmod(e.m("tmp4821"), 0o640); err != nil {
 		t.Fatal(err)
 	}
 	mtime := time.Unix(1700000000, 123456789)
-	if err := os.Chtimes(e.m("doc.bin.tmp"), mtime, mtime); err != nil {
+	if err := os.Chtimes(e.m("tmp4821"), mtime, mtime); err != nil {
 		t.Fatal(err)
 	}
-	if err := unix.Setxattr(e.m("doc.bin.tmp"), "user.tag", []byte("kept"), 0); err != nil {
+	if err := unix.Setxattr(e.m("tmp4821"), "user.tag", []byte("kept"), 0); err != nil {
 		t.Logf("no xattrs here: %v", err)
 	}
-	if e.isEncrypted("doc.bin.tmp") {
+	if e.isEncrypted("tmp4821") {
 		t.Fatal("temp file already encrypted")
 	}
-	if err := os.Rename(e.m("doc.bin.tmp"), e.m("doc.bin")); err != nil {
+	if err := os.Rename(e.m("tmp4821"), e.m("doc.bin")); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "doc.bin to be encrypted", func() bool { return e.isEncrypted("doc.bin") })
@@ -158,8 +158,9 @@ func TestAtomicSaveBusy(t *testing.T) {
 	}
 }
 
-// TestAtomicSaveNotConverted: renames while logged out, hard-linked files
-// and non-protected names stay plaintext.
+// TestAtomicSaveNotConverted: hard-linked files and non-protected names
+// stay plaintext; a rename while logged out is encrypted after the login
+// (issue 17: it waits, recorded, instead of staying plaintext).
 func TestAtomicSaveNotConverted(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	att := e.recordAttempts()
@@ -180,17 +181,20 @@ func TestAtomicSaveNotConverted(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.login()
-	// hl.bin was queued (retried while logged out, then skipped for its
-	// second name); the others never were: Rename queues nothing while
-	// logged out, nor for a name that is not protected.
+	// hl.bin was queued (then skipped for its second name) and lo.bin
+	// after the login; x.txt never was: its name is not protected.
 	att.waitFor("hl.bin", func(o Outcome) bool { return o.Skip == SkipHardLinks })
-	waitFor(t, 5*time.Second, "the converter to go idle", e.root.conv.idle)
+	att.waitFor("lo.bin", Outcome.Done)
+	waitFor(t, 30*time.Second, "the converter to go idle", e.root.conv.idle)
 	for _, rel := range att.rels() {
-		if rel != "hl.bin" {
-			t.Errorf("converter tried %s, want only hl.bin", rel)
+		if rel != "hl.bin" && rel != "lo.bin" {
+			t.Errorf("converter tried %s, want only hl.bin and lo.bin", rel)
 		}
 	}
-	for _, n := range []string{"hl.bin", "x.txt", "lo.bin"} {
+	if !e.isEncrypted("lo.bin") {
+		t.Error("lo.bin, renamed while logged out, not encrypted after the login")
+	}
+	for _, n := range []string{"hl.bin", "x.txt"} {
 		if e.isEncrypted(n) {
 			t.Errorf("%s was encrypted", n)
 		}

@@ -7,17 +7,21 @@
 //     write, truncate, rename, link, symlink, unlink, mkdir, rmdir, chmod,
 //     chown, utimens, xattrs, statfs, fsync), mirroring go-fuse's loopback.
 //   - The content of a backing file decides whether it is encrypted (the
-//     crypto header); the name (a protect glob) decides only whether new
-//     content is encrypted: a protected file created, or first written while
-//     empty, with the key set is stored encrypted.
+//     crypto header); the name (a protect glob, or a temporary of a
+//     protected name: protect.go) decides only whether new content is
+//     encrypted: such a file created, or first written while empty, with the
+//     key set is stored encrypted, and one still plaintext is encrypted in
+//     place before a write adds to it (convert_open.go).
 //   - While logged out, opening, reading, writing or truncating an encrypted
 //     file fails with EACCES (also on descriptors opened before the logout);
 //     stat shows the plaintext size either way.
 //   - A block that fails authentication is EIO, logged once per inode.
 //   - auth/ at the backing root is invisible and cannot be created through
 //     the mount.
-//   - A plaintext file renamed onto a protected name while the key is set is
-//     encrypted in place shortly after, in the background (convert.go).
+//   - A plaintext file renamed onto a protected name is encrypted in place
+//     shortly after, in the background, and protected files written while
+//     logged out after the next login, also after a restart (converter.go,
+//     the durable record in pending.go).
 //   - For package migrate (the encrypt_existing_files task), a narrow API
 //     over the same code: WalkProtected, PrepareConversion and
 //     Conversion.Commit, SyncDir, RemoveTemp. fs itself stays the FUSE
@@ -48,8 +52,10 @@
 //   - Import the control package, or log key material or plaintext.
 //
 // Known limits: a backing file whose magic was destroyed reads as
-// plaintext, since content decides; an O_TMPFILE file cannot be linked
-// into the tree (EXDEV, as go-fuse's loopback); a page of a MAP_PRIVATE
+// plaintext (with one Warn; EIO with RequireEncryption), since content
+// decides, unless its header still names the key (EIO); an O_TMPFILE
+// file can be linked into the tree only while one of our handles on it is
+// open (its descriptor is how we reach it); a page of a MAP_PRIVATE
 // mapping that the application wrote is its own copy, which the kernel
 // keeps after logout (it was never the file's).
 //
@@ -74,7 +80,8 @@
 //     pool's mu, fileTable.mu (openfile.go: the table and its claims; its
 //     cond waits only for a claim), dirCache.mu (backing.go: directory
 //     descriptors of nodes), node.mu (a node's cached class), converter.mu
-//     (convert.go), commitCaps.mu (commit.go), xattratMissing (backing.go),
+//     (converter.go; the pending record's pendingLog.mu, pending.go, is
+//     taken under it and is the last), commitCaps.mu (commit.go), xattratMissing (backing.go),
 //     the Keyring's lmu (its listeners), and commitCaps.names (commit.go):
 //     taken shared by unlink, rename and link through the mount around
 //     their one backing call, exclusively by a rename commit around its

@@ -27,7 +27,7 @@ type cryptFile struct {
 	st        *inodeState
 	n         *node
 	root      *Root
-	protected bool // opened under a protected name: its first write into an empty file encrypts
+	protected bool // opened under a name that encrypts new content (protect.go), or an O_TMPFILE that does
 	writable  bool // opened for writing
 	sync      bool // O_SYNC or O_DSYNC: write through to the disk
 
@@ -74,8 +74,14 @@ func (f *cryptFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 			return res, 0
 		}
 	} else {
+		if f.protected && r.require && st.sizeLocked() > 0 && r.refusesPlaintext(f.n) {
+			return nil, syscall.EIO
+		}
 		r.stats.plainReads.Add(1)
 		m, err = st.file.ReadAt(dest, off)
+		if f.protected {
+			r.servedPlaintext(f.n, m)
+		}
 	}
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, r.errno(err, f.n, "read")
@@ -84,7 +90,8 @@ func (f *cryptFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 }
 
 // Write writes plaintext; it encrypts when the file is encrypted, or is a
-// protected file that is still empty while the key is set.
+// protected file while the key is set (an empty one gets a header, a
+// plaintext one is encrypted in place first: beforeGrow).
 func (f *cryptFile) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	st, r := f.st, f.root
 	r.lockChange(st)
@@ -92,8 +99,8 @@ func (f *cryptFile) Write(ctx context.Context, data []byte, off int64) (uint32, 
 	if st.file == nil || !st.writable {
 		return 0, syscall.EBADF
 	}
-	if err := r.maybeEncrypt(st, f.n, f.protected); err != nil {
-		return 0, r.errno(err, f.n, "write")
+	if errno := r.beforeGrow(st, f.n, f.protected, "write"); errno != 0 {
+		return 0, errno
 	}
 	var m int
 	var err error
@@ -206,8 +213,8 @@ func (f *cryptFile) Allocate(ctx context.Context, off, size uint64, mode uint32)
 		return syscall.EBADF
 	}
 	if mode == 0 {
-		if err := r.maybeEncrypt(st, f.n, f.protected); err != nil {
-			return r.errno(err, f.n, "fallocate")
+		if errno := r.beforeGrow(st, f.n, f.protected, "fallocate"); errno != 0 {
+			return errno
 		}
 	}
 	if st.cf == nil {

@@ -37,6 +37,7 @@ func (f *cryptFile) lockFd() (int, syscall.Errno) {
 		return -1, errnoOf(err)
 	}
 	f.lfd = fd
+	f.st.lockers.Add(1) // locks do not follow a conversion (convertOpen)
 	return fd, 0
 }
 
@@ -47,6 +48,7 @@ func (f *cryptFile) closeLockFd() {
 	if f.lfd >= 0 {
 		unix.Close(f.lfd)
 		f.lfd = -1
+		f.st.lockers.Add(-1)
 	}
 }
 

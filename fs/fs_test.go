@@ -262,15 +262,22 @@ func TestLoggedOut(t *testing.T) {
 	if got := mustRead(t, e.m("moved.bin")); !bytes.Equal(got, data) {
 		t.Error("after re-login: moved.bin differs")
 	}
-	// Format is fixed: new.bin stays plaintext when written logged in.
+	// new.bin, written logged out, is encrypted after the login (in the
+	// background, or by this append at the latest: issue 17); the
+	// append is encrypted.
 	f, err := os.OpenFile(e.m("new.bin"), os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.Write([]byte("more"))
+	if _, err := f.Write([]byte("more")); err != nil {
+		t.Fatal(err)
+	}
 	f.Close()
-	if e.isEncrypted("new.bin") {
-		t.Error("a plaintext file turned encrypted on write")
+	if !e.isEncrypted("new.bin") {
+		t.Error("new.bin, written logged out, still plaintext after an append logged in")
+	}
+	if got := mustRead(t, e.m("new.bin")); !bytes.Equal(got, append(append([]byte{}, data...), "more"...)) {
+		t.Error("new.bin differs after the append")
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -45,11 +46,19 @@ type envOpts struct {
 	loggedOut bool     // start without the key
 	timeout   time.Duration
 	allowWarn bool // corruption warnings are expected
+	// plainWarn: the warning that a protected file read is plaintext on
+	// disk is expected (the test reads such files on purpose).
+	plainWarn bool
 	loopback  bool // mount go-fuse's plain loopback instead (reference runs)
 	activity  func()
 	// cacheTimeout, if set, is the kernel's attribute and entry
 	// timeout (default one second).
 	cacheTimeout time.Duration
+	// tempPatterns, noAfterLogin and require are Options.TempPatterns,
+	// NoEncryptAfterLogin and RequireEncryption.
+	tempPatterns []string
+	noAfterLogin bool
+	require      bool
 }
 
 // testEnv is one mount of a fresh backing directory.
@@ -139,6 +148,10 @@ func newEnv(t testing.TB, o envOpts) *testEnv {
 			Activity:     o.activity,
 			AttrTimeout:  o.cacheTimeout,
 			EntryTimeout: o.cacheTimeout,
+
+			TempPatterns:        o.tempPatterns,
+			NoEncryptAfterLogin: o.noAfterLogin,
+			RequireEncryption:   o.require,
 		})
 		if err != nil {
 			mountFailed(t, err)
@@ -159,7 +172,7 @@ func newEnv(t testing.TB, o envOpts) *testEnv {
 	t.Cleanup(func() {
 		if !o.allowWarn {
 			for _, en := range hook.AllEntries() {
-				if en.Level <= logrus.WarnLevel {
+				if en.Level <= logrus.WarnLevel && !(o.plainWarn && strings.HasPrefix(en.Message, "protected file is plaintext on disk")) {
 					t.Errorf("unexpected log %s: %s %v", en.Level, en.Message, en.Data)
 				}
 			}
@@ -182,6 +195,9 @@ func (e *testEnv) login() {
 	e.t.Helper()
 	if err := e.kr.Unlock(e.verifier, testPassword); err != nil {
 		e.t.Fatalf("login: %v", err)
+	}
+	if e.root != nil {
+		e.root.LoggedIn() // as the control plane's OnLogin does
 	}
 }
 

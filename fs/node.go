@@ -28,6 +28,9 @@ type node struct {
 	servedEpoch atomic.Uint64
 	// warned is set once the node has logged a corruption warning.
 	warned atomic.Bool
+	// plainWarned is set once the node has logged that it is a protected
+	// file with plaintext on disk (convert_open.go).
+	plainWarned atomic.Bool
 }
 
 func (r *Root) newNode() *node { return &node{root: r} }
@@ -91,7 +94,7 @@ func needsHeader(x *unix.Statx_t) bool { return isReg(x) && x.Size >= crypto.Mag
 // content, and its result is cached, so an encrypted file under another
 // name shows its plaintext size once opened (and stays readable either way).
 func (r *Root) probes(name string, x *unix.Statx_t) bool {
-	return needsHeader(x) && r.protected(name)
+	return needsHeader(x) && r.encrypts(name)
 }
 
 // attrFromStatx fills a from x the way fuse.Attr.FromStat does from a
@@ -160,11 +163,12 @@ func keyOfStat(x *unix.Statx_t) statKey {
 }
 
 type classCache struct {
-	valid bool
-	key   statKey
-	class contentClass
-	hdr   crypto.Header
-	err   error
+	valid  bool
+	key    statKey
+	kidGen uint64 // Root.kidGen when classified: a plaintext result may change with it
+	class  contentClass
+	hdr    crypto.Header
+	err    error
 }
 
 // classify returns the content class of n, a file described by x. It
@@ -175,8 +179,9 @@ func (n *node) classify(x *unix.Statx_t, fd int) (contentClass, crypto.Header, e
 		return classPlain, crypto.Header{}, nil
 	}
 	k := keyOfStat(x)
+	gen := n.root.kidGen.Load()
 	n.mu.Lock()
-	if n.cls.valid && n.cls.key == k {
+	if n.cls.valid && n.cls.key == k && (n.cls.class != classPlain || n.cls.kidGen == gen) {
 		c := n.cls
 		n.mu.Unlock()
 		return c.class, c.hdr, c.err
@@ -190,9 +195,9 @@ func (n *node) classify(x *unix.Statx_t, fd int) (contentClass, crypto.Header, e
 		// Unreadable: it cannot be served either way. Do not cache.
 		return classPlain, crypto.Header{}, nil
 	}
-	class, hdr, cerr := classifyHeader(hb[:m], int64(x.Size))
+	class, hdr, cerr := classifyHeader(hb[:m], int64(x.Size), n.root.keyID())
 	n.mu.Lock()
-	n.cls = classCache{valid: true, key: k, class: class, hdr: hdr, err: cerr}
+	n.cls = classCache{valid: true, key: k, kidGen: gen, class: class, hdr: hdr, err: cerr}
 	n.mu.Unlock()
 	return class, hdr, cerr
 }
@@ -200,9 +205,10 @@ func (n *node) classify(x *unix.Statx_t, fd int) (contentClass, crypto.Header, e
 // classCached reports whether n has a classification for x's state.
 func (n *node) classCached(x *unix.Statx_t) bool {
 	k := keyOfStat(x)
+	gen := n.root.kidGen.Load()
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.cls.valid && n.cls.key == k
+	return n.cls.valid && n.cls.key == k && (n.cls.class != classPlain || n.cls.kidGen == gen)
 }
 
 // classifyAt caches the class of n, a regular file now at name in dir.
@@ -273,9 +279,14 @@ func preadFull(fd int, b []byte, off int64) (int, error) {
 }
 
 // classifyHeader classifies content whose first bytes are b and whose
-// backing size is size.
-func classifyHeader(b []byte, size int64) (contentClass, crypto.Header, error) {
+// backing size is size; kid, if known, is the current key's identifier:
+// a header that names it behind a damaged magic is an encrypted file's,
+// damaged (damagedMagic), not plaintext.
+func classifyHeader(b []byte, size int64, kid *crypto.KeyID) (contentClass, crypto.Header, error) {
 	if !crypto.HasMagic(b) {
+		if kid != nil && damagedMagic(b, *kid) {
+			return classBad, crypto.Header{}, errDamagedMagic
+		}
 		return classPlain, crypto.Header{}, nil
 	}
 	h, err := crypto.ParseHeader(b)
@@ -291,7 +302,7 @@ func classifyHeader(b []byte, size int64) (contentClass, crypto.Header, error) {
 // classifyAttr is classify for attribute lookups: without a descriptor it
 // reads the header only of files that probes says to.
 func (n *node) classifyAttr(x *unix.Statx_t, fd int) (contentClass, crypto.Header) {
-	if fd < 0 && !n.classCached(x) && !n.root.protected(n.name()) {
+	if fd < 0 && !n.classCached(x) && !n.root.encrypts(n.name()) {
 		return classPlain, crypto.Header{}
 	}
 	class, h, _ := n.classify(x, fd)

@@ -153,7 +153,11 @@ func (n *node) makeChild(ctx context.Context, name string, typ uint32, mk func(d
 	return ch, errno
 }
 
-// Link makes name in n a hard link to target.
+// Link makes name in n a hard link to target. A target in no directory
+// is an O_TMPFILE file (linkat with AT_EMPTY_PATH or its /proc link):
+// it is linked through a descriptor of its open handles. Plaintext linked
+// under a name that encrypts new content waits for encryption, like an
+// atomic save (pendingMove).
 func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
 	tn := asNode(target)
 	if tn == nil || tn.root != n.root {
@@ -162,21 +166,62 @@ func (n *node) Link(ctx context.Context, target gofs.InodeEmbedder, name string,
 	if n.hidden(name) {
 		return nil, syscall.EPERM
 	}
-	// A file in no directory (O_TMPFILE) has no path to link from; LINK
-	// does not carry a descriptor.
-	if _, parent := tn.Parent(); parent == nil {
-		return nil, syscall.EXDEV
-	}
 	r := n.root
 	d, err := r.dirOf(n)
 	if err != nil {
 		return nil, errnoOf(err)
 	}
 	defer d.release()
-	if err := r.nameChange(func() error { return r.linkNode(tn, d.fd, name) }); err != nil {
+	if _, parent := tn.Parent(); parent == nil {
+		return n.linkTmpfile(ctx, tn, d.fd, name, out)
+	}
+	var pend []string
+	if r.encrypts(name) {
+		if sd, oldName, err := r.parentOf(tn); err == nil {
+			pend = r.pendingMove(sd.fd, oldName, n.childRel(name), pend)
+			sd.release()
+		}
+	}
+	err = r.nameChange(func() error { return r.linkNode(tn, d.fd, name) })
+	r.settleMoves(pend, err == nil)
+	if err != nil {
 		return nil, errnoOf(err)
 	}
 	return n.newChild(ctx, d.fd, name, out)
+}
+
+// linkTmpfile links tn, a file in no directory, as name in dir (n's),
+// through the backing descriptor of its open handles. Without one (no
+// handle of ours is open on it) it cannot be reached: ENOENT, as linkat
+// gives for a file with no name and no way to it.
+func (n *node) linkTmpfile(ctx context.Context, tn *node, dir int, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	r := n.root
+	for _, st := range r.files.states() {
+		st.mu.RLock()
+		if st.file == nil {
+			st.mu.RUnlock()
+			continue
+		}
+		var x unix.Statx_t
+		if fstatx(st.fd, &x) != nil || !r.isNode(tn, &x) {
+			st.mu.RUnlock()
+			continue
+		}
+		var pend []string
+		if st.cf == nil && x.Size > 0 && r.encrypts(name) {
+			// Plaintext (written while logged out, or temp patterns
+			// are off): encrypted once its handles are closed.
+			pend = r.holdMove(n.childRel(name), pend)
+		}
+		err := linkTmpfile(st.fd, dir, name)
+		st.mu.RUnlock()
+		r.settleMoves(pend, err == nil)
+		if err != nil {
+			return nil, errnoOf(err)
+		}
+		return n.newChild(ctx, dir, name, out)
+	}
+	return nil, syscall.ENOENT
 }
 
 // Unlink removes file name from n.
@@ -208,8 +253,10 @@ func (n *node) remove(name string, flags int) syscall.Errno {
 }
 
 // Rename moves name in n to newName in newParent (flags as renameat2).
-// A file that lands on a protected name while the key is set is queued
-// for encryption in place (an atomic save: write a temp file, rename).
+// Plaintext that lands on a protected name (or a temporary of one) is
+// encrypted in place in the background (an atomic save under an
+// unrelated temp name: write, rename), after the next login if the key
+// is not set.
 func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
 	np := asNode(newParent)
 	if np == nil || np.root != n.root {
@@ -235,6 +282,15 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 		defer d2.release()
 	}
 	moved := nodeOf(n.GetChild(name))
+	// Plaintext landing on a name that encrypts new content waits for
+	// encryption: recorded before the rename, queued after it.
+	var pend []string
+	if r.encrypts(newName) {
+		pend = r.pendingMove(d1.fd, name, np.childRel(newName), pend)
+	}
+	if flags&unix.RENAME_EXCHANGE != 0 && r.encrypts(name) {
+		pend = r.pendingMove(d2.fd, newName, n.childRel(name), pend)
+	}
 	rename := func() error {
 		return r.nameChange(func() error { return renameAt(d1.fd, name, d2.fd, newName, uint(flags)) })
 	}
@@ -244,23 +300,51 @@ func (n *node) Rename(ctx context.Context, name string, newParent gofs.InodeEmbe
 	} else {
 		err = rename()
 	}
+	r.settleMoves(pend, err == nil)
 	if err != nil {
 		return errnoOf(err)
 	}
-	if moved != nil && !r.protected(newName) {
+	if moved != nil && !r.encrypts(newName) {
 		// Classify now, so an encrypted file renamed to a name that
 		// lookups do not probe keeps showing its plaintext size.
 		r.classifyAt(moved, d2.fd, newName)
 	}
-	if r.kr.IsSet() {
-		if r.protected(newName) {
-			r.conv.enqueue(np.childRel(newName))
-		}
-		if flags&unix.RENAME_EXCHANGE != 0 && r.protected(name) {
-			r.conv.enqueue(n.childRel(name))
-		}
-	}
 	return 0
+}
+
+// pendingMove adds to pend the path to (relative to the backing root)
+// if the file now at name in dir is plaintext with content, holding it as
+// pending (converter.hold) before the rename or link that puts it at to.
+// Without the key, it does so only when files are encrypted after login.
+func (r *Root) pendingMove(dir int, name, to string, pend []string) []string {
+	if !r.kr.IsSet() && !r.conv.after {
+		return pend
+	}
+	var x unix.Statx_t
+	fd, err := openRegularAt(dir, name, unix.O_RDONLY|unix.O_NONBLOCK, &x)
+	if err != nil {
+		return pend // not a regular file, or gone: nothing to encrypt
+	}
+	enc, err := readMagic(fd)
+	unix.Close(fd)
+	if err != nil || enc || x.Size == 0 {
+		return pend
+	}
+	return r.holdMove(to, pend)
+}
+
+// holdMove holds rel as pending and adds it to pend.
+func (r *Root) holdMove(rel string, pend []string) []string {
+	r.conv.hold(rel)
+	return append(pend, rel)
+}
+
+// settleMoves ends the holds of pendingMove: queued if the operation
+// happened.
+func (r *Root) settleMoves(pend []string, happened bool) {
+	for _, rel := range pend {
+		r.conv.settle(rel, happened)
+	}
 }
 
 // Readlink reads symlink n.

@@ -20,18 +20,21 @@ import (
 //	encrypted  any            set    cryptFile         FOPEN_DIRECT_IO
 //	encrypted  any            unset  EACCES
 //	bad magic  any            any    EIO
+//	plaintext  protected      set    EIO with RequireEncryption (protect.go: not for temporaries)
 //	plaintext  protected      any    cryptFile         page cache (direct I/O while it may turn encrypted)
 //	plaintext  not protected  any    passthroughFile   kernel passthrough on the backing file
 //
-// A plaintext inode that already has cryptFile handles gets another one,
-// whatever the name: the kernel refuses to mix passthrough and cached
-// opens of one inode.
+// "Protected" here is a protected name or a temporary of one (protect.go),
+// and an O_TMPFILE file while temp patterns are configured. A plaintext
+// inode that already has cryptFile handles gets another one, whatever the
+// name: the kernel refuses to mix passthrough and cached opens of one
+// inode.
 
 // Open opens file n.
 func (n *node) Open(ctx context.Context, flags uint32) (gofs.FileHandle, uint32, syscall.Errno) {
 	r := n.root
 	name := n.name()
-	bflags := backingFlags(flags, r.protected(name))
+	bflags := backingFlags(flags, r.encrypts(name))
 	fh, ff, errno := r.openHandle(ctx, name, flags, false, func() (int, bool, error) {
 		fd, err := openWithFallback(func(fl int) (int, error) {
 			var x unix.Statx_t
@@ -53,7 +56,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return nil, nil, 0, errnoOf(err)
 	}
 	defer d.release()
-	bflags := backingFlags(flags, r.protected(name))
+	bflags := backingFlags(flags, r.encrypts(name))
 	var child *gofs.Inode
 	fh, ff, errno := r.openHandle(ctx, name, flags, false, func() (int, bool, error) {
 		fd := -1
@@ -94,7 +97,7 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 		return nil, nil, 0, errnoOf(err)
 	}
 	defer d.release()
-	bflags := backingFlags(flags, r.protected(""))
+	bflags := backingFlags(flags, r.encryptsTmpfiles())
 	var child *gofs.Inode
 	fh, ff, errno := r.openHandle(ctx, "", flags, true, func() (int, bool, error) {
 		fd := -1
@@ -170,7 +173,7 @@ func (r *Root) openHandle(ctx context.Context, name string, flags uint32, tmpfil
 		return nil, 0, errnoOf(err)
 	}
 	n := nodeFor(&x)
-	fh, ff, errno := r.bind(st, n, name, flags, fd, &x, created)
+	fh, ff, errno := r.bind(st, n, name, flags, fd, &x, created, tmpfile)
 	if errno != 0 {
 		r.release(st)
 	}
@@ -179,9 +182,10 @@ func (r *Root) openHandle(ctx context.Context, name string, flags uint32, tmpfil
 
 // bind turns fd (consumed) into a handle on st, holding a reference that
 // the handle's Release drops (or the caller, on error).
-func (r *Root) bind(st *inodeState, n *node, name string, flags uint32, fd int, x *unix.Statx_t, created bool) (gofs.FileHandle, uint32, syscall.Errno) {
+func (r *Root) bind(st *inodeState, n *node, name string, flags uint32, fd int, x *unix.Statx_t, created, tmpfile bool) (gofs.FileHandle, uint32, syscall.Errno) {
 	writable := flags&unix.O_ACCMODE != unix.O_RDONLY
-	protected := r.protected(name)
+	prot := r.protection(name)
+	encrypts := prot != unprotected || (tmpfile && r.encryptsTmpfiles())
 
 	r.lockChange(st)
 	defer r.unlockChange(st)
@@ -197,11 +201,15 @@ func (r *Root) bind(st *inodeState, n *node, name string, flags uint32, fd int, 
 			return nil, 0, errno
 		}
 	case classPlain:
-		if !protected && st.cryptRefs == 0 {
+		if !encrypts && st.cryptRefs == 0 {
 			if flags&unix.O_NOATIME == 0 {
 				restoreAtime(fd)
 			}
 			return r.bindPassthrough(st, n, flags, fd)
+		}
+		if prot == protectedName && x.Size > 0 && r.refusesPlaintext(n) {
+			unix.Close(fd)
+			return nil, 0, syscall.EIO
 		}
 	}
 
@@ -213,21 +221,22 @@ func (r *Root) bind(st *inodeState, n *node, name string, flags uint32, fd int, 
 		}
 		st.cf = cf
 	}
-	if created && protected && st.cf == nil && x.Size == 0 {
+	if created && encrypts && st.cf == nil && x.Size == 0 {
 		if err := r.maybeEncrypt(st, n, true); err != nil {
 			return nil, 0, r.errno(err, n, "create")
 		}
 	}
 	if flags&unix.O_TRUNC != 0 && writable {
-		if errno := r.truncateLocked(st, n, protected, 0); errno != 0 {
+		if errno := r.truncateLocked(st, n, encrypts, 0); errno != 0 {
 			return nil, 0, errno
 		}
 	}
 	var ff uint32
-	if st.cf != nil || (protected && r.kr.IsSet() && st.sizeLocked() == 0) {
-		// Encrypted, or may become encrypted on its first write: keep
-		// its plaintext out of the page cache (except for mmap, which
-		// the logout invalidation covers). With the page cache, the
+	if st.cf != nil || (encrypts && r.kr.IsSet() && (writable || st.sizeLocked() == 0)) {
+		// Encrypted, or may become encrypted (its first write while
+		// the key is set encrypts it, or converts it first): keep its
+		// plaintext out of the page cache (except for mmap, which the
+		// logout invalidation covers). With the page cache, the
 		// kernel splits a buffered write at partial pages and keeps the
 		// bytes of a write that failed (EACCES at logout) in its pages;
 		// integration's TestLogoutLoginUnderLoad found such bytes on
@@ -242,7 +251,7 @@ func (r *Root) bind(st *inodeState, n *node, name string, flags uint32, fd int, 
 		st:        st,
 		n:         n,
 		root:      r,
-		protected: protected,
+		protected: encrypts,
 		writable:  writable,
 		sync:      flags&(unix.O_SYNC|unix.O_DSYNC) != 0,
 		lfd:       -1,
@@ -306,6 +315,7 @@ func (r *Root) checkKey(n *node, h crypto.Header) syscall.Errno {
 	if err != nil {
 		return r.errno(err, n, "open")
 	}
+	r.noteKeyID()
 	if h.KeyID != kid {
 		return r.errno(crypto.ErrWrongKey, n, "open")
 	}
@@ -336,15 +346,17 @@ func (r *Root) maybeEncrypt(st *inodeState, n *node, protected bool) error {
 	return nil
 }
 
-// truncateLocked sets the (plaintext) size of the inode. Caller holds
+// truncateLocked sets the (plaintext) size of the inode; protected says
+// whether the handle (or the name) encrypts new content. Caller holds
 // st.mu exclusively.
 func (r *Root) truncateLocked(st *inodeState, n *node, protected bool, size int64) syscall.Errno {
 	if st.file == nil || !st.writable {
 		return syscall.EBADF
 	}
-	if size > 0 {
-		if err := r.maybeEncrypt(st, n, protected); err != nil {
-			return r.errno(err, n, "truncate")
+	if st.cf == nil && size > 0 && size > st.sizeLocked() {
+		// Extending adds content: the same rules as a write.
+		if errno := r.beforeGrow(st, n, protected, "truncate"); errno != 0 {
+			return errno
 		}
 	}
 	if st.cf != nil {
@@ -387,5 +399,5 @@ func (r *Root) truncatePath(n *node, size int64) syscall.Errno {
 		}
 		st.cf = cf
 	}
-	return r.truncateLocked(st, n, r.protected(n.name()), size)
+	return r.truncateLocked(st, n, r.encrypts(n.name()), size)
 }

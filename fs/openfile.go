@@ -68,6 +68,9 @@ type inodeState struct {
 	cf          *crypto.File // set once the content is known to be encrypted
 	cryptRefs   int          // open cryptFile handles
 	passthrough int          // open passthroughFile handles
+	noted       bool         // a logged-out write was recorded (converter.noteWrite)
+
+	lockers atomic.Int32 // cryptFile handles with a lock descriptor (file_lock.go)
 
 	nextRead atomic.Int64 // where a sequential read would continue (readahead.go)
 	raEnd    atomic.Int64 // end of the backing range asked to be read ahead
@@ -146,12 +149,14 @@ func (r *Root) release(st *inodeState) {
 		return
 	}
 	r.lockChange(st)
-	defer r.unlockChange(st)
 	if st.file != nil {
 		st.file.Close()
 		st.file, st.fd, st.writable = nil, -1, false
 	}
 	st.cf = nil
+	r.unlockChange(st)
+	// A file waiting for encryption may have been this one.
+	r.conv.released()
 }
 
 // claim claims inode key for a conversion: it fails (false) while the
@@ -180,6 +185,21 @@ func (r *Root) claim(key fileKey) (drop func(), ok bool) {
 // replaced records that a conversion exchanged an inode for another (see
 // fileTable.seq).
 func (r *Root) replaced() { r.files.seq.Add(1) }
+
+// rekey moves st to key, the inode that a conversion under its handles
+// put in place of st's (convertOpen), replacing the claim on key, and
+// wakes the opens that wait for that claim. Caller holds st.mu
+// exclusively.
+func (t *fileTable) rekey(st *inodeState, key fileKey) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m[st.key] == st {
+		delete(t.m, st.key)
+	}
+	st.key = key
+	t.m[key] = st
+	t.cond.Broadcast()
+}
 
 // lockChange takes st.mu exclusively to change the inode's content, size
 // or backing descriptor, and discards its prefetches first (waiting for

@@ -6,6 +6,7 @@ import (
 	"io"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -57,9 +58,32 @@ type Options struct {
 	AttrTimeout  time.Duration
 	EntryTimeout time.Duration
 
-	// ConvertRetry is how often the background encryption of atomic saves
-	// retries a file that is still open (default 500ms); ConvertMaxAge is
-	// how long it keeps trying (default 10 minutes).
+	// TempPatterns are the temporaries of protected names (protect.go),
+	// each PREFIX{}SUFFIX: new files under such names are encrypted
+	// like protected ones. Nil means DefaultTempPatterns; an empty slice
+	// none (and then O_TMPFILE files are encrypted only if Protect
+	// matches every name).
+	TempPatterns []string
+
+	// NoEncryptAfterLogin turns off the encryption, after the next
+	// login, of protected files written through the mount while logged
+	// out, and the durable record of files waiting for encryption
+	// (auth/pending-encryption). Atomic saves are still encrypted in the
+	// background while the key is set.
+	NoEncryptAfterLogin bool
+
+	// RequireEncryption makes a plaintext file under a protected name an
+	// error (EIO, logged once with its path) while a key is set: it is
+	// never served or written as plaintext. Files this run saw written
+	// through the mount while logged out are the exception until they
+	// are encrypted; entries of the record from an earlier run are not
+	// encrypted automatically (converter.load).
+	RequireEncryption bool
+
+	// ConvertRetry is the first delay before the background encryption
+	// tries again a file that is still open (default 500ms; it doubles
+	// up to 30s); ConvertMaxAge is how long it keeps trying with
+	// NoEncryptAfterLogin (default 10 minutes; otherwise it keeps trying).
 	ConvertRetry  time.Duration
 	ConvertMaxAge time.Duration
 
@@ -89,6 +113,8 @@ type Root struct {
 	dirs    dirCache // directory descriptors of nodes (backing.go)
 	own     owners   // making objects for other users (backing.go)
 	protect []string
+	temps   []tempPattern // temporaries of protected names (protect.go)
+	require bool          // Options.RequireEncryption
 	kr      *crypto.Keyring
 	log     *logrus.Entry
 
@@ -115,6 +141,11 @@ type Root struct {
 
 	conv *converter
 
+	// kid is the identifier of the last key seen set (noteKeyID), and
+	// kidGen counts its changes (cached classes depend on it).
+	kid    atomic.Pointer[crypto.KeyID]
+	kidGen atomic.Uint64
+
 	stats stats
 
 	closeOnce sync.Once
@@ -138,6 +169,18 @@ func NewRoot(opts Options) (*Root, error) {
 			return nil, fmt.Errorf("fs: protect pattern %q: %w", g, err)
 		}
 	}
+	tempSpecs := opts.TempPatterns
+	if tempSpecs == nil {
+		tempSpecs = DefaultTempPatterns
+	}
+	var temps []tempPattern
+	for _, p := range tempSpecs {
+		tp, err := parseTempPattern(p)
+		if err != nil {
+			return nil, fmt.Errorf("fs: %w", err)
+		}
+		temps = append(temps, tp)
+	}
 	backing, err := filepath.Abs(opts.Backing)
 	if err != nil {
 		return nil, fmt.Errorf("fs: backing directory: %w", err)
@@ -157,6 +200,8 @@ func NewRoot(opts Options) (*Root, error) {
 		rootFd:       fd,
 		rootDev:      dev,
 		protect:      append([]string(nil), protect...),
+		temps:        temps,
+		require:      opts.RequireEncryption,
 		kr:           opts.Keyring,
 		log:          log.WithField(logkey.Component, "fs"),
 		attrTimeout:  timeoutOrDefault(opts.AttrTimeout),
@@ -171,7 +216,24 @@ func NewRoot(opts Options) (*Root, error) {
 	r.dirs.init(r.entryTimeout)
 	r.own.init()
 	r.files.init()
-	r.conv = newConverter(r, opts.ConvertRetry, opts.ConvertMaxAge)
+	co := convOptions{retry: opts.ConvertRetry, maxAge: opts.ConvertMaxAge, afterLogin: !opts.NoEncryptAfterLogin, require: opts.RequireEncryption}
+	var live []string
+	if co.afterLogin {
+		// The record of what waits for encryption: without it, a
+		// restart would forget what this run could not encrypt.
+		if co.log, live, err = openPendingLog(fd); err != nil {
+			r.log.WithError(err).Warn("cannot open the record of files waiting for encryption (auth/" + pendingLogName +
+				"); files written while logged out are encrypted after a login of this run only")
+			co.log = nil
+		}
+	}
+	r.conv = newConverter(r, co)
+	if len(live) > 0 {
+		r.conv.load(live)
+		if !r.require {
+			r.log.WithField(logkey.Files, logkey.Count(len(live))).Info("files wait for encryption since before the last stop; they are encrypted after the next login")
+		}
+	}
 	r.removeOnClear = r.kr.OnClear(r.onClear)
 	r.removeOnBefore = r.kr.OnBeforeClear(r.beforeClear)
 	return r, nil
@@ -199,18 +261,20 @@ func (r *Root) Close() {
 	})
 }
 
+// LoggedIn tells the filesystem that a key was set (call it after every
+// login): the files that wait for encryption are encrypted now.
+func (r *Root) LoggedIn() {
+	r.noteKeyID()
+	r.conv.loggedIn()
+}
+
+// PendingEncryption returns how many protected files wait for
+// encryption: written while logged out, or moved onto a protected name
+// and not yet encrypted (busy, or waiting for a login).
+func (r *Root) PendingEncryption() int { return r.conv.count() }
+
 // Backing returns the absolute path of the backing directory.
 func (r *Root) Backing() string { return r.backing }
-
-// protected reports whether name (a base name) matches a protect glob.
-func (r *Root) protected(name string) bool {
-	for _, g := range r.protect {
-		if ok, _ := filepath.Match(g, name); ok {
-			return true
-		}
-	}
-	return false
-}
 
 // hidden reports whether name in directory n is the reserved auth/
 // directory, which the mount neither shows nor lets anyone create.

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -68,7 +69,9 @@ func TestNetFSAtomicSaves(t *testing.T) {
 
 	save := func(name string, data []byte) {
 		t.Helper()
-		tmp := filepath.Join(d.mnt, "."+name+".swp")
+		// A temp name unrelated to the protected one (a temporary of it
+		// is encrypted from its first byte: nothing to convert).
+		tmp := filepath.Join(d.mnt, ".tmpsave-"+strings.TrimSuffix(name, ".bin"))
 		f, err := os.Create(tmp)
 		if err != nil {
 			t.Fatal(err)

@@ -99,7 +99,9 @@ func newEnv(t testing.TB, o envOpts) *testEnv {
 	testmount.Watch(t, e.mnt, timeout, srv.Unmount)
 	t.Cleanup(func() {
 		for _, en := range hook.AllEntries() {
-			if en.Level <= logrus.WarnLevel {
+			// Reading a plaintext protected file through the mount
+			// before the task converts it says so (issue 17).
+			if en.Level <= logrus.WarnLevel && !strings.HasPrefix(en.Message, "protected file is plaintext on disk; run encrypt_existing_files") {
 				t.Errorf("unexpected log %s: %s %v", en.Level, en.Message, en.Data)
 			}
 		}

@@ -342,6 +342,9 @@ func printStatus(w io.Writer, st *control.Status) {
 	fmt.Fprintf(w, "cipher:       %s\n", st.Cipher)
 	fmt.Fprintf(w, "kdf:          %s t=%d m=%d MiB p=%d\n", st.KDF.Name, st.KDF.Time, st.KDF.MemoryKiB/1024, st.KDF.Threads)
 	fmt.Fprintf(w, "protect:      %s\n", strings.Join(st.Protect, " "))
+	if st.PendingEncryption > 0 {
+		fmt.Fprintf(w, "pending:      %d protected files wait for encryption (written while logged out, or still open)\n", st.PendingEncryption)
+	}
 	if st.Files != nil {
 		fmt.Fprintf(w, "files:        %d encrypted, %d plaintext\n", st.Files.Encrypted, st.Files.Plaintext)
 	}

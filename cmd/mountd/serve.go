@@ -53,6 +53,10 @@ Every flag is checked before anything is created.`,
 type serveConfig struct {
 	data, mount, listen string
 	protect             []string
+	protectTemps        []string // --protect-temp (nil: fs.DefaultTempPatterns)
+	noProtectTemps      bool
+	noEncryptAfterLogin bool
+	requireEncryption   bool
 	logFormat, logLevel string
 	level               logrus.Level
 	allowOther          bool
@@ -80,6 +84,16 @@ func serveFlags(f *flag.FlagSet) *serveConfig {
 		c.protect = append(c.protect, s)
 		return nil
 	})
+	f.Func("protect-temp", "`pattern` PREFIX{}SUFFIX of the temporaries of protected names ({} = a protected name, SUFFIX a glob), encrypted from their first byte like protected files (repeatable; replaces the default set: "+strings.Join(fs.DefaultTempPatterns, " ")+")", func(s string) error {
+		if err := fs.ParseTempPattern(s); err != nil {
+			return err
+		}
+		c.protectTemps = append(c.protectTemps, s)
+		return nil
+	})
+	f.BoolVar(&c.noProtectTemps, "no-protect-temps", false, "no temporaries of protected names: only protected names are encrypted from the first byte (an atomic save is then encrypted after its rename)")
+	f.BoolVar(&c.noEncryptAfterLogin, "no-encrypt-after-login", false, "do not encrypt after the next login the protected files written while logged out (nor keep their record in auth/)")
+	f.BoolVar(&c.requireEncryption, "require-encryption", false, "while logged in, a plaintext file under a protected name is an error (EIO, logged), never served or written as plaintext: for stores that finished encrypt_existing_files")
 	f.StringVar(&c.logFormat, "log-format", "text", "log `format`: text or json")
 	f.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
 	f.BoolVar(&c.allowOther, "allow-other", false, "let other users use the mount (the kernel then enforces file permissions)")
@@ -104,6 +118,12 @@ func (c *serveConfig) validate() error {
 	}
 	if c.protect == nil {
 		c.protect = fs.DefaultProtect
+	}
+	if c.noProtectTemps {
+		if c.protectTemps != nil {
+			return usageError{fmt.Errorf("--protect-temp and --no-protect-temps exclude each other")}
+		}
+		c.protectTemps = []string{}
 	}
 	if err := c.lock.validate(); err != nil {
 		return err

@@ -43,13 +43,17 @@ func startDaemon(c *serveConfig, kr *crypto.Keyring, log *logrus.Entry, info con
 	// The data directory is the mount's source (df's "Filesystem"
 	// column, mountinfo): a second daemon finds whose mount it is.
 	srv, err := fs.Mount(c.mount, fs.Options{
-		Backing:    c.data,
-		Protect:    c.protect,
-		Keyring:    kr,
-		Log:        log,
-		Activity:   pol.Activity,
-		AllowOther: c.allowOther,
-		FsName:     c.data,
+		Backing: c.data,
+		Protect: c.protect,
+		Keyring: kr,
+		// Nil: the default set; empty: none (--no-protect-temps).
+		TempPatterns:        c.protectTemps,
+		NoEncryptAfterLogin: c.noEncryptAfterLogin,
+		RequireEncryption:   c.requireEncryption,
+		Log:                 log,
+		Activity:            pol.Activity,
+		AllowOther:          c.allowOther,
+		FsName:              c.data,
 	})
 	if err != nil {
 		pol.Close()
@@ -63,8 +67,9 @@ func startDaemon(c *serveConfig, kr *crypto.Keyring, log *logrus.Entry, info con
 		KDF:          c.kdf,
 		Files:        srv.Root,
 		Tasks:        mig,
+		Pending:      srv.Root,
 		AutoLock:     lockPolicies{pol},
-		OnLogin:      pol.LoggedIn,
+		OnLogin:      func() { pol.LoggedIn(); srv.Root.LoggedIn() },
 		Daemon:       info,
 	})
 	if err != nil {
