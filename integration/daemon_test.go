@@ -83,6 +83,7 @@ type daemon struct {
 	extraFlags []string
 	token      string   // sent as "Authorization: Bearer", when set
 	env        []string // added to the daemon's environment
+	bin        string   // the binary to run; mountdBin when empty
 }
 
 // url is path on d's control plane; over its unix socket when d.addr is
@@ -165,7 +166,11 @@ func (d *daemon) start() {
 	d.stopOnce = sync.Once{}
 	d.killed = false
 	args := append([]string{"--data", d.data, "--create", "--mount", d.mnt, "--listen", d.addr, "--log-level", "debug"}, d.extraFlags...)
-	d.cmd = exec.Command(mountdBin, args...)
+	bin := mountdBin
+	if d.bin != "" {
+		bin = d.bin
+	}
+	d.cmd = exec.Command(bin, args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
 	if len(d.env) > 0 {
 		d.cmd.Env = append(os.Environ(), d.env...)
