@@ -1,13 +1,12 @@
 package crypto
 
 import (
-	"crypto/aes"
 	"crypto/cipher"
-	"crypto/hkdf"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
+	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 )
@@ -25,24 +24,32 @@ const (
 
 // Layout of the Keyring's secret page.
 const (
-	pageSize   = 4096
-	mkOff      = 0  // the master key
-	stagingOff = 32 // a candidate key being unwrapped or generated
+	pageSize      = 4096
+	mkOff         = 0  // the master key
+	stagingOff    = 32 // a candidate key being unwrapped or generated
+	prkOff        = 64 // HKDF-Extract of the master key
+	stagingPRKOff = 96 // HKDF-Extract of the staged key
 )
-
-// maxCachedCiphers bounds the per-file AEAD cache; past it the cache is
-// dropped and rebuilt on demand.
-const maxCachedCiphers = 4096
 
 // Keyring is the one holder of the master key in memory.
 //
-// The key lives in a page that is mlocked and excluded from core dumps.
+// The key and its HKDF PRK live in a page that is mlocked and excluded
+// from core dumps; each file's cipher (its AES round keys and GHASH table)
+// lives in a slot of locked memory (gcm.go), derived on first use with
+// HKDF computed in locked scratch (hkdf.go) on a stack that is zeroed
+// afterwards (stack.go). Clear zeroes all of it.
+//
 // Content operations (File.ReadAt, WriteAt, Truncate) hold the Keyring's
 // read lock for their own duration; Clear takes the write lock, so it waits
 // for operations in flight and no operation starts under a key that is being
 // cleared. The one long operation, an extension, stops at its next chunk
 // once Clear has marked a logout pending, so no call holds a logout back
 // for more than a chunk.
+//
+// The cipher cache holds as many files as cacheSlots allows (RLIMIT_MEMLOCK;
+// 1024 at most). A file that finds it full gets its cipher in a locked page
+// of its own and schedules a sweep, which takes the write lock (so no
+// operation can be using a cipher) and zeroes the whole cache.
 type Keyring struct {
 	stateMu sync.Mutex // serializes Create, Unlock and Clear
 
@@ -52,8 +59,10 @@ type Keyring struct {
 	page   []byte
 	locked bool // page is mlocked
 
-	cmu     sync.Mutex // guards ciphers (taken under mu.RLock)
-	ciphers map[FileID]cipher.AEAD
+	cmu      sync.Mutex // guards ciphers and slots (taken under mu.RLock)
+	ciphers  map[FileID]*fileCipher
+	slots    *slotArena
+	sweeping atomic.Bool // a sweep is scheduled
 
 	gen atomic.Uint64
 
@@ -69,14 +78,33 @@ type Keyring struct {
 	nextL     uint64
 }
 
+// fileCipher is a cached file cipher and the locked memory it lives in.
+type fileCipher struct {
+	aead   cipher.AEAD
+	slot   []byte     // its slot in the Keyring's arena, or nil
+	page   secretPage // or its own page, when the arena was full
+	inSlot bool       // aead lives in slot or page (else on the heap: gcm.go)
+}
+
 // NewKeyring returns an empty (locked) Keyring.
 func NewKeyring() *Keyring {
-	page, locked := allocSecret(pageSize)
+	page, locked := secretMap(pageSize)
 	return &Keyring{page: page, locked: locked, listeners: map[uint64]func(){}, before: map[uint64]func(){}}
 }
 
-// MemoryLocked reports whether the key page is locked in RAM.
-func (k *Keyring) MemoryLocked() bool { return k.locked }
+// MemoryLocked reports whether the key page, and every page of secrets
+// the package holds, is locked in RAM.
+func (k *Keyring) MemoryLocked() bool {
+	_, someUnlocked := LockedBytes()
+	return k.locked && !someUnlocked
+}
+
+// CacheSlots is how many files' ciphers the Keyring keeps in locked
+// memory (from RLIMIT_MEMLOCK), and the locked memory that takes.
+func CacheSlots() (files int, bytes int64) {
+	n := cacheSlots()
+	return n, int64(n) * slotSize
+}
 
 // String redacts: a Keyring never prints key material.
 func (k *Keyring) String() string {
@@ -165,9 +193,12 @@ func (k *Keyring) run(m map[uint64]func()) {
 // work) and runs the OnBeforeClear listeners with the key still set (the
 // filesystem writes back dirty pages there); then it marks the Keyring
 // locked (new operations get ErrLocked), waits for operations in flight,
-// runs the OnClear listeners, and overwrites the key with zeroes and drops
-// every derived cipher. It is idempotent and returns only when all of that
-// is done.
+// runs the OnClear listeners, and overwrites the key and its PRK with
+// zeroes and zeroes every derived cipher. When a key was set, it then runs
+// the garbage collector twice and returns freed memory to the operating
+// system, so that buffers pooled by the standard library and by go-fuse
+// (sync.Pool), which held plaintext or request bytes, are gone too. It is
+// idempotent and returns only when all of that is done.
 func (k *Keyring) Clear() {
 	k.stateMu.Lock()
 	defer k.stateMu.Unlock()
@@ -194,32 +225,98 @@ func (k *Keyring) Clear() {
 	clear(k.page)
 	k.keyID = KeyID{}
 	k.cmu.Lock()
+	k.dropCiphers()
 	k.ciphers = nil
+	if k.slots != nil {
+		k.slots.release()
+	}
 	k.cmu.Unlock()
 	k.mu.Unlock()
+	if wasSet {
+		releaseMemory()
+	}
 }
 
-// install moves the key in the staging area into place. Caller holds stateMu.
+// releaseMemory drops what sync.Pools hold (a pooled object survives one
+// collection in the pool's victim cache, not two) and returns the freed
+// pages to the operating system, which zeroes them before any reuse.
+// Freed objects that share a page with live ones stay until the page is
+// reused; docs/SECURITY.md has what the memory scan still finds.
+func releaseMemory() {
+	runtime.GC()
+	debug.FreeOSMemory()
+}
+
+// install moves the key in the staging area into place. Caller holds
+// stateMu and runs on a clean stack (onCleanStack).
 func (k *Keyring) install() error {
 	staging := k.page[stagingOff : stagingOff+KeySize]
+	sprk := k.page[stagingPRKOff : stagingPRKOff+hashSize]
 	defer clear(staging)
+	defer clear(sprk)
 	if isZero(staging) {
 		return fmt.Errorf("%w: all-zero master key", ErrBadVerifier)
 	}
-	id, err := deriveKeyID(staging)
-	if err != nil {
-		return err
-	}
+	sp := getSecretPage()
+	id := keyIDOf(staging, sprk, sp.b)
+	putSecretPage(sp)
 	k.mu.Lock()
 	copy(k.page[mkOff:mkOff+KeySize], staging)
+	copy(k.page[prkOff:prkOff+hashSize], sprk)
 	k.keyID = id
 	k.set = true
 	k.cmu.Lock()
-	k.ciphers = map[FileID]cipher.AEAD{}
+	k.dropCiphers()
+	k.ciphers = map[FileID]*fileCipher{}
+	if k.slots == nil {
+		k.slots = newSlotArena(cacheSlots())
+	}
 	k.cmu.Unlock()
 	k.gen.Add(1)
 	k.mu.Unlock()
 	return nil
+}
+
+// dropCiphers zeroes every cached cipher. Caller holds mu for writing (no
+// operation can be using one) and cmu.
+func (k *Keyring) dropCiphers() {
+	for id, fc := range k.ciphers {
+		k.dropCipher(fc)
+		delete(k.ciphers, id)
+	}
+}
+
+// dropCipher zeroes fc and frees its memory. Caller holds cmu, and no one
+// else can be using fc.
+func (k *Keyring) dropCipher(fc *fileCipher) {
+	if fc.aead != nil && !fc.inSlot {
+		wipeAEAD(fc.aead)
+	}
+	fc.aead = nil
+	switch {
+	case fc.slot != nil:
+		k.slots.put(fc.slot)
+		fc.slot = nil
+	case fc.page.b != nil:
+		putSecretPage(fc.page)
+		fc.page = secretPage{}
+	}
+}
+
+// sweepSoon schedules a sweep of the cipher cache, once: it waits for the
+// operations in flight (the write lock), then zeroes every cached cipher.
+func (k *Keyring) sweepSoon() {
+	if !k.sweeping.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer k.sweeping.Store(false)
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		k.cmu.Lock()
+		defer k.cmu.Unlock()
+		k.dropCiphers()
+	}()
 }
 
 // sameAsStaging reports whether the staged key equals the current key.
@@ -231,11 +328,12 @@ func (k *Keyring) sameAsStaging() bool {
 }
 
 // setKeyForTest installs key directly (tests and known-answer vectors only).
-func (k *Keyring) setKeyForTest(key []byte) error {
+func (k *Keyring) setKeyForTest(key []byte) (err error) {
 	k.stateMu.Lock()
 	defer k.stateMu.Unlock()
 	copy(k.page[stagingOff:stagingOff+KeySize], key)
-	return k.install()
+	onCleanStack(func() { err = k.install() })
+	return err
 }
 
 // NewHeader returns a header with a fresh random file-id under the current
@@ -283,56 +381,69 @@ func (k *Keyring) acquireRead() (keyHold, error) {
 // release drops the hold taken by acquire.
 func (h keyHold) release() { h.k.mu.RUnlock() }
 
-// fileAEAD returns the AEAD of the file with header h. Caller holds a
-// keyHold (acquire).
+// fileAEAD returns the AEAD of the file with header h, valid until the
+// caller's hold is released. Caller holds a keyHold (acquire).
 func (k *Keyring) fileAEAD(h *Header) (cipher.AEAD, error) {
 	if h.KeyID != k.keyID {
 		return nil, ErrWrongKey
 	}
 	k.cmu.Lock()
-	a, ok := k.ciphers[h.FileID]
+	if fc, ok := k.ciphers[h.FileID]; ok {
+		k.cmu.Unlock()
+		return fc.aead, nil
+	}
+	fc := &fileCipher{slot: k.slots.alloc()}
 	k.cmu.Unlock()
-	if ok {
-		return a, nil
+	mem := fc.slot
+	if mem == nil {
+		fc.page = getSecretPage()
+		mem = fc.page.b[:slotSize]
+		k.sweepSoon()
 	}
-	fk, err := hkdf.Key(sha256.New, k.page[mkOff:mkOff+KeySize], nil, labelContent+string(h.FileID[:]), KeySize)
+	var err error
+	onCleanStack(func() { fc.aead, fc.inSlot, err = k.newFileGCM(mem, h.FileID) })
+	k.cmu.Lock()
+	defer k.cmu.Unlock()
 	if err != nil {
-		return nil, fmt.Errorf("crypto: derive file key: %w", err)
-	}
-	a, err = newGCM(fk)
-	clear(fk)
-	if err != nil {
+		k.dropCipher(fc)
 		return nil, err
 	}
-	k.cmu.Lock()
-	if len(k.ciphers) >= maxCachedCiphers {
-		k.ciphers = map[FileID]cipher.AEAD{}
+	if prev, ok := k.ciphers[h.FileID]; ok { // derived meanwhile by another operation
+		k.dropCipher(fc)
+		return prev.aead, nil
 	}
-	k.ciphers[h.FileID] = a
-	k.cmu.Unlock()
-	return a, nil
+	k.ciphers[h.FileID] = fc
+	return fc.aead, nil
 }
 
-func newGCM(key []byte) (cipher.AEAD, error) {
-	b, err := aes.NewCipher(key)
-	if err != nil {
-		return nil, fmt.Errorf("crypto: aes: %w", err)
-	}
-	a, err := cipher.NewGCM(b)
-	if err != nil {
-		return nil, fmt.Errorf("crypto: gcm: %w", err)
-	}
-	return a, nil
+// newFileGCM derives the content key of file id from the PRK and builds
+// its cipher in mem. Caller holds a keyHold and runs on a clean stack.
+func (k *Keyring) newFileGCM(mem []byte, id FileID) (cipher.AEAD, bool, error) {
+	sp := getSecretPage()
+	defer putSecretPage(sp)
+	var info [len(labelContent) + len(id)]byte
+	copy(info[:], labelContent)
+	copy(info[len(labelContent):], id[:])
+	key := sp.b[:KeySize]
+	hkdfExpand(key, k.page[prkOff:prkOff+hashSize], info[:], sp.b[KeySize:])
+	return newGCMIn(mem, key)
 }
 
-func deriveKeyID(mk []byte) (KeyID, error) {
+// keyIDOf derives the key-id of master key mk, leaving its PRK in prk
+// (hashSize bytes of locked memory). scratch is a secret page.
+func keyIDOf(mk, prk, scratch []byte) KeyID {
+	hkdfExtract(prk, nil, mk, scratch)
 	var id KeyID
-	b, err := hkdf.Key(sha256.New, mk, nil, labelKeyID, len(id))
-	if err != nil {
-		return id, fmt.Errorf("crypto: derive key-id: %w", err)
-	}
-	copy(id[:], b)
-	return id, nil
+	hkdfExpand(id[:], prk, []byte(labelKeyID), scratch)
+	return id
+}
+
+// deriveKeyID returns the key-id of master key mk. Run it on a clean
+// stack.
+func deriveKeyID(mk []byte) KeyID {
+	sp := getSecretPage()
+	defer putSecretPage(sp)
+	return keyIDOf(mk, sp.b[:hashSize], sp.b[hashSize:])
 }
 
 func isZero(b []byte) bool {

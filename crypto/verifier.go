@@ -3,9 +3,7 @@ package crypto
 import (
 	"bytes"
 	"crypto/cipher"
-	"crypto/hkdf"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -14,6 +12,7 @@ import (
 	iofs "io/fs"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 
@@ -299,35 +298,88 @@ func slotAAD(file, slotHead []byte) []byte {
 	return append(bytes.Clone(file[:v2AADHeader]), slotHead...)
 }
 
+// kekCipher is a key-encryption cipher in a page of locked memory, with
+// the secrets it was derived from zeroed. close zeroes it.
+type kekCipher struct {
+	cipher.AEAD
+	page   secretPage
+	inSlot bool
+}
+
+// Layout of a kekCipher's page.
+const (
+	kekInputOff = 0    // the Argon2 output or the recovery key's PRK input (32)
+	kekPRKOff   = 32   // HKDF-Extract (32)
+	kekKeyOff   = 64   // the KEK (32)
+	kekWorkOff  = 96   // HKDF scratch, up to kekSlotOff
+	kekSlotOff  = 2048 // the cipher (slotSize)
+)
+
+func (c *kekCipher) close() {
+	if c.AEAD != nil && !c.inSlot {
+		wipeAEAD(c.AEAD)
+	}
+	c.AEAD = nil
+	putSecretPage(c.page)
+}
+
+// finish expands the PRK in c's page with label into the KEK and
+// builds its cipher in the page. It closes c on failure.
+func (c *kekCipher) finish(label string) error {
+	b := c.page.b
+	key := b[kekKeyOff : kekKeyOff+KeySize]
+	hkdfExpand(key, b[kekPRKOff:kekPRKOff+hashSize], []byte(label), b[kekWorkOff:kekSlotOff])
+	clear(b[:kekKeyOff]) // the input and the PRK
+	a, inSlot, err := newGCMIn(b[kekSlotOff:kekSlotOff+slotSize], key)
+	clear(key)
+	if err != nil {
+		c.close()
+		return err
+	}
+	c.AEAD, c.inSlot = a, inSlot
+	return nil
+}
+
 // argonMu keeps Argon2 to one computation at a time process-wide, so a
 // flood of logins cannot multiply its memory use.
 var argonMu sync.Mutex
 
-// kek derives the key-encryption key's AEAD from the password.
-func kek(password []byte, salt []byte, p KDFParams) (cipher.AEAD, error) {
+// kek derives the password's key-encryption cipher: HKDF-SHA256 of the
+// Argon2id output, info "mountd/v1/kek". The Argon2 output is copied into
+// locked memory and zeroed where x/crypto left it; the 64 MiB of Argon2
+// memory (password-derived blocks; the last ones are worth its output) is
+// freed and returned to the operating system, which zeroes it. Run it on
+// a clean stack.
+func kek(password []byte, salt []byte, p KDFParams) (*kekCipher, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
+	c := &kekCipher{page: getSecretPage()}
+	b := c.page.b
 	argonMu.Lock()
-	stretched := argon2.IDKey(password, salt, p.Time, p.MemoryKiB, p.Threads, KeySize)
+	st := argon2.IDKey(password, salt, p.Time, p.MemoryKiB, p.Threads, KeySize)
+	copy(b[kekInputOff:kekInputOff+KeySize], st)
+	clear(st)
+	debug.FreeOSMemory()
 	argonMu.Unlock()
-	defer clear(stretched)
-	key, err := hkdf.Key(sha256.New, stretched, nil, labelKEK, KeySize)
-	if err != nil {
-		return nil, fmt.Errorf("crypto: derive kek: %w", err)
+	hkdfExtract(b[kekPRKOff:kekPRKOff+hashSize], nil, b[kekInputOff:kekInputOff+KeySize], b[kekWorkOff:kekSlotOff])
+	if err := c.finish(labelKEK); err != nil {
+		return nil, err
 	}
-	defer clear(key)
-	return newGCM(key)
+	return c, nil
 }
 
-// recoveryKEK derives the recovery slot's key-encryption AEAD.
-func recoveryKEK(rk, salt []byte) (cipher.AEAD, error) {
-	key, err := hkdf.Key(sha256.New, rk, salt, labelRecovery, KeySize)
-	if err != nil {
-		return nil, fmt.Errorf("crypto: derive recovery kek: %w", err)
+// recoveryKEK derives the recovery slot's key-encryption cipher:
+// HKDF-SHA256(recovery key, salt, info "mountd/v2/recovery"). Run it on
+// a clean stack.
+func recoveryKEK(rk, salt []byte) (*kekCipher, error) {
+	c := &kekCipher{page: getSecretPage()}
+	b := c.page.b
+	hkdfExtract(b[kekPRKOff:kekPRKOff+hashSize], salt, rk, b[kekWorkOff:kekSlotOff])
+	if err := c.finish(labelRecovery); err != nil {
+		return nil, err
 	}
-	defer clear(key)
-	return newGCM(key)
+	return c, nil
 }
 
 // newV2 returns the bytes of a version 2 verifier for the key with id,
@@ -364,6 +416,7 @@ func sealPassword(b, mk, password []byte, p KDFParams) error {
 	if err != nil {
 		return err
 	}
+	defer a.close()
 	a.Seal(s[40:40], s[28:40], mk, slotAAD(b, s[:pwSlotAADSize]))
 	return nil
 }
@@ -379,6 +432,7 @@ func sealRecovery(b, mk, rk []byte) error {
 	if err != nil {
 		return err
 	}
+	defer a.close()
 	a.Seal(s[32:32], s[20:32], mk, slotAAD(b, s[:recSlotAADSize]))
 	return nil
 }
@@ -390,8 +444,7 @@ func (v *Verifier) open(dst []byte, a cipher.AEAD, s slot, fail error) error {
 		clear(dst)
 		return fail
 	}
-	id, err := deriveKeyID(dst)
-	if err != nil || id != v.KeyID || isZero(dst) {
+	if id := deriveKeyID(dst); id != v.KeyID || isZero(dst) {
 		clear(dst)
 		return fmt.Errorf("%w: key-id does not match the wrapped key", ErrBadVerifier)
 	}
@@ -405,6 +458,7 @@ func (v *Verifier) unwrap(dst []byte, password []byte) error {
 	if err != nil {
 		return err
 	}
+	defer a.close()
 	return v.open(dst, a, s, ErrInvalidPassword)
 }
 
@@ -415,15 +469,16 @@ func (v *Verifier) unwrapRecovery(dst []byte, text []byte) error {
 	if !ok {
 		return ErrNoRecoveryKey
 	}
-	rk, _ := allocSecret(pageSize)
-	defer freeSecret(rk)
-	if err := ParseRecoveryKey(rk[:RecoveryKeySize], text); err != nil {
+	rk := getSecretPage()
+	defer putSecretPage(rk)
+	if err := ParseRecoveryKey(rk.b[:RecoveryKeySize], text); err != nil {
 		return err
 	}
-	a, err := recoveryKEK(rk[:RecoveryKeySize], s.salt)
+	a, err := recoveryKEK(rk.b[:RecoveryKeySize], s.salt)
 	if err != nil {
 		return err
 	}
+	defer a.close()
 	return v.open(dst, a, s, ErrInvalidRecoveryKey)
 }
 
@@ -432,10 +487,7 @@ func (v *Verifier) unwrapRecovery(dst []byte, text []byte) error {
 // version 2); the recovery slot sealed under rk when rk is not nil, else
 // copied from old when it has one.
 func build(mk []byte, old *Verifier, password []byte, p KDFParams, rk []byte) (*Verifier, error) {
-	id, err := deriveKeyID(mk)
-	if err != nil {
-		return nil, err
-	}
+	id := deriveKeyID(mk)
 	keepRec := rk == nil && old != nil && old.Recovery
 	b := newV2(id, rk != nil || keepRec)
 	if password != nil {
@@ -459,9 +511,9 @@ func build(mk []byte, old *Verifier, password []byte, p KDFParams, rk []byte) (*
 // withNewRecoveryKey calls fn with a fresh random recovery key and returns
 // the key's text form when fn succeeds.
 func withNewRecoveryKey(fn func(rk []byte) error) ([]byte, error) {
-	page, _ := allocSecret(pageSize)
-	defer freeSecret(page)
-	rk := page[:RecoveryKeySize]
+	page := getSecretPage()
+	defer putSecretPage(page)
+	rk := page.b[:RecoveryKeySize]
 	if _, err := rand.Read(rk); err != nil {
 		return nil, fmt.Errorf("crypto: random recovery key: %w", err)
 	}
@@ -474,7 +526,12 @@ func withNewRecoveryKey(fn func(rk []byte) error) ([]byte, error) {
 // Create makes a random master key, writes a verifier for it under password
 // at path (never replacing one: ErrVerifierExists), and sets the key. It is
 // refused while a key is set.
-func (k *Keyring) Create(path string, password []byte, p KDFParams) error {
+func (k *Keyring) Create(path string, password []byte, p KDFParams) (err error) {
+	onCleanStack(func() { err = k.create(path, password, p) })
+	return err
+}
+
+func (k *Keyring) create(path string, password []byte, p KDFParams) error {
 	k.stateMu.Lock()
 	defer k.stateMu.Unlock()
 	if k.IsSet() {
@@ -504,19 +561,24 @@ func (k *Keyring) Create(path string, password []byte, p KDFParams) error {
 // text form it returns for the caller to show once and zero. No key is set
 // anywhere.
 func CreateVerifier(path string, password []byte, p KDFParams, withRecovery bool) (recoveryKey []byte, err error) {
+	onCleanStack(func() { recoveryKey, err = createVerifier(path, password, p, withRecovery) })
+	return recoveryKey, err
+}
+
+func createVerifier(path string, password []byte, p KDFParams, withRecovery bool) (recoveryKey []byte, err error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
 	}
 	if _, err := os.Lstat(path); err == nil {
 		return nil, ErrVerifierExists
 	}
-	mk, _ := allocSecret(pageSize)
-	defer freeSecret(mk)
-	if _, err := rand.Read(mk[:KeySize]); err != nil {
+	mk := getSecretPage()
+	defer putSecretPage(mk)
+	if _, err := rand.Read(mk.b[:KeySize]); err != nil {
 		return nil, fmt.Errorf("crypto: random master key: %w", err)
 	}
 	create := func(rk []byte) error {
-		v, err := build(mk[:KeySize], nil, password, p, rk)
+		v, err := build(mk.b[:KeySize], nil, password, p, rk)
 		if err != nil {
 			return err
 		}
@@ -543,7 +605,12 @@ func (k *Keyring) UnlockRecovery(v *Verifier, recoveryKey []byte) error {
 	return k.unlockWith(func(dst []byte) error { return v.unwrapRecovery(dst, recoveryKey) })
 }
 
-func (k *Keyring) unlockWith(unwrap func(dst []byte) error) error {
+func (k *Keyring) unlockWith(unwrap func(dst []byte) error) (err error) {
+	onCleanStack(func() { err = k.unlockClean(unwrap) })
+	return err
+}
+
+func (k *Keyring) unlockClean(unwrap func(dst []byte) error) error {
 	k.stateMu.Lock()
 	defer k.stateMu.Unlock()
 	staging := k.page[stagingOff : stagingOff+KeySize]
@@ -562,21 +629,27 @@ func (k *Keyring) unlockWith(unwrap func(dst []byte) error) error {
 
 // rewrap reads the verifier at path, unwraps its master key with unwrap,
 // and replaces the file, atomically, with what remake builds from the key.
-func rewrap(path string, unwrap func(v *Verifier, mk []byte) error, remake func(v *Verifier, mk []byte) (*Verifier, error)) error {
-	v, err := ReadVerifier(path)
-	if err != nil {
-		return err
-	}
-	mk, _ := allocSecret(pageSize)
-	defer freeSecret(mk)
-	if err := unwrap(v, mk[:KeySize]); err != nil {
-		return err
-	}
-	nv, err := remake(v, mk[:KeySize])
-	if err != nil {
-		return err
-	}
-	return writeVerifier(path, nv, true)
+// It runs on a clean stack.
+func rewrap(path string, unwrap func(v *Verifier, mk []byte) error, remake func(v *Verifier, mk []byte) (*Verifier, error)) (err error) {
+	onCleanStack(func() {
+		v, e := ReadVerifier(path)
+		if e != nil {
+			err = e
+			return
+		}
+		mk := getSecretPage()
+		defer putSecretPage(mk)
+		if err = unwrap(v, mk.b[:KeySize]); err != nil {
+			return
+		}
+		nv, e := remake(v, mk.b[:KeySize])
+		if e != nil {
+			err = e
+			return
+		}
+		err = writeVerifier(path, nv, true)
+	})
+	return err
 }
 
 // ChangePassword rewraps the master key in the verifier at path under
