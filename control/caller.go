@@ -59,6 +59,10 @@ type connCallerKey struct{}
 // connContext is the http.Server's ConnContext: it only attaches a
 // resolver, so the accept loop never waits for a socket-table lookup.
 func (s *Server) connContext(ctx context.Context, c net.Conn) context.Context {
+	if wc, ok := c.(*wipeConn); ok {
+		ctx = context.WithValue(ctx, wipeConnKey{}, wc)
+		c = wc.Conn // the kernel's socket, for identify
+	}
 	return context.WithValue(ctx, connCallerKey{}, &connCaller{resolve: func() Caller { return s.identify(c) }})
 }
 

@@ -231,8 +231,10 @@ type passwordRequest interface {
 //   - the caller's backoff (429 at once while locked, without reading the
 //     body);
 //   - the body, at most maxBody, decoded into req: exactly its fields,
-//     all JSON strings of valid UTF-8, none empty (413, 400); the raw body
-//     is zeroed at once and req's secrets when passwordCall returns;
+//     all JSON strings of valid UTF-8, none empty (413, 400); what the
+//     connection read of the request is zeroed as soon as the body is read
+//     (and the connection closed after the reply: wipe.go), the raw body
+//     once decoded, and req's secrets when passwordCall returns;
 //   - fn under the KDF gate (one password check at a time, bounded
 //     waiting: 503), after the caller's backoff is checked again;
 //     fn's crypto.ErrInvalidPassword (or ErrInvalidRecoveryKey) counts as
@@ -248,6 +250,9 @@ func (s *Server) passwordCall(w http.ResponseWriter, r *http.Request, event stri
 			f.val.wipe()
 		}
 	}()
+	// Also when the body is never read (415, 429): part of it may be
+	// buffered already.
+	defer s.wipeRequest(w, r)
 	if err := requireJSONPost(r); err != nil {
 		return err
 	}
@@ -322,9 +327,11 @@ func (s *Server) handleResetPassword(w http.ResponseWriter, r *http.Request, _ h
 }
 
 // readSecrets reads and decodes a JSON body holding passwords, zeroing the
-// raw body before returning.
+// raw body before returning, and what the connection buffered of it as
+// soon as it is read (wipeRequest).
 func (s *Server) readSecrets(w http.ResponseWriter, r *http.Request, dst any, keys ...string) error {
 	body, err := readBody(w, r)
+	s.wipeRequest(w, r)
 	if err != nil {
 		return err
 	}

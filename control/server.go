@@ -149,7 +149,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // Serve serves on ln until ctx is done, then shuts down gracefully (in-flight
-// requests get a few seconds) and returns nil. It closes ln.
+// requests get a few seconds) and returns nil. It closes ln. Each
+// connection remembers what it read, so that a request carrying a
+// password can zero it (wipe.go).
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	errLog := s.log.WriterLevel(logrus.DebugLevel)
 	defer errLog.Close()
@@ -179,7 +181,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			hs.Close()
 		}
 	}()
-	err := hs.Serve(ln)
+	err := hs.Serve(wipeListener{ln})
 	if !errors.Is(err, http.ErrServerClosed) {
 		hs.Close() // the listener failed: drop the open connections too
 	}

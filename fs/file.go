@@ -110,6 +110,9 @@ func (f *cryptFile) Write(ctx context.Context, data []byte, off int64) (uint32, 
 		r.gate.RLock()
 		r.markServed(f.n)
 		m, err = st.cf.WriteAt(data, off)
+		// Else the plaintext stays in go-fuse's pooled request buffer,
+		// past any logout (docs/SECURITY.md, "In memory").
+		clear(data)
 		r.gate.RUnlock()
 	} else {
 		m, err = st.file.WriteAt(data, off)

@@ -116,6 +116,7 @@ func scanMemory(t *testing.T, pid int, needles []needle) (map[string]memCount, i
 		maxLen = max(maxLen, len(n.b))
 	}
 	counts := map[string]memCount{}
+	where := map[string]int{} // the last needle's finds, by region
 	var scanned int64
 	var skipped []string
 	const chunk = 4 << 20
@@ -144,6 +145,9 @@ func scanMemory(t *testing.T, pid int, needles []needle) (map[string]memCount, i
 				if carry >= len(nd.b) {
 					c -= bytes.Count(data[:carry], nd.b)
 				}
+				if c > 0 && nd.name == needles[len(needles)-1].name {
+					where[fmt.Sprintf("%x-%x %s %q %v", r.start, r.end, r.perms, r.name, r.flags)] += c
+				}
 				if c > 0 {
 					mc := counts[nd.name]
 					if r.locked() {
@@ -159,6 +163,13 @@ func scanMemory(t *testing.T, pid int, needles []needle) (map[string]memCount, i
 			carry = keep
 			off += uint64(m)
 		}
+	}
+	if len(where) > 0 {
+		var b strings.Builder
+		for w, c := range where {
+			fmt.Fprintf(&b, "\n  %6d in %s", c, w)
+		}
+		t.Logf("%s found in:%s", needles[len(needles)-1].name, b.String())
 	}
 	if len(skipped) > 0 {
 		t.Logf("memory scan skipped %d regions: %s", len(skipped), strings.Join(skipped, "; "))
