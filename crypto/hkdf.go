@@ -17,19 +17,22 @@ import "crypto/sha256"
 const (
 	hmacBlock = 64 // SHA-256 block size
 	hashSize  = sha256.Size
-	// hkdfScratch is the scratch hmacSHA256 needs beyond its message: the
-	// inner and outer blocks and a key hashed down to size.
-	hkdfScratch = 3*hmacBlock + 2*hashSize
+	// hmacScratch is the scratch hmacSHA256 needs beyond its message: the
+	// inner and outer pad blocks, the inner hash, the padded key.
+	hmacScratch = 3*hmacBlock + hashSize
 )
 
 // hmacSHA256 writes HMAC-SHA256(key, msg[0] || msg[1] || ...) to out
-// (hashSize bytes). scratch must hold hkdfScratch bytes plus the message;
+// (hashSize bytes). scratch must hold hmacScratch bytes plus the message;
 // it is left zeroed. out may alias the key or a message part: both are
 // copied into scratch before out is written.
 func hmacSHA256(out, key, scratch []byte, msg ...[]byte) {
 	n := 0
 	for _, m := range msg {
 		n += len(m)
+	}
+	if len(scratch) < hmacScratch+n {
+		panic("crypto: HMAC scratch too small")
 	}
 	inner := scratch[:hmacBlock+n]
 	outer := scratch[hmacBlock+n : hmacBlock+n+hmacBlock+hashSize]
@@ -66,7 +69,7 @@ func hkdfExtract(prk, salt, ikm, scratch []byte) {
 }
 
 // hkdfExpand fills out (at most 255 * hashSize bytes) with
-// HKDF-Expand(prk, info). scratch must hold hkdfScratch + 2*hashSize +
+// HKDF-Expand(prk, info). scratch must hold hmacScratch + 2*hashSize +
 // len(info) + 1 bytes; it is left zeroed.
 func hkdfExpand(out, prk, info, scratch []byte) {
 	t := scratch[:hashSize]
