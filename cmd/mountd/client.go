@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -26,6 +27,9 @@ type client struct {
 	base  string
 	http  *http.Client
 	token []byte
+	// dial opens a connection to the daemon as the transport does
+	// (checking who runs it), for callSecret.
+	dial func(ctx context.Context) (net.Conn, error)
 }
 
 // clientOpts are the flags every client command takes.
@@ -69,22 +73,22 @@ func newClient(addr, tokenFile string, d *peer.Dialer) (*client, error) {
 	c := &client{http: &http.Client{Timeout: 3 * time.Minute}}
 	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
 		c.base = "http://localhost"
-		c.http.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return d.DialContext(ctx, "unix", path)
-		}}
+		c.dial = func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "unix", path) }
 	} else {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			return nil, usageError{fmt.Errorf("--addr %q: %w", addr, err)}
 		}
 		c.base = "http://" + addr
-		c.http.Transport = &http.Transport{DialContext: d.DialContext}
+		c.dial = func(ctx context.Context) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
 	}
+	c.http.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return c.dial(ctx) }}
 	if tokenFile != "" {
 		b, err := os.ReadFile(tokenFile)
 		if err != nil {
 			return nil, err
 		}
-		c.token = bytes.TrimSpace(b)
+		c.token = secretBytes(bytes.TrimSpace(b))
+		clear(b)
 	}
 	return c, nil
 }
@@ -122,11 +126,64 @@ func (c *client) call(method, path string, body []byte) (*reply, int, error) {
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		if uerr := untrustedError(err); uerr != nil {
-			return nil, 0, uerr
-		}
-		return nil, 0, fmt.Errorf("%w at %s: %v", errUnreachable, c.base, err)
+		return nil, 0, c.sendError(err)
 	}
+	return c.reply(resp)
+}
+
+// sendError explains a request that could not be sent or answered.
+func (c *client) sendError(err error) error {
+	if uerr := untrustedError(err); uerr != nil {
+		return uerr
+	}
+	return fmt.Errorf("%w at %s: %v", errUnreachable, c.base, err)
+}
+
+// callSecret POSTs body, JSON holding a password or a recovery key, and
+// zeroes it. net/http's client would copy the body into its connection's
+// buffered writer, out of reach: the request is assembled whole in secret
+// memory (secmem.go), written on a connection of its own, and zeroed.
+func (c *client) callSecret(path string, body []byte) (*reply, int, error) {
+	defer clear(body)
+	ctx, cancel := context.WithTimeout(context.Background(), c.http.Timeout)
+	defer cancel()
+	conn, err := c.dial(ctx)
+	if err != nil {
+		return nil, 0, c.sendError(err)
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	head := fmt.Sprintf("POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n",
+		path, strings.TrimPrefix(c.base, "http://"), len(body))
+	const auth = "Authorization: Bearer "
+	n := len(head) + len("\r\n") + len(body)
+	if len(c.token) > 0 {
+		n += len(auth) + len(c.token) + len("\r\n")
+	}
+	req := secretAlloc(n)
+	defer clear(req)
+	w := copy(req, head)
+	if len(c.token) > 0 {
+		w += copy(req[w:], auth)
+		w += copy(req[w:], c.token)
+		w += copy(req[w:], "\r\n")
+	}
+	w += copy(req[w:], "\r\n")
+	copy(req[w:], body)
+	if _, err := conn.Write(req); err != nil {
+		return nil, 0, c.sendError(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		return nil, 0, c.sendError(err)
+	}
+	return c.reply(resp)
+}
+
+// reply reads and decodes resp, the daemon's answer.
+func (c *client) reply(resp *http.Response) (*reply, int, error) {
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
@@ -168,41 +225,64 @@ func isTerminal(r io.Reader) bool {
 }
 
 // jsonObject encodes {"k1": v1, ...} with byte-slice values, without
-// making strings of them.
+// making strings of them, into secret memory of exactly its size (a buffer
+// that grew would leave copies behind). The caller zeroes it.
 func jsonObject(kv ...any) []byte {
-	var b bytes.Buffer
-	b.WriteByte('{')
+	n := 2 + len(kv)/2 - 1 // braces and commas
+	for i := 0; i < len(kv); i += 2 {
+		n += jsonStringLen([]byte(kv[i].(string))) + 1 + jsonStringLen(kv[i+1].([]byte))
+	}
+	b := secretAlloc(n)[:0]
+	b = append(b, '{')
 	for i := 0; i < len(kv); i += 2 {
 		if i > 0 {
-			b.WriteByte(',')
+			b = append(b, ',')
 		}
-		writeJSONString(&b, []byte(kv[i].(string)))
-		b.WriteByte(':')
-		writeJSONString(&b, kv[i+1].([]byte))
+		b = appendJSONString(b, []byte(kv[i].(string)))
+		b = append(b, ':')
+		b = appendJSONString(b, kv[i+1].([]byte))
 	}
-	b.WriteByte('}')
-	return b.Bytes()
+	b = append(b, '}')
+	if len(b) != n {
+		panic("jsonObject: size mismatch")
+	}
+	return b
 }
 
-func writeJSONString(b *bytes.Buffer, s []byte) {
+// jsonStringLen is the length of appendJSONString's output for s.
+func jsonStringLen(s []byte) int {
+	n := 2
+	for len(s) > 0 {
+		r, k := utf8.DecodeRune(s)
+		switch {
+		case r == '"' || r == '\\':
+			n += 2
+		case r < 0x20:
+			n += 6
+		default:
+			n += k
+		}
+		s = s[k:]
+	}
+	return n
+}
+
+func appendJSONString(b, s []byte) []byte {
 	const hex = "0123456789abcdef"
-	b.WriteByte('"')
+	b = append(b, '"')
 	for len(s) > 0 {
 		r, n := utf8.DecodeRune(s)
 		switch {
 		case r == '"' || r == '\\':
-			b.WriteByte('\\')
-			b.WriteByte(byte(r))
+			b = append(b, '\\', byte(r))
 		case r < 0x20:
-			b.WriteString(`\u00`)
-			b.WriteByte(hex[r>>4])
-			b.WriteByte(hex[r&0xf])
+			b = append(b, '\\', 'u', '0', '0', hex[r>>4], hex[r&0xf])
 		default:
-			b.Write(s[:n])
+			b = append(b, s[:n]...)
 		}
 		s = s[n:]
 	}
-	b.WriteByte('"')
+	return append(b, '"')
 }
 
 var loginCmd = &command{
@@ -240,7 +320,7 @@ scripts and systemd units).`,
 				return err
 			}
 			defer clear(pw)
-			r, _, err := c.call(http.MethodPost, "/api/system/login", jsonObject("password", pw))
+			r, _, err := c.callSecret("/api/system/login", jsonObject("password", pw))
 			if err != nil {
 				return err
 			}
@@ -390,7 +470,7 @@ line (a third line repeating the new one is ignored).`,
 				return err
 			}
 			defer clear(nw)
-			r, _, err := c.call(http.MethodPost, "/api/system/change_password", jsonObject("old_password", old, "new_password", nw))
+			r, _, err := c.callSecret("/api/system/change_password", jsonObject("old_password", old, "new_password", nw))
 			if err != nil {
 				return err
 			}

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net/http"
 	"os"
 
 	"github.com/mountd/mountd/crypto"
@@ -92,7 +91,7 @@ the data is lost. (A typo in it is detected: mountd says which group is wrong.)
 
 `)
 	// Written as is: fmt would leave a copy in its pooled buffer.
-	line := append(append(make([]byte, 0, len(rk)+1), rk...), '\n')
+	line := append(append(secretAlloc(len(rk) + 1)[:0], rk...), '\n')
 	_, err := s.out.Write(line)
 	clear(line)
 	if err != nil {
@@ -262,7 +261,7 @@ func resetOnline(s stdio, co *clientOpts, so *secretOpts) error {
 	}
 	defer src.close()
 	rk, err := readRecoveryKey(s, src, func(rk []byte) error {
-		buf := make([]byte, crypto.RecoveryKeySize)
+		buf := secretAlloc(crypto.RecoveryKeySize)
 		defer clear(buf)
 		return crypto.ParseRecoveryKey(buf, rk)
 	})
@@ -275,7 +274,7 @@ func resetOnline(s stdio, co *clientOpts, so *secretOpts) error {
 		return err
 	}
 	defer clear(pw)
-	r, _, err := c.call(http.MethodPost, "/api/system/reset_password", jsonObject("recovery_key", rk, "new_password", pw))
+	r, _, err := c.callSecret("/api/system/reset_password", jsonObject("recovery_key", rk, "new_password", pw))
 	if err != nil {
 		return err
 	}

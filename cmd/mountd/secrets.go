@@ -9,7 +9,6 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
-	"golang.org/x/term"
 )
 
 // Secrets in: every command that takes a password or a recovery key reads
@@ -21,8 +20,9 @@ import (
 //   - a prompt on stderr, reading the terminal without echo.
 //
 // A secret is at most maxSecret bytes (a line longer than that is an
-// error, never cut), is never turned into a string, and is zeroed by the
-// caller after use; the source's buffer is zeroed by close.
+// error, never cut), is never turned into a string, lives in locked
+// memory (secmem.go), and is zeroed by the caller after use; the source's
+// buffer is zeroed by close.
 
 // maxSecret is the longest password or recovery key accepted: what fits in
 // the control API's 64 KiB request body with its JSON around it.
@@ -68,7 +68,7 @@ func openSecrets(s stdio, o *secretOpts) (*secretSource, error) {
 	default:
 		src.r, src.name = s.in, "stdin"
 	}
-	src.buf = make([]byte, maxSecret+2) // a line, "\r\n" included
+	src.buf = secretAlloc(maxSecret + 2) // a line, "\r\n" included
 	return src, nil
 }
 
@@ -110,12 +110,8 @@ func (src *secretSource) next(prompt string) ([]byte, error) {
 	var err error
 	if src.tty != nil {
 		fmt.Fprint(src.prompt, prompt)
-		b, err = term.ReadPassword(int(src.tty.Fd()))
+		b, err = readNoEcho(src.tty, maxSecret)
 		fmt.Fprintln(src.prompt)
-		if err == nil && len(b) > maxSecret {
-			clear(b)
-			b, err = nil, errSecretTooLong
-		}
 	} else {
 		b, err = src.line()
 	}
@@ -190,14 +186,15 @@ func (src *secretSource) line() ([]byte, error) {
 	}
 }
 
-// take copies a line out of the buffer, zeroing it there.
+// take copies a line out of the buffer into secret memory, zeroing it
+// there.
 func (src *secretSource) take(l []byte) ([]byte, error) {
 	defer clear(l)
 	l = bytes.TrimSuffix(l, []byte{'\r'})
 	if len(l) > maxSecret {
 		return nil, fmt.Errorf("%s: %w", src.name, errSecretTooLong)
 	}
-	return bytes.Clone(l), nil
+	return secretBytes(l), nil
 }
 
 // close zeroes the buffer and closes the password file.
