@@ -274,10 +274,17 @@ func (c *Conversion) writeCopy(ctx context.Context, src int, o PrepareOptions) e
 		return err
 	}
 	bp := chunkPool.Get().(*[]byte)
-	defer chunkPool.Put(bp)
 	buf, vbuf := (*bp)[:convertChunk], (*bp)[convertChunk:]
 	sx := &c.sx
 	size := int64(sx.Size)
+	defer func() {
+		// Both halves held the file's plaintext: zero what was used before
+		// the buffer goes back to the pool.
+		used := min(size, convertChunk)
+		clear(buf[:used])
+		clear(vbuf[:used])
+		chunkPool.Put(bp)
+	}()
 
 	// Copy.
 	for off := int64(0); off < size; {

@@ -33,7 +33,8 @@ import (
 // the logout listener discards every prefetch and zeroes its buffer
 // (clearPrefetches) before the key is zeroed. A buffer whose bytes were
 // already served and are being sent to the kernel is zeroed when go-fuse
-// reports the send done (prefetchResult.Done). A prefetch still running at
+// reports the send done (prefetchResult.Done); one whose read failed
+// part-way is zeroed whole at once. A prefetch still running at
 // logout fails with ErrLocked, or finishes before the listener, which
 // waits for it.
 
@@ -116,6 +117,12 @@ func (r *Root) startPrefetch(st *inodeState, off int64, n int) bool {
 			defer close(pf.done)
 			st.readAhead(cf.Header(), pf.off)
 			m, err := cf.ReadAt(pf.buf[:pf.n], pf.off)
+			if err != nil && !errors.Is(err, io.EOF) {
+				// A read that failed part-way reports no bytes but may
+				// have decrypted some: put zeroes only the first m.
+				clear(pf.buf[:pf.n])
+				m = 0
+			}
 			pf.m, pf.err = max(m, 0), err
 		}()
 		off += int64(n)

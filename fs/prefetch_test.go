@@ -141,6 +141,23 @@ func TestPrefetchTampered(t *testing.T) {
 	if len(e.warnings()) == 0 {
 		t.Fatal("the authentication failure was not logged")
 	}
+	// The prefetch that hit the bad block had decrypted the blocks before
+	// it into its buffer; it reported no bytes, and its buffer came back
+	// zeroed all the same.
+	r := e.root
+	r.clearPrefetches()
+	waitFor(t, 2*time.Second, "every prefetch buffer back", func() bool {
+		r.pf.mu.Lock()
+		defer r.pf.mu.Unlock()
+		return len(r.pf.free) == r.pf.made
+	})
+	r.pf.mu.Lock()
+	defer r.pf.mu.Unlock()
+	for _, buf := range r.pf.free {
+		if !bytes.Equal(buf, make([]byte, len(buf))) {
+			t.Fatal("a prefetch buffer holds plaintext after a failed prefetch")
+		}
+	}
 }
 
 // TestPrefetchLogout: after a logout, no prefetch is left and every
