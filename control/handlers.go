@@ -331,7 +331,9 @@ func (s *Server) handleResetPassword(w http.ResponseWriter, r *http.Request, _ h
 // soon as it is read (wipeRequest).
 func (s *Server) readSecrets(w http.ResponseWriter, r *http.Request, dst any, keys ...string) error {
 	body, err := readBody(w, r)
-	s.wipeRequest(w, r)
+	// After decoding: a body larger than net/http's buffer is read
+	// straight into body, which the connection then remembers and zeroes.
+	defer s.wipeRequest(w, r)
 	if err != nil {
 		return err
 	}
