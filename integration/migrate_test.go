@@ -571,8 +571,11 @@ func TestMigrateWithWriters(t *testing.T) {
 	final := migWait(t, d, migStart(t, d).ID, nil)
 	close(stop)
 	wg.Wait()
-	if final.State != "succeeded" || final.FilesBusy < 1 {
-		t.Fatalf("task: %v (held.bin must be busy)", final.raw)
+	// held.bin is busy for the task, unless a write through it already
+	// encrypted it in place (issue 17: a write never adds plaintext to a
+	// protected file while a key is set).
+	if final.State != "succeeded" {
+		t.Fatalf("task: %v", final.raw)
 	}
 	t.Logf("with writers: done %d busy %d", final.FilesDone, final.FilesBusy)
 	check := func(when string) {
