@@ -17,6 +17,7 @@ import (
 	"sync"
 
 	"golang.org/x/crypto/argon2"
+	"golang.org/x/sys/unix"
 )
 
 // Verifier file layouts (docs/FORMAT.md, section 3).
@@ -248,7 +249,7 @@ func parseV2(b []byte) (*Verifier, error) {
 // ReadVerifier reads and validates the verifier at path. A missing file
 // gives an error wrapping both ErrNoVerifier and fs.ErrNotExist.
 func ReadVerifier(path string) (*Verifier, error) {
-	f, err := os.Open(path)
+	f, err := openVerifierFile(path)
 	if err != nil {
 		if errors.Is(err, iofs.ErrNotExist) {
 			return nil, fmt.Errorf("%w: %w", ErrNoVerifier, err)
@@ -699,25 +700,29 @@ func SetRecoveryKey(path string, password []byte) ([]byte, error) {
 
 // writeVerifier writes v to path atomically: an exclusive 0600 temp file,
 // fsync, then link (no overwrite) or rename (replace), then fsync of the
-// directory. The directory is created 0700.
+// directory. The directory is created 0700. The directory (auth/) and the
+// files in it are reached without following symlinks (openVerifierDir).
 func writeVerifier(path string, v *Verifier, replace bool) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	dir, name, err := openVerifierDir(path, true)
+	if err != nil {
 		return err
 	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return err
+	defer dir.Close()
+	dfd := int(dir.Fd())
+	if err := unix.Fchmod(dfd, 0o700); err != nil {
+		return &iofs.PathError{Op: "chmod", Path: dir.Name(), Err: err}
 	}
 	var rnd [8]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return err
 	}
-	tmp := filepath.Join(dir, VerifierTempPrefix+hex.EncodeToString(rnd[:]))
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	tmp := VerifierTempPrefix + hex.EncodeToString(rnd[:])
+	fd, err := unix.Openat(dfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		return err
+		return &iofs.PathError{Op: "open", Path: filepath.Join(dir.Name(), tmp), Err: err}
 	}
-	defer os.Remove(tmp)
+	f := os.NewFile(uintptr(fd), filepath.Join(dir.Name(), tmp))
+	defer func() { _ = unix.Unlinkat(dfd, tmp, 0) }()
 	_, err = f.Write(v.raw)
 	if err == nil {
 		err = f.Sync()
@@ -729,23 +734,58 @@ func writeVerifier(path string, v *Verifier, replace bool) error {
 		return err
 	}
 	if replace {
-		err = os.Rename(tmp, path)
-	} else if err = os.Link(tmp, path); errors.Is(err, iofs.ErrExist) {
+		err = unix.Renameat(dfd, tmp, dfd, name)
+	} else if err = unix.Linkat(dfd, tmp, dfd, name, 0); err == unix.EEXIST {
 		return ErrVerifierExists
 	}
 	if err != nil {
-		return err
+		return &iofs.PathError{Op: "rename", Path: path, Err: err}
 	}
-	return syncDir(dir)
+	return dir.Sync()
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
+// openVerifierDir opens the directory of the verifier at path (auth/ of a
+// data directory), creating it (0700) if create, and returns it with the
+// verifier's name in it. The data directory is opened as given; auth/ is
+// opened from it without following a symlink, so whoever may write the
+// data directory cannot send the verifier, its temp files or their
+// removal elsewhere by swapping auth/ for a link.
+func openVerifierDir(path string, create bool) (dir *os.File, name string, err error) {
+	authPath := filepath.Dir(path)
+	data, base := filepath.Dir(authPath), filepath.Base(authPath)
+	dfd, err := unix.Open(data, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return err
+		return nil, "", &iofs.PathError{Op: "open", Path: data, Err: err}
 	}
-	defer d.Close()
-	return d.Sync()
+	defer unix.Close(dfd)
+	if create {
+		if err := unix.Mkdirat(dfd, base, 0o700); err != nil && err != unix.EEXIST {
+			return nil, "", &iofs.PathError{Op: "mkdir", Path: authPath, Err: err}
+		}
+	}
+	fd, err := unix.Openat(dfd, base, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if err == unix.ELOOP || err == unix.ENOTDIR {
+			return nil, "", fmt.Errorf("%s is not a directory (a symlink?): refused: %w", authPath, err)
+		}
+		return nil, "", &iofs.PathError{Op: "open", Path: authPath, Err: err}
+	}
+	return os.NewFile(uintptr(fd), authPath), filepath.Base(path), nil
+}
+
+// openVerifierFile opens the verifier at path for reading, not following
+// a symlink at auth/ or at the file itself.
+func openVerifierFile(path string) (*os.File, error) {
+	dir, name, err := openVerifierDir(path, false)
+	if err != nil {
+		return nil, err
+	}
+	defer dir.Close()
+	fd, err := unix.Openat(int(dir.Fd()), name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &iofs.PathError{Op: "open", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), nil
 }
 
 // VerifierTempPrefix starts the names of the temp files the verifier is
@@ -756,19 +796,23 @@ const VerifierTempPrefix = ".verifier.tmp-"
 // directory (dir is the data directory). Call it only at start-up, before
 // anything can be writing a verifier. It returns the names it removed.
 func RemoveStaleTemps(dataDir string) ([]string, error) {
-	dir := filepath.Join(dataDir, VerifierDir)
-	entries, err := os.ReadDir(dir)
+	dir, _, err := openVerifierDir(VerifierPath(dataDir), false)
 	if errors.Is(err, iofs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
+	defer dir.Close()
+	entries, err := dir.ReadDir(-1)
+	if err != nil {
+		return nil, err
+	}
 	var removed []string
 	for _, e := range entries {
 		if e.Type().IsRegular() && strings.HasPrefix(e.Name(), VerifierTempPrefix) {
-			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, iofs.ErrNotExist) {
-				return removed, err
+			if err := unix.Unlinkat(int(dir.Fd()), e.Name(), 0); err != nil && err != unix.ENOENT {
+				return removed, &iofs.PathError{Op: "remove", Path: filepath.Join(dir.Name(), e.Name()), Err: err}
 			}
 			removed = append(removed, filepath.Join(VerifierDir, e.Name()))
 		}

@@ -7,7 +7,9 @@ import (
 	iofs "io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -552,5 +554,64 @@ func TestSetRecoveryKey(t *testing.T) {
 	}
 	if !unlocks(t, path, string(rk2), true) || !unlocks(t, path, "new", false) {
 		t.Fatal("recovery slot lost in a password change")
+	}
+}
+
+// TestVerifierAuthSymlinkRefused: whoever may write the data directory
+// swaps auth/ (or the verifier in it) for a symlink: creating, reading,
+// changing the verifier and removing temp files all refuse, and nothing
+// is written, read or removed where the link points.
+func TestVerifierAuthSymlinkRefused(t *testing.T) {
+	data, elsewhere := t.TempDir(), t.TempDir()
+	// The target holds a real verifier and a file named like a temp.
+	if err := NewKeyring().Create(VerifierPath(elsewhere), []byte("pw"), testKDF); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(elsewhere, VerifierDir)
+	bait := filepath.Join(target, VerifierTempPrefix+"0011223344556677")
+	if err := os.WriteFile(bait, []byte("not ours"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.ReadFile(VerifierPath(elsewhere))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, filepath.Join(data, VerifierDir)); err != nil {
+		t.Fatal(err)
+	}
+	path := VerifierPath(data)
+	if _, err := ReadVerifier(path); err == nil || !strings.Contains(err.Error(), "symlink") {
+		t.Errorf("ReadVerifier through a symlinked auth/: %v", err)
+	}
+	if _, err := CreateVerifier(path, []byte("pw2"), testKDF, false); err == nil {
+		t.Error("CreateVerifier through a symlinked auth/ succeeded")
+	}
+	if err := ChangePassword(path, []byte("pw"), []byte("pw3"), testKDF); err == nil {
+		t.Error("ChangePassword through a symlinked auth/ succeeded")
+	}
+	if _, err := RemoveStaleTemps(data); err == nil {
+		t.Error("RemoveStaleTemps through a symlinked auth/ succeeded")
+	}
+	if _, err := os.Stat(bait); err != nil {
+		t.Errorf("the file behind the link was removed: %v", err)
+	}
+	if after, err := os.ReadFile(VerifierPath(elsewhere)); err != nil || !bytes.Equal(after, before) {
+		t.Errorf("the verifier behind the link changed (%v)", err)
+	}
+	ents, _ := os.ReadDir(target)
+	if len(ents) != 2 {
+		t.Errorf("files behind the link: %v", ents)
+	}
+
+	// A real auth/ whose verifier.bin is a symlink.
+	data2 := t.TempDir()
+	if err := os.Mkdir(filepath.Join(data2, VerifierDir), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(VerifierPath(elsewhere), VerifierPath(data2)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ReadVerifier(VerifierPath(data2)); !errors.Is(err, syscall.ELOOP) {
+		t.Errorf("ReadVerifier of a symlinked verifier.bin: %v", err)
 	}
 }
