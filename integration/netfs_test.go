@@ -197,3 +197,83 @@ func TestNetFSKill9DuringMigration(t *testing.T) {
 	migCheckAllEncrypted(t, d, tr)
 	migNoTemps(t, server)
 }
+
+// mountdOut runs mountd (runMountd) and returns its stdout and stderr
+// together, and its exit code.
+func mountdOut(t *testing.T, env []string, args ...string) (string, int) {
+	t.Helper()
+	out, errs, code := runMountd(t, env, args...)
+	return out + errs, code
+}
+
+// TestNetFSOneWriterAcrossHosts: two sshfs mounts of one export stand for
+// two hosts (MOUNTD_HOST_ID names each); flock does not cross them, the
+// lease does. A daemon on host beta is refused, naming alpha, while
+// alpha's daemon runs, and starts once it stops; beta killed (its host
+// "down") keeps alpha out until the lease is broken, which break-lease
+// refuses while the lease is live unless forced; a daemon whose lease is
+// broken stops: clears the key, unmounts, exits.
+func TestNetFSOneWriterAcrossHosts(t *testing.T) {
+	b := newNetBed(t)
+	m1, m2 := b.mount(), b.mount()
+	alpha, beta := b.daemon(m1, "--lease-ttl", "3s"), b.daemon(m2)
+	alpha.env = []string{"MOUNTD_HOST_ID=alpha"}
+	beta.env = []string{"MOUNTD_HOST_ID=beta"}
+	serveArgs := func(d *daemon) []string {
+		return append([]string{"--data", d.data, "--create", "--mount", d.mnt, "--listen", d.addr}, d.extraFlags...)
+	}
+
+	alpha.start()
+	alpha.mustLogin(password)
+	if err := os.WriteFile(filepath.Join(alpha.mnt, "a.bin"), []byte("from alpha"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, code := mountdOut(t, beta.env, serveArgs(beta)...)
+	if code != 6 || !strings.Contains(out, "on host alpha") || !strings.Contains(out, alpha.mnt) {
+		t.Fatalf("beta while alpha serves: exit %d, want 6 naming alpha:\n%s", code, out)
+	}
+	if isMounted(beta.mnt) {
+		t.Fatal("the refused daemon mounted")
+	}
+	if err := alpha.stop(); err != nil {
+		t.Fatalf("alpha stop: %v", err)
+	}
+
+	beta.start()
+	beta.mustLogin(password)
+	if got, err := os.ReadFile(filepath.Join(beta.mnt, "a.bin")); err != nil || string(got) != "from alpha" {
+		t.Fatalf("beta reads a.bin: %q %v", got, err)
+	}
+	beta.kill() // beta's host goes down: its lease stays
+	out, code = mountdOut(t, alpha.env, serveArgs(alpha)...)
+	if code != 6 || !strings.Contains(out, "on host beta") || !strings.Contains(out, "lease runs until") {
+		t.Fatalf("alpha under beta's live lease: exit %d, want 6:\n%s", code, out)
+	}
+	out, code = mountdOut(t, alpha.env, "break-lease", "--data", alpha.data)
+	if code != 6 || !strings.Contains(out, "not expired") {
+		t.Fatalf("break-lease of a live lease: exit %d, want 6:\n%s", code, out)
+	}
+	if out, code = mountdOut(t, alpha.env, "break-lease", "--force", "--data", alpha.data); code != 0 ||
+		!strings.Contains(out, "host beta") {
+		t.Fatalf("break-lease --force: exit %d:\n%s", code, out)
+	}
+
+	alpha.start()
+	alpha.mustLogin(password)
+	// Someone breaks alpha's lease (wrongly believing alpha down): alpha
+	// finds out at its next renewal (within a second here) and stops.
+	if out, code = mountdOut(t, beta.env, "break-lease", "--force", "--data", beta.data); code != 0 {
+		t.Fatalf("break-lease --force of alpha's lease: exit %d:\n%s", code, out)
+	}
+	select {
+	case <-alpha.exited:
+	case <-time.After(time.Minute):
+		t.Fatal("alpha still runs a minute after its lease was broken")
+	}
+	if alpha.exitErr == nil || !strings.Contains(alpha.out.String(), "lease is lost") {
+		t.Fatalf("alpha exited with %v; log:\n%s", alpha.exitErr, alpha.out.String())
+	}
+	if isMounted(alpha.mnt) {
+		t.Fatal("alpha's mount is still there after it stopped")
+	}
+}

@@ -182,6 +182,7 @@ var commands = map[string]*command{
 	"info":             infoCmd,
 	"fsck":             fsckCmd,
 	"export":           exportCmd,
+	"break-lease":      breakLeaseCmd,
 }
 
 // help lists the commands, so it joins the map at init (a reference in the

@@ -66,6 +66,7 @@ type serveConfig struct {
 	dataSet             bool // --data was given
 	kdf                 crypto.KDFParams
 	lock                lockConfig // --lock-* (autolock.go)
+	leaseTTL            time.Duration
 
 	kdfTime, kdfMiB, kdfThreads uint
 }
@@ -102,6 +103,7 @@ func serveFlags(f *flag.FlagSet) *serveConfig {
 	f.UintVar(&c.kdfTime, "kdf-time", uint(crypto.DefaultKDFParams.Time), "Argon2id passes for a new password (first login, passwd)")
 	f.UintVar(&c.kdfMiB, "kdf-memory", uint(crypto.DefaultKDFParams.MemoryKiB/1024), "Argon2id memory in `MiB` for a new password")
 	f.UintVar(&c.kdfThreads, "kdf-threads", uint(crypto.DefaultKDFParams.Threads), "Argon2id parallelism for a new password")
+	f.DurationVar(&c.leaseTTL, "lease-ttl", datadir.DefaultLeaseTTL, "how long the data directory's lease (auth/lease: one daemon across hosts) lasts unless renewed; it is renewed every third of it, and a daemon that cannot renew it in time stops")
 	c.lock.flags(f)
 	return c
 }
@@ -127,6 +129,9 @@ func (c *serveConfig) validate() error {
 	}
 	if err := c.lock.validate(); err != nil {
 		return err
+	}
+	if c.leaseTTL < 3*time.Second || c.leaseTTL > 24*time.Hour {
+		return usageError{fmt.Errorf("--lease-ttl %v: want between 3s and 24h", c.leaseTTL)}
 	}
 	if c.logFormat != "text" && c.logFormat != "json" {
 		return usageError{fmt.Errorf("--log-format %q: want text or json", c.logFormat)}
@@ -292,7 +297,10 @@ func serve(c *serveConfig, s stdio) error {
 	}
 	// One process per data directory: the offline commands take the same
 	// lock and refuse while the daemon holds it.
-	lock, err := datadir.Acquire(c.data, datadir.Holder{Command: "serve", Mount: mnt, Listen: c.listen})
+	// The lease (auth/lease) extends that across hosts sharing a network
+	// filesystem; losing it stops the daemon (below).
+	lock, err := datadir.AcquireWith(c.data, datadir.Holder{Command: "serve", Mount: mnt, Listen: c.listen},
+		datadir.LeaseOptions{TTL: c.leaseTTL})
 	if err != nil {
 		return err
 	}
@@ -373,6 +381,19 @@ func serve(c *serveConfig, s stdio) error {
 	case err = <-serveErr:
 		log.WithError(err).Error("control plane stopped")
 		_ = notify.send("STOPPING=1", "STATUS=stopping: the control plane failed")
+	case <-lock.Lost():
+		// Someone broke the lease (mountd break-lease on another host)
+		// or it could not be renewed in time: another daemon may be
+		// writing the data directory now. Stop writing at once: the key
+		// goes first, then the mount.
+		kr.Clear()
+		err = lock.Err()
+		log.WithError(err).Error("the data directory's lease is lost: clearing the key and unmounting")
+		_ = notify.send("STOPPING=1", "STATUS=stopping: the data directory's lease is lost")
+		cancel()
+		if serr := <-serveErr; serr != nil {
+			log.WithError(serr).Debug("control plane stopped")
+		}
 	case <-d.unmounted:
 		err = errors.New("the filesystem was unmounted from outside")
 		_ = notify.send("STOPPING=1", "STATUS=stopping: the filesystem was unmounted from outside")

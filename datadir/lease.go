@@ -1,0 +1,393 @@
+package datadir
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The lease: one writer per data directory across hosts.
+//
+// flock(2) on auth/lock keeps a second process of this machine out, but
+// it does not reach across a network filesystem (sshfs: each mount has
+// its own locks; NFS and CephFS: it depends on the client and the
+// server). So the holder also takes auth/lease, a small JSON record (its
+// Holder, a random token, an expiry), and renews it while it runs:
+//
+//   - Taking: write the record to a new exclusive temp file
+//     auth/.lease.tmp-<token>, fsync it, and link(2) it to auth/lease. link
+//     never replaces a name, on NFS too (where O_EXCL was long unreliable);
+//     an EEXIST after which the temp file has two links means an NFS
+//     retransmission of a link that was done: ours.
+//   - A lease already there is another holder's. It is taken over at once
+//     only when it is provably dead: same machine (boot id) and pid
+//     namespace, and its pid is gone; or same host name with another boot
+//     id (the machine rebooted). Otherwise Acquire refuses, naming the
+//     holder and its expiry; an expired lease of another machine is broken
+//     by hand (BreakLease: mountd break-lease), since only a human can know
+//     that the other host is down and not merely cut off.
+//   - Renewing: every TTL/3, a new record with a later expiry goes to a temp
+//     file and is renamed over auth/lease after checking that the lease
+//     there is still ours (its token). A lease found gone or someone else's
+//     (broken by hand), or not renewed in time (the network went away), is
+//     lost: Lost() is closed, and the holder must stop writing at once (the
+//     daemon clears the key, unmounts and exits).
+//   - Releasing: remove auth/lease if it is still ours.
+
+// LeaseName is the lease's name inside the auth/ directory.
+const LeaseName = "lease"
+
+// DefaultLeaseTTL is how long a lease lasts without renewal.
+const DefaultLeaseTTL = 60 * time.Second
+
+const leaseTmpPrefix = ".lease.tmp-"
+
+// ErrLeaseLost: the lease of a held data directory was broken or could
+// not be renewed in time; stop writing.
+var ErrLeaseLost = errors.New("datadir: lease lost")
+
+// LeaseOptions tune the lease (tests).
+type LeaseOptions struct {
+	TTL time.Duration // DefaultLeaseTTL if zero
+	// NoRenew: do not renew in the background (tests call renew).
+	NoRenew bool
+	// Now is the clock (time.Now if nil).
+	Now func() time.Time
+}
+
+// leaseRecord is the content of auth/lease.
+type leaseRecord struct {
+	Holder
+	Token   string    `json:"token"`
+	Expires time.Time `json:"expires"`
+}
+
+// Identity is this machine as leases name it: the host name, the kernel's
+// boot id and the pid namespace. MOUNTD_HOST_ID, if set (tests: two
+// "hosts" on one machine), replaces all three.
+func Identity() (host, bootID, pidNS string) {
+	if id := os.Getenv("MOUNTD_HOST_ID"); id != "" {
+		return id, id, id
+	}
+	host, _ = os.Hostname()
+	if b, err := os.ReadFile("/proc/sys/kernel/random/boot_id"); err == nil {
+		bootID = strings.TrimSpace(string(b))
+	}
+	pidNS, _ = os.Readlink("/proc/self/ns/pid")
+	return host, bootID, pidNS
+}
+
+// lease is a held lease.
+type lease struct {
+	auth int // auth/ (the Lock's descriptor)
+	dir  string
+	o    LeaseOptions
+	rec  leaseRecord
+
+	mu      sync.Mutex
+	lostErr error
+	lost    chan struct{}
+	stop    chan struct{}
+	stopped chan struct{}
+}
+
+func (o *LeaseOptions) now() time.Time {
+	if o.Now != nil {
+		return o.Now()
+	}
+	return time.Now()
+}
+
+func (o *LeaseOptions) ttl() time.Duration {
+	if o.TTL > 0 {
+		return o.TTL
+	}
+	return DefaultLeaseTTL
+}
+
+func newToken() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// takeLease takes auth/lease for h, or refuses with a *HeldError.
+func takeLease(auth int, dir string, h Holder, o LeaseOptions) (*lease, error) {
+	l := &lease{auth: auth, dir: dir, o: o, lost: make(chan struct{})}
+	l.rec = leaseRecord{Holder: h, Token: newToken()}
+	for range 5 {
+		l.rec.Expires = o.now().Add(o.ttl()).UTC()
+		ok, err := l.link()
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			if !o.NoRenew {
+				l.stop, l.stopped = make(chan struct{}), make(chan struct{})
+				go l.renewLoop()
+			}
+			return l, nil
+		}
+		raw, err := readAt(auth, LeaseName)
+		if err == unix.ENOENT {
+			continue // released meanwhile: try again
+		}
+		if err != nil {
+			return nil, fmt.Errorf("datadir: read lease: %w", err)
+		}
+		var other leaseRecord
+		if json.Unmarshal(raw, &other) != nil || other.Token == "" {
+			return nil, &HeldError{Dir: dir, Now: o.now()}
+		}
+		if !provablyDead(&other.Holder, &h) {
+			return nil, &HeldError{Dir: dir, Holder: other.Holder, Expires: other.Expires, Now: o.now()}
+		}
+		if err := breakLease(auth, raw); err != nil {
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("datadir: cannot take the lease of %s: it keeps changing", dir)
+}
+
+// provablyDead reports whether the holder other of a lease is certainly
+// gone, judged by us (h).
+func provablyDead(other, h *Holder) bool {
+	if other.Host != h.Host || other.BootID == "" || h.BootID == "" {
+		return false
+	}
+	if other.BootID != h.BootID {
+		return true // the same host, rebooted
+	}
+	if other.PIDNS != h.PIDNS || other.PID <= 0 || other.PID == h.PID {
+		return false
+	}
+	return unix.Kill(other.PID, 0) == unix.ESRCH
+}
+
+// link writes the record to a temp file and links it to auth/lease.
+// ok is false when a lease is there.
+func (l *lease) link() (ok bool, err error) {
+	tmp, err := l.writeTmp()
+	if err != nil {
+		return false, err
+	}
+	defer func() { _ = unix.Unlinkat(l.auth, tmp, 0) }()
+	err = unix.Linkat(l.auth, tmp, l.auth, LeaseName, 0)
+	if err == unix.EEXIST {
+		var st unix.Stat_t
+		if unix.Fstatat(l.auth, tmp, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Nlink == 2 {
+			err = nil // a retransmitted link that was done
+		}
+	}
+	switch err {
+	case nil:
+		return true, unix.Fsync(l.auth)
+	case unix.EEXIST:
+		return false, nil
+	}
+	return false, fmt.Errorf("datadir: take lease: %w", err)
+}
+
+// writeTmp writes the record to a new exclusive temp file in auth/, made
+// durable, and returns its name.
+func (l *lease) writeTmp() (string, error) {
+	b, _ := json.Marshal(&l.rec)
+	name := leaseTmpPrefix + newToken()
+	fd, err := unix.Openat(l.auth, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return "", fmt.Errorf("datadir: lease: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), name)
+	_, err = f.Write(append(b, '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = unix.Unlinkat(l.auth, name, 0)
+		return "", fmt.Errorf("datadir: lease: %w", err)
+	}
+	return name, nil
+}
+
+// breakLease removes the lease whose content is seen, and only that one:
+// it is renamed aside (only one of several breakers succeeds), compared,
+// and put back if it was another.
+func breakLease(auth int, seen []byte) error {
+	aside := leaseTmpPrefix + "broken-" + newToken()
+	if err := unix.Renameat(auth, LeaseName, auth, aside); err != nil {
+		if err == unix.ENOENT {
+			return nil
+		}
+		return fmt.Errorf("datadir: break lease: %w", err)
+	}
+	got, err := readAt(auth, aside)
+	if err == nil && !bytes.Equal(got, seen) {
+		// A new lease, taken meanwhile: give it back.
+		if err := unix.Linkat(auth, aside, auth, LeaseName, 0); err != nil && err != unix.EEXIST {
+			return fmt.Errorf("datadir: break lease: cannot put back a lease taken meanwhile: %w", err)
+		}
+	}
+	_ = unix.Unlinkat(auth, aside, 0)
+	return unix.Fsync(auth)
+}
+
+// renewLoop renews the lease every TTL/3 until released or lost.
+func (l *lease) renewLoop() {
+	defer close(l.stopped)
+	tick := time.NewTicker(l.o.ttl() / 3)
+	defer tick.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-tick.C:
+			if err := l.renew(); errors.Is(err, ErrLeaseLost) {
+				return
+			}
+		}
+	}
+}
+
+// renew extends the lease if it is still ours. An error wrapping
+// ErrLeaseLost means it was lost (and Lost is closed); another error is a
+// failed attempt (the next one may succeed before the expiry).
+func (l *lease) renew() error {
+	if err := l.Err(); err != nil {
+		return err
+	}
+	now := l.o.now()
+	expired := !now.Before(l.rec.Expires)
+	if expired {
+		return l.setLost(fmt.Errorf("%w: not renewed before it expired at %s", ErrLeaseLost, l.rec.Expires.Format(time.RFC3339)))
+	}
+	raw, err := readAt(l.auth, LeaseName)
+	if err == unix.ENOENT {
+		return l.setLost(fmt.Errorf("%w: auth/lease was removed (broken by hand?)", ErrLeaseLost))
+	}
+	if err != nil {
+		return fmt.Errorf("datadir: renew lease: %w", err)
+	}
+	var cur leaseRecord
+	if json.Unmarshal(raw, &cur) != nil || cur.Token != l.rec.Token {
+		return l.setLost(fmt.Errorf("%w: auth/lease now belongs to pid %d on host %s", ErrLeaseLost, cur.PID, cur.Host))
+	}
+	next := l.rec
+	next.Expires = now.Add(l.o.ttl()).UTC()
+	old := l.rec
+	l.rec = next
+	tmp, err := l.writeTmp()
+	if err == nil {
+		if err = unix.Renameat(l.auth, tmp, l.auth, LeaseName); err != nil {
+			_ = unix.Unlinkat(l.auth, tmp, 0)
+		}
+	}
+	if err != nil {
+		l.rec = old
+		return fmt.Errorf("datadir: renew lease: %w", err)
+	}
+	return nil
+}
+
+func (l *lease) setLost(err error) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.lostErr == nil {
+		l.lostErr = err
+		close(l.lost)
+	}
+	return l.lostErr
+}
+
+// Err is why the lease was lost, or nil.
+func (l *lease) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lostErr
+}
+
+// release stops the renewal and removes the lease if it is still ours.
+func (l *lease) release() error {
+	if l == nil {
+		return nil
+	}
+	if l.stop != nil {
+		close(l.stop)
+		<-l.stopped
+		l.stop = nil
+	}
+	if l.Err() != nil {
+		return nil
+	}
+	raw, err := readAt(l.auth, LeaseName)
+	if err != nil {
+		return nil
+	}
+	var cur leaseRecord
+	if json.Unmarshal(raw, &cur) != nil || cur.Token != l.rec.Token {
+		return nil
+	}
+	if err := unix.Unlinkat(l.auth, LeaseName, 0); err != nil {
+		return fmt.Errorf("datadir: release lease: %w", err)
+	}
+	return unix.Fsync(l.auth)
+}
+
+// Lost is closed when the lease is lost (broken by hand, or not renewed
+// in time): the holder must stop writing to the data directory at once.
+// Err then says why.
+func (l *Lock) Lost() <-chan struct{} { return l.lease.lost }
+
+// Err is why the lease was lost (wrapping ErrLeaseLost), or nil.
+func (l *Lock) Err() error { return l.lease.Err() }
+
+// LeaseInfo describes the lease of a data directory, for BreakLease and
+// its caller.
+type LeaseInfo struct {
+	Holder  Holder
+	Expires time.Time
+}
+
+// ErrLeaseLive: BreakLease refused to break a lease that has not expired.
+var ErrLeaseLive = errors.New("the lease has not expired")
+
+// BreakLease removes the lease of dataDir, so that another host may take
+// the data directory: a lease whose holder stopped renewing it (its host
+// died, or lost the network). A lease that has not expired is broken only
+// with force (its holder, if alive, stops writing at its next renewal,
+// within a third of its TTL). It reports the lease it broke; found is false
+// when there was none. It does not take the flock: a holder on this
+// machine is not affected by its lease being broken until it renews.
+func BreakLease(dataDir string, force bool, now time.Time) (info LeaseInfo, found bool, err error) {
+	auth, err := openAuth(dataDir, false)
+	if err != nil {
+		return info, false, err
+	}
+	defer unix.Close(auth)
+	raw, err := readAt(auth, LeaseName)
+	if err == unix.ENOENT {
+		return info, false, nil
+	}
+	if err != nil {
+		return info, false, fmt.Errorf("datadir: read lease: %w", err)
+	}
+	var rec leaseRecord
+	if json.Unmarshal(raw, &rec) == nil {
+		info = LeaseInfo{Holder: rec.Holder, Expires: rec.Expires}
+	}
+	if !force && !info.Expires.IsZero() && now.Before(info.Expires) {
+		return info, true, ErrLeaseLive
+	}
+	return info, true, breakLease(auth, raw)
+}
