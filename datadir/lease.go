@@ -62,6 +62,10 @@ type LeaseOptions struct {
 	NoRenew bool
 	// Now is the clock (time.Now if nil).
 	Now func() time.Time
+	// CheckOnly: a process that only reads the data directory (fsck,
+	// export, info) takes no lease and writes nothing in auth/; it only
+	// refuses while another holder's lease is there and not provably dead.
+	CheckOnly bool
 }
 
 // leaseRecord is the content of auth/lease.
@@ -124,6 +128,9 @@ func newToken() string {
 func takeLease(auth int, dir string, h Holder, o LeaseOptions) (*lease, error) {
 	l := &lease{auth: auth, dir: dir, o: o, lost: make(chan struct{})}
 	l.rec = leaseRecord{Holder: h, Token: newToken()}
+	if o.CheckOnly {
+		return l, l.check()
+	}
 	for range 5 {
 		l.rec.Expires = o.now().Add(o.ttl()).UTC()
 		ok, err := l.link()
@@ -156,6 +163,25 @@ func takeLease(auth int, dir string, h Holder, o LeaseOptions) (*lease, error) {
 		}
 	}
 	return nil, fmt.Errorf("datadir: cannot take the lease of %s: it keeps changing", dir)
+}
+
+// check refuses while a lease not provably dead is there.
+func (l *lease) check() error {
+	raw, err := readAt(l.auth, LeaseName)
+	if err == unix.ENOENT {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("datadir: read lease: %w", err)
+	}
+	var other leaseRecord
+	if json.Unmarshal(raw, &other) != nil || other.Token == "" {
+		return &HeldError{Dir: l.dir, Now: l.o.now()}
+	}
+	if provablyDead(&other.Holder, &l.rec.Holder) {
+		return nil
+	}
+	return &HeldError{Dir: l.dir, Holder: other.Holder, Expires: other.Expires, Now: l.o.now()}
 }
 
 // provablyDead reports whether the holder other of a lease is certainly
@@ -319,7 +345,7 @@ func (l *lease) Err() error {
 
 // release stops the renewal and removes the lease if it is still ours.
 func (l *lease) release() error {
-	if l == nil {
+	if l == nil || l.o.CheckOnly {
 		return nil
 	}
 	if l.stop != nil {

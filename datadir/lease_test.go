@@ -317,3 +317,35 @@ func TestAcquireTakesLease(t *testing.T) {
 		t.Fatalf("flock left behind by a refused Acquire: %v %v", isHeld, err)
 	}
 }
+
+// TestLeaseCheckOnly: a read-only process writes no lease and is refused
+// under another host's live lease, not under a provably dead one.
+func TestLeaseCheckOnly(t *testing.T) {
+	e := newLeaseEnv(t)
+	ro := e.opts()
+	ro.CheckOnly = true
+	l, err := takeLease(e.auth, e.dir, hostA, ro)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(e.dir, "auth", LeaseName)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a check-only lease wrote auth/lease: %v", err)
+	}
+	if err := l.release(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.take(hostB); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := takeLease(e.auth, e.dir, hostA, ro); !errors.Is(err, ErrHeld) {
+		t.Fatalf("check-only under another host's lease: %v", err)
+	}
+	rebooted := hostB
+	rebooted.BootID = "boot-b2"
+	if _, err := takeLease(e.auth, e.dir, rebooted, ro); err != nil {
+		t.Fatalf("check-only under a lease of an earlier boot: %v", err)
+	}
+	if r := e.record(); r.Host != "beta" || r.BootID != "boot-b" {
+		t.Errorf("the check changed the lease: %+v", r)
+	}
+}

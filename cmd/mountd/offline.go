@@ -126,7 +126,9 @@ func openDataDir(p, command string, mode dirMode, warn io.Writer) (*dataDir, err
 			return d, nil
 		}
 	}
-	d.lock, err = datadir.Acquire(abs, datadir.Holder{Command: command})
+	// A read-only command takes no lease (it would write auth/): it only
+	// refuses while another host's daemon holds one.
+	d.lock, err = datadir.AcquireWith(abs, datadir.Holder{Command: command}, datadir.LeaseOptions{CheckOnly: mode == readOnly})
 	switch {
 	case err == nil:
 	case errors.Is(err, datadir.ErrHeld):
