@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -73,6 +74,26 @@ type leaseRecord struct {
 	Holder
 	Token   string    `json:"token"`
 	Expires time.Time `json:"expires"`
+}
+
+// procStart is when process pid started (clock ticks since boot, from
+// /proc/PID/stat), 0 if unknown: with the boot id it tells a pid reused
+// by another process from the holder.
+func procStart(pid int) uint64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return 0
+	}
+	n, _ := strconv.ParseUint(f[19], 10, 64) // field 22: starttime
+	return n
 }
 
 // Identity is this machine as leases name it: the host name, the kernel's
@@ -196,7 +217,11 @@ func provablyDead(other, h *Holder) bool {
 	if other.PIDNS != h.PIDNS || other.PID <= 0 || other.PID == h.PID {
 		return false
 	}
-	return unix.Kill(other.PID, 0) == unix.ESRCH
+	if unix.Kill(other.PID, 0) == unix.ESRCH {
+		return true
+	}
+	// The pid lives: the holder, or another process that reused it.
+	return other.PIDStart != 0 && procStart(other.PID) != other.PIDStart
 }
 
 // link writes the record to a temp file and links it to auth/lease.

@@ -202,7 +202,9 @@ func TestLeaseSameMachine(t *testing.T) {
 	}{
 		{"dead pid", func(h Holder) Holder { h.PID = dead.Process.Pid; return h }, true},
 		{"earlier boot", func(h Holder) Holder { h.PID = live.Process.Pid; h.BootID = "another-boot"; return h }, true},
-		{"live pid", func(h Holder) Holder { h.PID = live.Process.Pid; return h }, false},
+		{"live pid", func(h Holder) Holder { h.PID = live.Process.Pid; h.PIDStart = procStart(h.PID); return h }, false},
+		{"live pid, no start time", func(h Holder) Holder { h.PID = live.Process.Pid; return h }, false},
+		{"pid reused", func(h Holder) Holder { h.PID = live.Process.Pid; h.PIDStart = procStart(h.PID) + 1; return h }, true},
 		{"other pid namespace", func(h Holder) Holder { h.PID = dead.Process.Pid; h.PIDNS = "pid:[9]"; return h }, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -49,6 +49,9 @@ type Holder struct {
 	Host   string `json:"host,omitempty"`
 	BootID string `json:"boot_id,omitempty"`
 	PIDNS  string `json:"pid_ns,omitempty"`
+	// PIDStart is when the holder's process started (clock ticks since
+	// boot), telling it from a later process with its pid.
+	PIDStart uint64 `json:"pid_start,omitempty"`
 }
 
 // HeldError is returned by Acquire when another process holds the lock.
@@ -144,6 +147,9 @@ func AcquireWith(dataDir string, h Holder, o LeaseOptions) (*Lock, error) {
 	}
 	if h.Host == "" {
 		h.Host, h.BootID, h.PIDNS = Identity()
+	}
+	if h.PIDStart == 0 && h.PID == os.Getpid() {
+		h.PIDStart = procStart(h.PID)
 	}
 	l := &Lock{f: f, auth: auth, dir: dataDir}
 	if l.lease, err = takeLease(auth, dataDir, h, o); err != nil {

@@ -216,7 +216,7 @@ func mountdOut(t *testing.T, env []string, args ...string) (string, int) {
 func TestNetFSOneWriterAcrossHosts(t *testing.T) {
 	b := newNetBed(t)
 	m1, m2 := b.mount(), b.mount()
-	alpha, beta := b.daemon(m1, "--lease-ttl", "3s"), b.daemon(m2)
+	alpha, beta := b.daemon(m1, "--lease-ttl", "15s"), b.daemon(m2)
 	alpha.env = []string{"MOUNTD_HOST_ID=alpha"}
 	beta.env = []string{"MOUNTD_HOST_ID=beta"}
 	serveArgs := func(d *daemon) []string {
@@ -261,7 +261,7 @@ func TestNetFSOneWriterAcrossHosts(t *testing.T) {
 	alpha.start()
 	alpha.mustLogin(password)
 	// Someone breaks alpha's lease (wrongly believing alpha down): alpha
-	// finds out at its next renewal (within a second here) and stops.
+	// finds out at its next renewal (within 5 s here) and stops.
 	if out, code = mountdOut(t, beta.env, "break-lease", "--force", "--data", beta.data); code != 0 {
 		t.Fatalf("break-lease --force of alpha's lease: exit %d:\n%s", code, out)
 	}
