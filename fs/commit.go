@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -71,6 +72,7 @@ type commitCaps struct {
 	forceRename bool
 	crash       func(rel string, s commitStep) bool
 	nameWait    func()
+	failUndo    bool // the exchange that gives back a file put in place fails
 }
 
 // exchangeWorks reports whether commits on device dev may exchange.
@@ -182,9 +184,20 @@ func (c *Conversion) exchange(o CommitOptions) (out Outcome, unsupported bool) {
 	var old unix.Statx_t
 	if err := statAt(dirfd, tmpName, &old); err != nil || old.Ino != c.sx.Ino {
 		// Someone put another file at base meanwhile: give it back.
-		if xerr := renameAt(dirfd, tmpName, dirfd, base, unix.RENAME_EXCHANGE); xerr != nil {
+		var xerr error = unix.EIO
+		if !c.r.conv.caps.failUndo {
+			xerr = renameAt(dirfd, tmpName, dirfd, base, unix.RENAME_EXCHANGE)
+		}
+		if xerr != nil {
 			c.tmp.Close()
 			c.tmp = nil // tmp now holds someone's file; never delete it
+			// Nor may the start-up recovery, which deletes every temp
+			// file: give it a name of its own.
+			keep := base + ".mountd-conflict-" + strings.TrimPrefix(tmpName, tempPrefix)
+			if rerr := renameAt(dirfd, tmpName, dirfd, keep, unix.RENAME_NOREPLACE); rerr == nil {
+				c.r.log.WithField(logkey.Path, filepath.Join(filepath.Dir(c.rel), keep)).
+					Warn("a file put in place of one being encrypted could not be put back: kept under this name")
+			}
 			return failed(fmt.Errorf("fs: convert: cannot undo exchange of %s: %w", base, xerr)), false
 		}
 		return failed(ErrChanged), false

@@ -319,3 +319,53 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// TestExchangeUndoFailsKeepsFile: a file put at the name in the backing
+// directory between the check and the exchange, which the exchange then
+// cannot give back, is kept under a name of its own, not left at the
+// temp name for the start-up recovery to delete.
+func TestExchangeUndoFailsKeepsFile(t *testing.T) {
+	e := newEnv(t, envOpts{allowWarn: true})
+	cc := &e.root.conv.caps
+	cc.failUndo = true
+	data, intruder := markerData(9000), []byte("put in place meanwhile")
+	mustWrite(t, e.b("x.bin"), data)
+	cc.crash = func(rel string, s commitStep) bool {
+		if s == stepChecked {
+			mustWrite(t, e.b("other"), intruder)
+			if err := os.Rename(e.b("other"), e.b("x.bin")); err != nil {
+				t.Error(err)
+			}
+		}
+		return false
+	}
+	out := e.root.encryptInPlace(context.Background(), "x.bin")
+	if out.Done() {
+		t.Fatal("the conversion succeeded over a file put in place")
+	}
+	cc.crash = nil
+	if _, err := RemoveStaleTemps(e.backing, nil); err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir(e.backing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, d := range ents {
+		if strings.HasPrefix(d.Name(), "x.bin.mountd-conflict-") {
+			got, err := os.ReadFile(e.b(d.Name()))
+			found = err == nil && bytes.Equal(got, intruder)
+		}
+	}
+	if !found {
+		t.Fatalf("the file put in place is gone after recovery: %v", ents)
+	}
+	warned := false
+	for _, en := range e.hook.AllEntries() {
+		warned = warned || strings.Contains(en.Message, "kept under this name")
+	}
+	if !warned {
+		t.Error("no warning naming the kept file")
+	}
+}
