@@ -113,7 +113,8 @@ func Identity() (host, bootID, pidNS string) {
 
 // lease is a held lease.
 type lease struct {
-	auth int // auth/ (the Lock's descriptor)
+	auth int      // auth/ (the Lock's descriptor)
+	f    *os.File // our lease file, for renewals (nil: CheckOnly)
 	dir  string
 	o    LeaseOptions
 	rec  leaseRecord
@@ -179,7 +180,7 @@ func takeLease(auth int, dir string, h Holder, o LeaseOptions) (*lease, error) {
 		if !provablyDead(&other.Holder, &h) {
 			return nil, &HeldError{Dir: dir, Holder: other.Holder, Expires: other.Expires, Now: o.now()}
 		}
-		if err := breakLease(auth, raw); err != nil {
+		if err := breakLease(auth, raw); err != nil && err != ErrLeaseChanged {
 			return nil, err
 		}
 	}
@@ -225,9 +226,10 @@ func provablyDead(other, h *Holder) bool {
 }
 
 // link writes the record to a temp file and links it to auth/lease.
-// ok is false when a lease is there.
+// ok is false when a lease is there. On success l.f is the lease, open for
+// its renewals.
 func (l *lease) link() (ok bool, err error) {
-	tmp, err := l.writeTmp()
+	tmp, f, err := l.writeTmp()
 	if err != nil {
 		return false, err
 	}
@@ -241,40 +243,65 @@ func (l *lease) link() (ok bool, err error) {
 	}
 	switch err {
 	case nil:
+		l.f = f
 		return true, unix.Fsync(l.auth)
 	case unix.EEXIST:
+		f.Close()
 		return false, nil
 	}
+	f.Close()
 	return false, fmt.Errorf("datadir: take lease: %w", err)
 }
 
-// writeTmp writes the record to a new exclusive temp file in auth/, made
-// durable, and returns its name.
-func (l *lease) writeTmp() (string, error) {
+// leasePad is the size the record is padded to (with spaces, which JSON
+// ignores), so that a renewal rewrites it in place without leaving the
+// tail of a longer one.
+const leasePad = 4096
+
+// marshal is the record as written: JSON padded with spaces.
+func (l *lease) marshal() []byte {
 	b, _ := json.Marshal(&l.rec)
+	n := max(leasePad, (len(b)+1+leasePad-1)/leasePad*leasePad)
+	out := bytes.Repeat([]byte{' '}, n)
+	copy(out, b)
+	out[n-1] = '\n'
+	return out
+}
+
+// writeTmp writes the record to a new exclusive temp file in auth/, made
+// durable, and returns its name and the file, open for writing.
+func (l *lease) writeTmp() (string, *os.File, error) {
 	name := leaseTmpPrefix + newToken()
-	fd, err := unix.Openat(l.auth, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	fd, err := unix.Openat(l.auth, name, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		return "", fmt.Errorf("datadir: lease: %w", err)
+		return "", nil, fmt.Errorf("datadir: lease: %w", err)
 	}
 	f := os.NewFile(uintptr(fd), name)
-	_, err = f.Write(append(b, '\n'))
+	_, err = f.Write(l.marshal())
 	if err == nil {
 		err = f.Sync()
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
 	if err != nil {
+		f.Close()
 		_ = unix.Unlinkat(l.auth, name, 0)
-		return "", fmt.Errorf("datadir: lease: %w", err)
+		return "", nil, fmt.Errorf("datadir: lease: %w", err)
 	}
-	return name, nil
+	return name, f, nil
 }
 
-// breakLease removes the lease whose content is seen, and only that one:
-// it is renamed aside (only one of several breakers succeeds), compared,
-// and put back if it was another.
+// tokenOf is the token of a lease's content ("" if unreadable).
+func tokenOf(raw []byte) string {
+	var r leaseRecord
+	if json.Unmarshal(raw, &r) != nil {
+		return ""
+	}
+	return r.Token
+}
+
+// breakLease removes the lease whose content is seen, and only that one
+// (renewed or not: the same token): it is renamed aside (only one of
+// several breakers succeeds), compared, and put back if it was another
+// (ErrLeaseChanged).
 func breakLease(auth int, seen []byte) error {
 	aside := leaseTmpPrefix + "broken-" + newToken()
 	if err := unix.Renameat(auth, LeaseName, auth, aside); err != nil {
@@ -284,15 +311,22 @@ func breakLease(auth int, seen []byte) error {
 		return fmt.Errorf("datadir: break lease: %w", err)
 	}
 	got, err := readAt(auth, aside)
-	if err == nil && !bytes.Equal(got, seen) {
+	if err == nil && tokenOf(got) != tokenOf(seen) {
 		// A new lease, taken meanwhile: give it back.
-		if err := unix.Linkat(auth, aside, auth, LeaseName, 0); err != nil && err != unix.EEXIST {
+		err := unix.Linkat(auth, aside, auth, LeaseName, 0)
+		_ = unix.Unlinkat(auth, aside, 0)
+		if err != nil && err != unix.EEXIST {
 			return fmt.Errorf("datadir: break lease: cannot put back a lease taken meanwhile: %w", err)
 		}
+		return ErrLeaseChanged
 	}
 	_ = unix.Unlinkat(auth, aside, 0)
 	return unix.Fsync(auth)
 }
+
+// ErrLeaseChanged: the lease to break was replaced by another meanwhile;
+// look again.
+var ErrLeaseChanged = errors.New("datadir: the lease changed hands meanwhile")
 
 // renewLoop renews the lease every TTL/3 until released or lost.
 func (l *lease) renewLoop() {
@@ -334,15 +368,19 @@ func (l *lease) renew() error {
 	if json.Unmarshal(raw, &cur) != nil || cur.Token != l.rec.Token {
 		return l.setLost(fmt.Errorf("%w: auth/lease now belongs to pid %d on host %s", ErrLeaseLost, cur.PID, cur.Host))
 	}
+	if l.f == nil {
+		return fmt.Errorf("datadir: renew lease: not open")
+	}
+	// Still ours: rewrite it in place, through the descriptor of our
+	// own lease file. Had it been broken just now, this would write to
+	// the file renamed aside, not to a new holder's.
 	next := l.rec
 	next.Expires = now.Add(l.o.ttl()).UTC()
 	old := l.rec
 	l.rec = next
-	tmp, err := l.writeTmp()
+	_, err = l.f.WriteAt(l.marshal(), 0)
 	if err == nil {
-		if err = unix.Renameat(l.auth, tmp, l.auth, LeaseName); err != nil {
-			_ = unix.Unlinkat(l.auth, tmp, 0)
-		}
+		err = l.f.Sync()
 	}
 	if err != nil {
 		l.rec = old
@@ -377,6 +415,10 @@ func (l *lease) release() error {
 		close(l.stop)
 		<-l.stopped
 		l.stop = nil
+	}
+	if l.f != nil {
+		l.f.Close()
+		l.f = nil
 	}
 	if l.Err() != nil {
 		return nil

@@ -3,6 +3,7 @@ package datadir
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -350,4 +351,62 @@ func TestLeaseCheckOnly(t *testing.T) {
 	if r := e.record(); r.Host != "beta" || r.BootID != "boot-b" {
 		t.Errorf("the check changed the lease: %+v", r)
 	}
+}
+
+// TestLeaseRenewInPlace: a renewal rewrites the lease file in place: auth/
+// itself does not change (its entries are left alone), and a break that
+// read the lease before a renewal still breaks it (the same token), while
+// one whose lease was replaced by another holder's puts that back.
+func TestLeaseRenewInPlace(t *testing.T) {
+	e := newLeaseEnv(t)
+	a, err := e.take(hostA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	authStat := func() string {
+		var x unix.Statx_t
+		if err := unix.Statx(unix.AT_FDCWD, filepath.Join(e.dir, "auth"), 0, unix.STATX_BASIC_STATS, &x); err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf("%d %d.%d %d.%d", x.Ino, x.Mtime.Sec, x.Mtime.Nsec, x.Ctime.Sec, x.Ctime.Nsec)
+	}
+	seen, err := os.ReadFile(filepath.Join(e.dir, "auth", LeaseName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := authStat()
+	e.clk.t = e.clk.t.Add(20 * time.Second)
+	if err := a.renew(); err != nil {
+		t.Fatal(err)
+	}
+	if after := authStat(); after != before {
+		t.Errorf("auth/ changed by a renewal: %s -> %s", before, after)
+	}
+	if r := e.record(); !r.Expires.Equal(e.clk.t.Add(time.Minute)) || r.Token != a.rec.Token {
+		t.Errorf("after renewal: %+v", r)
+	}
+	if err := breakLease(e.auth, seen); err != nil {
+		t.Fatalf("break with a pre-renewal read: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(e.dir, "auth", LeaseName)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("lease after the break: %v", err)
+	}
+	if err := a.renew(); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("renewal after the break: %v", err)
+	}
+	// Another holder took it since we read: the break puts it back.
+	b, err := e.take(hostB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := breakLease(e.auth, seen); !errors.Is(err, ErrLeaseChanged) {
+		t.Fatalf("break of a lease that changed hands: %v", err)
+	}
+	if r := e.record(); r.Token != b.rec.Token {
+		t.Fatalf("B's lease not put back: %+v", r)
+	}
+	if err := b.renew(); err != nil {
+		t.Fatalf("B's renewal after the refused break: %v", err)
+	}
+	e.noTemps()
 }

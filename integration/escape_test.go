@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mountd/mountd/datadir"
 )
 
 // Confinement under attack: another local user of an --allow-other mount
@@ -430,6 +432,9 @@ func snapshotDir(t *testing.T, dir string) map[string]string {
 		t.Fatal(err)
 	}
 	for _, e := range ents {
+		if filepath.Base(dir) == "auth" && e.Name() == datadir.LeaseName {
+			continue // the daemon rewrites its lease every third of its TTL
+		}
 		names = append(names, e.Name())
 	}
 	for _, n := range names {
