@@ -160,6 +160,7 @@ func takeLease(auth int, dir string, h Holder, o LeaseOptions) (*lease, error) {
 			return nil, err
 		}
 		if ok {
+			l.removeStaleTemps()
 			if !o.NoRenew {
 				l.stop, l.stopped = make(chan struct{}), make(chan struct{})
 				go l.renewLoop()
@@ -185,6 +186,29 @@ func takeLease(auth int, dir string, h Holder, o LeaseOptions) (*lease, error) {
 		}
 	}
 	return nil, fmt.Errorf("datadir: cannot take the lease of %s: it keeps changing", dir)
+}
+
+// removeStaleTemps removes lease temp files older than a TTL: left by a
+// process killed while taking or breaking a lease (younger ones may be
+// another host's, in flight).
+func (l *lease) removeStaleTemps() {
+	fd, err := unix.Openat(l.auth, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	d := os.NewFile(uintptr(fd), "auth")
+	defer d.Close()
+	names, _ := d.Readdirnames(-1)
+	cutoff := l.o.now().Add(-l.o.ttl())
+	for _, n := range names {
+		var st unix.Stat_t
+		if !strings.HasPrefix(n, leaseTmpPrefix) || unix.Fstatat(l.auth, n, &st, unix.AT_SYMLINK_NOFOLLOW) != nil {
+			continue
+		}
+		if st.Mode&unix.S_IFMT == unix.S_IFREG && time.Unix(st.Mtim.Unix()).Before(cutoff) {
+			_ = unix.Unlinkat(l.auth, n, 0)
+		}
+	}
 }
 
 // check refuses while a lease not provably dead is there.

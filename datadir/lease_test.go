@@ -410,3 +410,34 @@ func TestLeaseRenewInPlace(t *testing.T) {
 	}
 	e.noTemps()
 }
+
+// TestLeaseRemovesStaleTemps: taking the lease removes lease temp files a
+// killed process left more than a TTL ago, and leaves younger ones (another
+// host's, in flight) and other files alone.
+func TestLeaseRemovesStaleTemps(t *testing.T) {
+	e := newLeaseEnv(t)
+	auth := filepath.Join(e.dir, "auth")
+	old, young, other := leaseTmpPrefix+"old", leaseTmpPrefix+"young", "verifier.bin"
+	for _, n := range []string{old, young, other} {
+		if err := os.WriteFile(filepath.Join(auth, n), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The test clock is in 2026-01; "now" for the files is the real clock.
+	e.clk.t = time.Now()
+	long := e.clk.t.Add(-2 * time.Minute)
+	for _, n := range []string{old, other} {
+		if err := os.Chtimes(filepath.Join(auth, n), long, long); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.take(hostA); err != nil {
+		t.Fatal(err)
+	}
+	for n, want := range map[string]bool{old: false, young: true, other: true} {
+		_, err := os.Stat(filepath.Join(auth, n))
+		if got := err == nil; got != want {
+			t.Errorf("%s present %v, want %v", n, got, want)
+		}
+	}
+}
