@@ -262,6 +262,8 @@ func TestRenameCommitHoldsNames(t *testing.T) {
 	if err := <-renamed; err != nil {
 		t.Fatal(err)
 	}
+	// The file renamed in is an atomic save: it is converted in turn.
+	waitFor(t, time.Minute, "the converter to go idle", e.root.conv.idle)
 	if got := e.content("f.bin"); !bytes.Equal(got, newer) {
 		t.Errorf("f.bin holds %q, want the file renamed onto it after the commit", got[:min(len(got), 40)])
 	}
