@@ -200,20 +200,30 @@ func (s *Service) unlock(v *crypto.Verifier, password []byte) (LoginResult, erro
 // Logout clears the key. Keyring.Clear returns after the filesystem's
 // OnClear listeners have dropped cached plaintext and the key is zero.
 // Every logout goes through here: the API's and the automatic locks',
-// which say why with WithLogoutReason. A logout that cleared a key is
-// recorded, with its reason, as Status's last lock.
+// which say why with WithLogoutReason. A logout that clears a key is
+// recorded, with its reason and the time it began, as Status's last lock
+// — before the Keyring reports the key gone, so that a status showing
+// key_set false never shows the lock before it (Clear takes a while: it
+// flushes, zeroes and returns memory to the OS).
 func (s *Service) Logout(ctx context.Context) error {
 	wasSet, gen := s.keyring.IsSet(), s.keyring.Generation()
+	ev := &LockEvent{Reason: logoutReason(ctx), At: s.now().UTC()}
+	if wasSet {
+		s.recordLock(ev)
+	}
 	s.keyring.Clear()
 	// The generation moves when a login raced this call; Clear then
 	// cleared that key.
-	if wasSet || s.keyring.Generation() != gen {
-		ev := &LockEvent{Reason: logoutReason(ctx), At: s.now().UTC()}
-		s.lockMu.Lock()
-		s.lastLock = ev
-		s.lockMu.Unlock()
+	if !wasSet && s.keyring.Generation() != gen {
+		s.recordLock(ev)
 	}
 	return nil
+}
+
+func (s *Service) recordLock(ev *LockEvent) {
+	s.lockMu.Lock()
+	s.lastLock = ev
+	s.lockMu.Unlock()
 }
 
 // ChangePassword rewraps the master key under newPassword with the

@@ -600,3 +600,47 @@ func TestServiceDaemonInfo(t *testing.T) {
 		}
 	}
 }
+
+// TestServiceLastLockBeforeKeyGone: a status taken while the logout is
+// still running (from the Keyring's OnClear listeners: the key is already
+// gone, Clear has not returned) shows that logout as the last lock. It was
+// recorded after Clear returned, so a client that waited for key_set false
+// could read the lock before it (TestAutoLockIdle: "last lock: <nil>").
+func TestServiceLastLockBeforeKeyGone(t *testing.T) {
+	kr := crypto.NewKeyring()
+	t.Cleanup(kr.Clear)
+	svc, err := NewService(ServiceOptions{Keyring: kr, VerifierPath: crypto.VerifierPath(t.TempDir()), KDF: testKDF,
+		Files: &fakeFiles{}, Tasks: &fakeTasks{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	var during []Status
+	kr.OnClear(func() {
+		st, err := svc.Status(ctx, false)
+		if err != nil {
+			t.Error(err)
+		}
+		during = append(during, st)
+	})
+	for _, reason := range []string{"idle", "session_lock"} {
+		if _, err := svc.Login(ctx, []byte("pw")); err != nil {
+			t.Fatal(err)
+		}
+		during = nil
+		if err := svc.Logout(WithLogoutReason(ctx, reason)); err != nil {
+			t.Fatal(err)
+		}
+		if len(during) == 0 {
+			t.Fatal("the OnClear listener did not run")
+		}
+		for _, st := range during {
+			if st.KeySet {
+				t.Fatalf("%s: status during the listeners says the key is set", reason)
+			}
+			if st.LastLock == nil || st.LastLock.Reason != reason {
+				t.Fatalf("%s: status with the key gone shows last lock %+v", reason, st.LastLock)
+			}
+		}
+	}
+}
