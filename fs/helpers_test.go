@@ -82,17 +82,7 @@ func tempDir(t testing.TB, name string) string { return testmount.TempDir(t, "fs
 var netBacking = os.Getenv("MOUNTD_FS_TEST_BACKING")
 
 // backingDir makes a fresh backing directory, under netBacking if set.
-func backingDir(t testing.TB) string {
-	if netBacking == "" {
-		return tempDir(t, "backing")
-	}
-	d, err := os.MkdirTemp(netBacking, "backing-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	return d
-}
+func backingDir(t testing.TB) string { return testmount.BackingDir(t, "fs", netBacking) }
 
 // newEnv mounts a fresh backing directory with a verifier in auth/ and
 // the key set (unless o.loggedOut). The mount goes away in t.Cleanup,

@@ -19,25 +19,9 @@ import (
 // next login the bytes are there. The mapping lives in this process,
 // which is not the daemon, so touching it cannot deadlock the server.
 func TestLogoutFlushesDirtyMapping(t *testing.T) {
-	d := newDaemon(t)
-	d.start()
-	d.mustLogin(password)
-
 	const size = 6 * 4096
-	data := bytes.Repeat([]byte("mapped plaintext, old. "), size/23+1)[:size]
-	path := filepath.Join(d.mnt, "mapped.bin")
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, path, data, f, m := mappedEncryptedFile(t, size)
 	defer f.Close()
-	m, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatal(err)
-	}
 	defer unix.Munmap(m)
 	if !bytes.Equal(m, data) {
 		t.Fatal("mapping differs from the file")
@@ -92,24 +76,8 @@ func TestLogoutFlushesDirtyMapping(t *testing.T) {
 // of a shared mapping first too: after a restart and a login the bytes the
 // application wrote without msync are there.
 func TestShutdownFlushesDirtyMapping(t *testing.T) {
-	d := newDaemon(t)
-	d.start()
-	d.mustLogin(password)
-
 	const size = 3 * 4096
-	data := bytes.Repeat([]byte("mapped plaintext, old. "), size/23+1)[:size]
-	path := filepath.Join(d.mnt, "mapped.bin")
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, path, data, f, m := mappedEncryptedFile(t, size)
 	const text = "WRITTEN-BEFORE-SHUTDOWN"
 	copy(m[5000:], text)
 	want := append([]byte(nil), data...)
@@ -138,4 +106,29 @@ func TestShutdownFlushesDirtyMapping(t *testing.T) {
 	if err != nil || !bytes.Equal(got, want) {
 		t.Errorf("after a restart: %v; the mapped write is there: %v", err, bytes.Contains(got, []byte(text)))
 	}
+}
+
+// mappedEncryptedFile starts a daemon, logs in, writes mapped.bin (size
+// bytes of known plaintext) through its mount and maps it MAP_SHARED,
+// read-write, in this process.
+func mappedEncryptedFile(t *testing.T, size int) (d *daemon, path string, data []byte, f *os.File, m []byte) {
+	t.Helper()
+	d = newDaemon(t)
+	d.start()
+	d.mustLogin(password)
+	data = bytes.Repeat([]byte("mapped plaintext, old. "), size/23+1)[:size]
+	path = filepath.Join(d.mnt, "mapped.bin")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err = unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	return d, path, data, f, m
 }

@@ -63,17 +63,7 @@ func tempDir(t testing.TB, name string) string { return testmount.TempDir(t, "mi
 var netBacking = os.Getenv("MOUNTD_MIGRATE_TEST_BACKING")
 
 // backingDir makes a fresh backing directory, under netBacking if set.
-func backingDir(t testing.TB) string {
-	if netBacking == "" {
-		return tempDir(t, "backing")
-	}
-	d, err := os.MkdirTemp(netBacking, "backing-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	return d
-}
+func backingDir(t testing.TB) string { return testmount.BackingDir(t, "migrate", netBacking) }
 
 // newEnv mounts a fresh backing directory with a verifier in auth/ and
 // the key set. The mount goes away in t.Cleanup; a watchdog aborts the

@@ -40,6 +40,21 @@ func TempDir(t testing.TB, pkg, name string) string {
 	return d
 }
 
+// BackingDir makes a fresh backing directory for a test of pkg: inside
+// under when it is set (a network filesystem's mount, for the tests that
+// run a package's tests on one), else a TempDir. Removed in t.Cleanup.
+func BackingDir(t testing.TB, pkg, under string) string {
+	if under == "" {
+		return TempDir(t, pkg, "backing")
+	}
+	d, err := os.MkdirTemp(under, "backing-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
 // Keyring returns a keyring with the key set and its verifier, created
 // in backing's auth/.
 func Keyring(t testing.TB, backing string) (*crypto.Keyring, *crypto.Verifier) {
