@@ -340,8 +340,14 @@ func (d *daemon) watch(limit time.Duration, fn func() error) error {
 		return err
 	case <-time.After(limit):
 	}
+	// Go's SIGQUIT handler writes every goroutine to the log and exits:
+	// wait for that exit, bounded (a daemon stuck in the kernel cannot
+	// exit until its connection is aborted).
 	d.cmd.Process.Signal(syscall.SIGQUIT)
-	time.Sleep(2 * time.Second)
+	select {
+	case <-d.exited:
+	case <-time.After(10 * time.Second):
+	}
 	abortFUSE(d.mnt)
 	var err error
 	select {
