@@ -19,7 +19,10 @@ import (
 	"github.com/mountd/mountd/logkey"
 )
 
-// In-place encryption of a plaintext backing file, in two halves:
+// In-place encryption of a plaintext backing file, or re-encryption of a
+// file in content format version 1 into the current version (an
+// upgrade: decrypted with the key, written and checked the same way), in
+// two halves:
 // PrepareConversion writes and checks an encrypted copy beside the file
 // while holding the inode's claim (openfile.go), and Conversion.Commit
 // puts it in place once it is durable. The background converter below
@@ -51,6 +54,12 @@ const (
 	SkipEmpty                 // nothing to encrypt yet; encrypted on its first write
 	SkipEncrypted             // already carries the crypto magic
 	SkipOther                 // a conversion's temp file, or under auth/
+	// SkipDamaged: a version 1 file with a block that fails
+	// authentication or a cut end (upgrading it would turn the EIO of
+	// the damaged range into rewritten data), or an encrypted file whose
+	// magic is damaged (classifyHeader). It is left untouched.
+	SkipDamaged
+	SkipOtherKey // a version 1 file encrypted under another master key
 )
 
 // Outcome is how preparing or committing a conversion ended: done (the
@@ -140,13 +149,15 @@ type Conversion struct {
 	sx      unix.Statx_t
 	drop    func() // drops the claim
 	swapped bool   // the copy is in place
+	upgrade bool   // the original is a version 1 file under the key
 }
 
 // PrepareConversion does the first half of encryptInPlace: checks, claim,
 // copy, verification, attributes. It returns the Conversion to make
 // durable and commit or abort, with a zero Outcome; or nil and why not:
 // skipped, when rel is not a candidate (missing, not a regular file, a
-// hard link, empty, already encrypted, a temp file, under auth/); ErrBusy
+// hard link, empty, already in the current format, a damaged version 1
+// file or one under another key, a temp file, under auth/); ErrBusy
 // while the file is open through the mount; ErrChanged if it changed
 // during the copy; crypto.ErrLocked without the key; the context's error;
 // or what failed.
@@ -208,10 +219,10 @@ func (r *Root) PrepareConversion(ctx context.Context, rel string, o PrepareOptio
 	case sx.Size == 0:
 		return nil, skipped(SkipEmpty)
 	}
-	if enc, err := readMagic(src); err != nil {
+	if skip, err := c.classify(src); err != nil {
 		return nil, failed(err)
-	} else if enc {
-		return nil, skipped(SkipEncrypted)
+	} else if skip != NotSkipped {
+		return nil, skipped(skip)
 	}
 
 	// Claim the inode: fail if it has handles, make opens wait.
@@ -222,10 +233,115 @@ func (r *Root) PrepareConversion(ctx context.Context, rel string, o PrepareOptio
 	c.drop = drop
 
 	if err := c.writeCopy(ctx, src, o); err != nil {
+		if c.upgrade && (errors.Is(err, crypto.ErrUnauthenticated) || errors.Is(err, crypto.ErrBadSize)) {
+			return nil, skipped(SkipDamaged)
+		}
 		return nil, failed(err)
 	}
 	ok = true
 	return c, Outcome{}
+}
+
+// classify reads the header of src, the original (c.sx its attributes):
+// plaintext is converted; a version 1 file under the key is upgraded
+// (c.upgrade) unless its end is cut; anything else with the magic, and an
+// encrypted file whose magic is damaged, is skipped.
+func (c *Conversion) classify(src int) (SkipReason, error) {
+	var b [crypto.HeaderSize]byte
+	m, err := preadFull(src, b[:], 0)
+	if err != nil {
+		return NotSkipped, err
+	}
+	if !crypto.HasMagic(b[:m]) {
+		if kid := c.r.keyID(); kid != nil && damagedMagic(b[:m], *kid) {
+			return SkipDamaged, nil
+		}
+		return NotSkipped, nil
+	}
+	h, err := crypto.ParseHeader(b[:m])
+	if err != nil || h.Version != 1 {
+		return SkipEncrypted, nil
+	}
+	kid, err := c.r.kr.KeyID()
+	switch {
+	case err != nil:
+		return NotSkipped, err
+	case h.KeyID != kid:
+		return SkipOtherKey, nil
+	case h.SizeDamaged(int64(c.sx.Size)):
+		return SkipDamaged, nil
+	}
+	c.upgrade = true
+	return NotSkipped, nil
+}
+
+// candidateAt tells, from its header, whether the regular file name in
+// dir, of backing size size, is a candidate for conversion, and its
+// plaintext size: a file in the current format is skipped, a version 1
+// file is a candidate (PrepareConversion skips it if it is under another
+// key or damaged), anything else is plaintext. An error leaves it a
+// candidate: the conversion reports it.
+func candidateAt(dir int, name string, size int64) (SkipReason, int64) {
+	var x unix.Statx_t
+	fd, err := openRegularAt(dir, name, unix.O_RDONLY|unix.O_NONBLOCK, &x)
+	if err != nil {
+		return NotSkipped, size
+	}
+	defer unix.Close(fd)
+	var b [crypto.HeaderSize]byte
+	m, err := preadFull(fd, b[:], 0)
+	if err != nil || !crypto.HasMagic(b[:m]) {
+		return NotSkipped, size
+	}
+	if h, err := crypto.ParseHeader(b[:m]); err == nil && h.Version == 1 {
+		p, _ := h.PlainSize(size)
+		return NotSkipped, p
+	}
+	return SkipEncrypted, 0
+}
+
+// Upgrade reports whether the conversion re-encrypts a version 1 file
+// (else it encrypts a plaintext one).
+func (c *Conversion) Upgrade() bool { return c.upgrade }
+
+// fdBacking reads the original of an upgrade through its descriptor,
+// which the Conversion owns; it is never written.
+type fdBacking int
+
+func (b fdBacking) ReadAt(p []byte, off int64) (int, error) {
+	n, err := preadFull(int(b), p, off)
+	if err == nil && n < len(p) {
+		err = io.EOF
+	}
+	return n, err
+}
+func (b fdBacking) WriteAt([]byte, int64) (int, error) { return 0, unix.EBADF }
+func (b fdBacking) Truncate(int64) error               { return unix.EBADF }
+func (b fdBacking) Stat() (os.FileInfo, error)         { return nil, unix.EBADF } // Fd is used
+func (b fdBacking) Fd() uintptr                        { return uintptr(b) }
+
+// source returns how to read the plaintext of src, the original, and its
+// size: the file itself, or for an upgrade its decryption (a damaged
+// block fails with a crypto.BlockError).
+func (c *Conversion) source(src int) (read func(p []byte, off int64) (int, error), size int64, err error) {
+	if !c.upgrade {
+		return func(p []byte, off int64) (int, error) { return preadFull(src, p, off) }, int64(c.sx.Size), nil
+	}
+	old, err := crypto.OpenFile(c.r.kr, fdBacking(src))
+	if err != nil {
+		return nil, 0, err
+	}
+	size, err = old.Header().PlainSize(int64(c.sx.Size))
+	if err != nil {
+		return nil, 0, err
+	}
+	return func(p []byte, off int64) (int, error) {
+		n, err := old.ReadAt(p, off)
+		if errors.Is(err, io.EOF) {
+			err = nil
+		}
+		return n, err
+	}, size, nil
 }
 
 // Rel returns the path of the file, relative to the backing root.
@@ -258,6 +374,10 @@ func (c *Conversion) Sync() error {
 // file and gives it the original's attributes. Busy-like failures wrap
 // ErrChanged.
 func (c *Conversion) writeCopy(ctx context.Context, src int, o PrepareOptions) error {
+	read, size, err := c.source(src)
+	if err != nil {
+		return err
+	}
 	var rnd [8]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return err
@@ -276,7 +396,6 @@ func (c *Conversion) writeCopy(ctx context.Context, src int, o PrepareOptions) e
 	bp := chunkPool.Get().(*[]byte)
 	buf, vbuf := (*bp)[:convertChunk], (*bp)[convertChunk:]
 	sx := &c.sx
-	size := int64(sx.Size)
 	defer func() {
 		// Both halves held the file's plaintext: zero what was used before
 		// the buffer goes back to the pool.
@@ -291,7 +410,7 @@ func (c *Conversion) writeCopy(ctx context.Context, src int, o PrepareOptions) e
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		m, err := preadFull(src, buf[:min(int64(len(buf)), size-off)], off)
+		m, err := read(buf[:min(int64(len(buf)), size-off)], off)
 		if err != nil {
 			return err
 		}
@@ -309,7 +428,7 @@ func (c *Conversion) writeCopy(ctx context.Context, src int, o PrepareOptions) e
 	// Check the copy decrypts to the original.
 	for off := int64(0); off < size; {
 		want := min(int64(len(buf)), size-off)
-		m, err := preadFull(src, buf[:want], off)
+		m, err := read(buf[:want], off)
 		if err != nil {
 			return err
 		}
@@ -413,10 +532,14 @@ func (c *Conversion) Commit(o CommitOptions) Outcome {
 	if !out.Done() {
 		return out
 	}
+	msg := "encrypted file in place"
+	if c.upgrade {
+		msg = "upgraded encrypted file to the current content format in place"
+	}
 	if o.Quiet {
-		r.log.WithField(logkey.Path, c.rel).Debug("encrypted file in place")
+		r.log.WithField(logkey.Path, c.rel).Debug(msg)
 	} else {
-		r.log.WithField(logkey.Path, c.rel).Info("encrypted file in place")
+		r.log.WithField(logkey.Path, c.rel).Info(msg)
 	}
 	return out
 }

@@ -101,7 +101,8 @@ type Candidate struct {
 // conversions' temp files left out, no symlink followed) and calls found
 // for every entry with a protected name that is not a directory, with
 // what a conversion would meet: not a regular file, hard links, empty,
-// already encrypted, or a candidate with its size. An entry that vanishes
+// already in the current format, or a candidate with its (plaintext)
+// size: plaintext, or a version 1 file to upgrade (candidateAt). An entry that vanishes
 // meanwhile is not reported. A directory below the root that cannot be
 // read is passed to unreadable (nil goes on); the root's error ends the
 // walk.
@@ -128,10 +129,7 @@ func (r *Root) WalkProtected(ctx context.Context, found func(Candidate) error, u
 		case x.Size == 0:
 			c.Skip = SkipEmpty
 		default:
-			c.Size = int64(x.Size)
-			if enc, err := hasMagicAt(e.dir, e.name); err == nil && enc {
-				c.Skip, c.Size = SkipEncrypted, 0
-			}
+			c.Skip, c.Size = candidateAt(e.dir, e.name, int64(x.Size))
 		}
 		return found(c)
 	}, func(rel string, err error) error {

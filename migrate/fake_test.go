@@ -131,7 +131,8 @@ type fakePrepared struct {
 	rel string
 }
 
-func (p *fakePrepared) Rel() string { return p.rel }
+func (p *fakePrepared) Rel() string   { return p.rel }
+func (p *fakePrepared) Upgrade() bool { return false }
 func (p *fakePrepared) SyncFS() error {
 	p.c.mu.Lock()
 	defer p.c.mu.Unlock()

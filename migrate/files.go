@@ -19,6 +19,7 @@ type converter interface {
 // prepared is a conversion between its two halves (*fs.Conversion).
 type prepared interface {
 	Rel() string
+	Upgrade() bool // re-encrypts a version 1 file (else encrypts plaintext)
 	SyncFS() error
 	Sync() error
 	Commit(fs.CommitOptions) fs.Outcome

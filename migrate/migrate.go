@@ -378,6 +378,10 @@ func skipReason(r fs.SkipReason) string {
 		return task.SkipEmpty
 	case fs.SkipEncrypted:
 		return task.SkipAlreadyEncrypted
+	case fs.SkipDamaged:
+		return task.SkipDamaged
+	case fs.SkipOtherKey:
+		return task.SkipOtherKey
 	}
 	return task.SkipOther
 }
@@ -536,14 +540,15 @@ func (t *migration) one(ctx context.Context, ps *passState, gate *spaceGate, b *
 			m.hooks.progress(ctx, it.rel, work)
 		}
 	}
+	upgrade := false
 	finish := func(out fs.Outcome) {
-		retry, stop := t.outcome(ctx, it, out, reported)
+		retry, stop := t.outcome(ctx, it, out, reported, upgrade)
 		ps.result(it, retry, stop)
 	}
 	out, added := gate.run(func() (prepared, fs.Outcome) {
 		work = 0
 		return m.conv.prepare(ctx, it.rel, fs.PrepareOptions{Progress: progress})
-	}, func(p prepared) { b.add(p, it.size, finish) })
+	}, func(p prepared) { upgrade = p.Upgrade(); b.add(p, it.size, finish) })
 	if !added {
 		finish(out)
 	}
@@ -593,9 +598,10 @@ func (t *migration) commitBatch(ps *passState, rm *remover, items []batchItem) {
 }
 
 // outcome counts how the conversion of it ended; reported is the
-// progress counted for it so far. It returns retry for a file to try
-// again later, and an error when the whole task must stop.
-func (t *migration) outcome(ctx context.Context, it item, out fs.Outcome, reported int64) (retry bool, stop error) {
+// progress counted for it so far; upgrade says that it re-encrypted a
+// version 1 file. It returns retry for a file to try again later, and an
+// error when the whole task must stop.
+func (t *migration) outcome(ctx context.Context, it item, out fs.Outcome, reported int64, upgrade bool) (retry bool, stop error) {
 	m := t.m
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -605,6 +611,9 @@ func (t *migration) outcome(ctx context.Context, it item, out fs.Outcome, report
 	switch {
 	case out.Done():
 		st.FilesDone++
+		if upgrade {
+			st.FilesUpgraded++
+		}
 		t.converted += it.size
 		if t.dirs == nil {
 			t.dirs = map[string]struct{}{}
@@ -612,6 +621,14 @@ func (t *migration) outcome(ctx context.Context, it item, out fs.Outcome, report
 		t.dirs[filepath.Dir(it.rel)] = struct{}{}
 	case err == nil:
 		st.Skip(it.rel, skipReason(out.Skip))
+		switch out.Skip {
+		case fs.SkipDamaged:
+			m.log.WithFields(logrus.Fields{logkey.TaskID: t.id, logkey.Path: it.rel}).
+				Warn("encrypt_existing_files: encrypted file is damaged (a block fails authentication, or its end or header is cut); left as it is, not upgraded: check it with mountd fsck")
+		case fs.SkipOtherKey:
+			m.log.WithFields(logrus.Fields{logkey.TaskID: t.id, logkey.Path: it.rel}).
+				Warn("encrypt_existing_files: file is encrypted in content format 1 under another master key; left as it is, not upgraded")
+		}
 	case out.Retry():
 		return true, nil
 	case ctx.Err() != nil:

@@ -40,6 +40,8 @@ const (
 	SkipNotRegular       = "not_regular"       // a symlink, FIFO, socket or device: no content of its own
 	SkipGone             = "gone"              // removed or renamed before its turn
 	SkipOther            = "other"             // changed into something not to convert
+	SkipDamaged          = "damaged"           // encrypted in version 1 with a damaged block (or a damaged magic): left untouched
+	SkipOtherKey         = "other_key"         // encrypted in version 1 under another master key: cannot be upgraded
 )
 
 // File.Reason of a file that was tried and stays plaintext.
@@ -75,6 +77,9 @@ type File struct {
 //
 // FilesTotal counts the protected files found; when the task has run to
 // its end it equals FilesDone + FilesSkipped + FilesFailed + FilesBusy.
+// FilesUpgraded counts the files of FilesDone that were encrypted in
+// content format version 1 and rewritten in the current one (omitted
+// from JSON while 0).
 // FilesLeftPlaintext counts the protected files with content that the
 // task did not encrypt (skipped for hard links, emptiness or a change;
 // busy; failed) and LeftPlaintext names the first MaxListed of them. Every
@@ -86,6 +91,7 @@ type Record struct {
 	State              State            `json:"state"`
 	FilesTotal         int64            `json:"files_total"`
 	FilesDone          int64            `json:"files_done"`
+	FilesUpgraded      int64            `json:"files_upgraded,omitempty"`
 	FilesSkipped       int64            `json:"files_skipped"`
 	FilesFailed        int64            `json:"files_failed"`
 	FilesBusy          int64            `json:"files_busy"`

@@ -106,7 +106,7 @@ func TestStates(t *testing.T) {
 // TestCounters: every counter of the record is in Counters, under its
 // JSON name, with its value.
 func TestCounters(t *testing.T) {
-	r := Record{FilesTotal: 1, FilesDone: 2, FilesSkipped: 3, FilesFailed: 4, FilesBusy: 5, FilesLeftPlaintext: 6, BytesTotal: 7, BytesDone: 8}
+	r := Record{FilesTotal: 1, FilesDone: 2, FilesSkipped: 3, FilesFailed: 4, FilesBusy: 5, FilesLeftPlaintext: 6, BytesTotal: 7, BytesDone: 8, FilesUpgraded: 9}
 	b, err := json.Marshal(r)
 	if err != nil {
 		t.Fatal(err)
@@ -125,7 +125,7 @@ func TestCounters(t *testing.T) {
 			}
 		}
 	}
-	if n != 8 || len(c) != n {
+	if n != 9 || len(c) != n {
 		t.Errorf("%d counters in JSON, %d in Counters: %v", n, len(c), c)
 	}
 }

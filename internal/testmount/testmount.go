@@ -7,6 +7,10 @@
 package testmount
 
 import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"strings"
@@ -166,4 +170,80 @@ func Pattern(seed byte, n int) []byte {
 		b[i] = byte(i*31+int(seed)*7) ^ seed
 	}
 	return b
+}
+
+// V1Writer encodes files in content format version 1 (docs/FORMAT.md,
+// section 2.2), which mountd reads but no longer creates, so that tests
+// can make the files an older mountd left behind.
+type V1Writer struct {
+	kid     crypto.KeyID
+	secrets *crypto.Secrets
+}
+
+// NewV1Writer returns a writer under the master key behind backing's
+// verifier (made by Keyring, whose kr is given for the key-id).
+func NewV1Writer(t testing.TB, kr *crypto.Keyring, backing string) *V1Writer {
+	t.Helper()
+	kid, err := kr.KeyID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := crypto.Inspect(crypto.VerifierPath(backing), Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Wipe)
+	return &V1Writer{kid: kid, secrets: s}
+}
+
+// ForeignV1Writer returns a writer under a random master key (another
+// verifier's).
+func ForeignV1Writer(t testing.TB) *V1Writer {
+	t.Helper()
+	w := &V1Writer{secrets: &crypto.Secrets{PRK: make([]byte, crypto.KeySize)}}
+	if _, err := rand.Read(w.secrets.PRK); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rand.Read(w.kid[:]); err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+// Bytes returns plain (not empty) encrypted as a version 1 file with a
+// fresh file-id.
+func (w *V1Writer) Bytes(t testing.TB, plain []byte) []byte {
+	t.Helper()
+	h := crypto.Header{Version: 1, KeyID: w.kid}
+	if _, err := rand.Read(h.FileID[:]); err != nil {
+		t.Fatal(err)
+	}
+	key := w.secrets.FileKey(h.FileID)
+	defer clear(key)
+	b, err := aes.NewCipher(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	aead, err := cipher.NewGCM(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hb := h.Marshal()
+	out := append([]byte(nil), hb[:]...)
+	for i := 0; i*crypto.BlockSize < len(plain); i++ {
+		nonce := make([]byte, crypto.NonceSize)
+		if _, err := rand.Read(nonce); err != nil {
+			t.Fatal(err)
+		}
+		aad := binary.BigEndian.AppendUint64(hb[:], uint64(i))
+		out = append(out, nonce...)
+		out = aead.Seal(out, nonce, plain[i*crypto.BlockSize:min(len(plain), (i+1)*crypto.BlockSize)], aad)
+	}
+	return out
+}
+
+// Write writes plain as a version 1 file at path (mode 0644).
+func (w *V1Writer) Write(t testing.TB, path string, plain []byte) {
+	t.Helper()
+	MustWrite(t, path, w.Bytes(t, plain))
 }

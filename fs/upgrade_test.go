@@ -1,0 +1,252 @@
+package fs
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mountd/mountd/crypto"
+	"github.com/mountd/mountd/internal/testmount"
+)
+
+// Files in content format version 1 (written by an older mountd) are
+// upgraded to the current version by the same conversion that encrypts
+// plaintext: decrypted with the key, written to a temp file, checked,
+// committed.
+
+// version returns the content format version in the header of the
+// backing file name (0 if it has none).
+func (e *testEnv) version(name string) uint8 {
+	e.t.Helper()
+	h, err := crypto.ParseHeader(e.backingBytes(name))
+	if err != nil {
+		return 0
+	}
+	return h.Version
+}
+
+// ino returns the inode number of the backing file name.
+func (e *testEnv) ino(name string) uint64 {
+	e.t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(e.b(name), &st); err != nil {
+		e.t.Fatal(err)
+	}
+	return st.Ino
+}
+
+// TestUpgradeV1: a version 1 file under the key is rewritten in the
+// current version, content, mode, times and xattrs kept; a file already
+// in the current version, a damaged version 1 file (a block that fails
+// authentication, a cut end, a damaged magic) and one under another key
+// are skipped and left byte for byte as they were; without the key
+// nothing happens.
+func TestUpgradeV1(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	ctx := context.Background()
+	v1 := testmount.NewV1Writer(t, e.kr, e.backing)
+	small := markerData(70000)
+	big := markerData(3*convertChunk/2 + 5) // more than one copy chunk
+	if err := os.Mkdir(e.b("d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	v1.Write(t, e.b("d/a.bin"), small)
+	v1.Write(t, e.b("big.bin"), big)
+	if err := os.Chmod(e.b("d/a.bin"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	mtime := time.Unix(1700000000, 123456789)
+	if err := os.Chtimes(e.b("d/a.bin"), mtime, mtime); err != nil {
+		t.Fatal(err)
+	}
+	xattr := unix.Setxattr(e.b("d/a.bin"), "user.tag", []byte("kept"), 0) == nil
+	if e.version("d/a.bin") != 1 {
+		t.Fatal("the test's file is not version 1")
+	}
+	if got := mustRead(t, e.m("d/a.bin")); !bytes.Equal(got, small) {
+		t.Fatal("version 1 file does not read back through the mount")
+	}
+	e.waitIdle()
+
+	// Logged out: nothing changes.
+	e.logout()
+	before := e.backingBytes("d/a.bin")
+	if out := e.root.encryptInPlace(ctx, "d/a.bin"); !errors.Is(out.Err, crypto.ErrLocked) {
+		t.Fatalf("logged out: %+v, want ErrLocked", out)
+	}
+	if !bytes.Equal(e.backingBytes("d/a.bin"), before) {
+		t.Fatal("logged out: the file changed")
+	}
+	e.login()
+
+	for _, rel := range []string{"d/a.bin", "big.bin"} {
+		c, out := e.root.PrepareConversion(ctx, rel, PrepareOptions{})
+		if c == nil {
+			t.Fatalf("%s: prepare: %+v", rel, out)
+		}
+		if !c.Upgrade() {
+			t.Errorf("%s: not prepared as an upgrade", rel)
+		}
+		if err := c.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		if out := c.Commit(CommitOptions{}); !out.Done() {
+			t.Fatalf("%s: commit: %+v", rel, out)
+		}
+	}
+	for rel, want := range map[string][]byte{"d/a.bin": small, "big.bin": big} {
+		if v := e.version(rel); v != crypto.Version {
+			t.Errorf("%s: version %d after the upgrade, want %d", rel, v, crypto.Version)
+		}
+		if !bytes.Equal(e.content(rel), want) {
+			t.Errorf("%s: backing file does not decrypt to the content", rel)
+		}
+		if got := mustRead(t, e.m(rel)); !bytes.Equal(got, want) {
+			t.Errorf("%s: content through the mount differs after the upgrade", rel)
+		}
+	}
+	fi, err := os.Stat(e.m("d/a.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o640 || !fi.ModTime().Equal(mtime) || fi.Size() != int64(len(small)) {
+		t.Errorf("metadata not kept: mode %v mtime %v size %d", fi.Mode(), fi.ModTime(), fi.Size())
+	}
+	buf := make([]byte, 16)
+	if n, err := unix.Getxattr(e.b("d/a.bin"), "user.tag", buf); xattr && (err != nil || string(buf[:n]) != "kept") {
+		t.Errorf("xattr not kept: %q %v", buf[:n], err)
+	}
+	if logged(e, "upgraded encrypted file to the current content format in place", "d/a.bin") == 0 {
+		t.Error("the upgrade was not logged")
+	}
+
+	// Skipped, untouched.
+	mustWrite(t, e.m("v2.bin"), small) // through the mount: the current version
+	e.waitIdle()
+	v1.Write(t, e.b("bad.bin"), small)
+	e.patchBacking("bad.bin", crypto.HeaderSize+crypto.CipherBlockSize+100, []byte{0xff}) // block 1
+	v1.Write(t, e.b("cut.bin"), small)
+	if err := os.Truncate(e.b("cut.bin"), int64(len(e.backingBytes("cut.bin")))-(70000%crypto.BlockSize)-20); err != nil {
+		t.Fatal(err)
+	}
+	testmount.ForeignV1Writer(t).Write(t, e.b("foreign.bin"), small)
+	mustWrite(t, e.b("magic.bin"), e.backingBytes("big.bin")[:20000])
+	e.patchBacking("magic.bin", 0, []byte{'X'}) // damaged magic, the key's id
+	cases := map[string]SkipReason{
+		"d/a.bin": SkipEncrypted, "v2.bin": SkipEncrypted, "bad.bin": SkipDamaged, "cut.bin": SkipDamaged,
+		"foreign.bin": SkipOtherKey, "magic.bin": SkipDamaged,
+	}
+	raw, inos := map[string][]byte{}, map[string]uint64{}
+	for rel := range cases {
+		raw[rel], inos[rel] = e.backingBytes(rel), e.ino(rel)
+	}
+	for rel, want := range cases {
+		if out := e.root.encryptInPlace(ctx, rel); out.Skip != want || out.Err != nil {
+			t.Errorf("%s: %+v, want skipped (%d)", rel, out, want)
+		}
+		if !bytes.Equal(e.backingBytes(rel), raw[rel]) || e.ino(rel) != inos[rel] {
+			t.Errorf("%s: changed although skipped", rel)
+		}
+	}
+	if tmp := e.temps(); len(tmp) > 0 {
+		t.Errorf("temp files left: %v", tmp)
+	}
+}
+
+// logged counts the log entries with message msg about path rel.
+func logged(e *testEnv, msg, rel string) int {
+	n := 0
+	for _, en := range e.hook.AllEntries() {
+		if en.Message == msg && en.Data["path"] == rel {
+			n++
+		}
+	}
+	return n
+}
+
+// TestUpgradeCommitCrashStates stops an upgrade's commit at each of its
+// steps, on both paths, as a kill -9 would, then runs the start-up
+// recovery: the file is whole and readable, in version 1 or 2, no temp
+// file is left, and the next attempt finishes the upgrade.
+func TestUpgradeCommitCrashStates(t *testing.T) {
+	cases := []struct {
+		rename bool
+		step   commitStep
+		keep   bool
+		moved  bool // the copy is in place after the crash
+	}{
+		{false, stepChecked, false, false},
+		{false, stepExchanged, false, true},
+		{false, stepRemoved, false, true},
+		{false, stepRemoved, true, true},
+		{true, stepChecked, false, false},
+		{true, stepRenamed, false, true},
+	}
+	for _, tc := range cases {
+		name := "exchange/" + stepNames[tc.step]
+		if tc.rename {
+			name = "rename/" + stepNames[tc.step]
+		}
+		if tc.keep {
+			name += "/keepold"
+		}
+		t.Run(name, func(t *testing.T) {
+			e := newEnv(t, envOpts{})
+			e.root.conv.caps.forceRename = tc.rename
+			e.root.conv.caps.crash = func(rel string, s commitStep) bool { return rel == "x.bin" && s == tc.step }
+			data := markerData(3*crypto.BlockSize + 77)
+			testmount.NewV1Writer(t, e.kr, e.backing).Write(t, e.b("x.bin"), data)
+
+			c, out := e.root.PrepareConversion(context.Background(), "x.bin", PrepareOptions{})
+			if c == nil || !c.Upgrade() {
+				t.Fatalf("prepare: %+v", out)
+			}
+			if err := c.Sync(); err != nil {
+				t.Fatal(err)
+			}
+			o := CommitOptions{}
+			if tc.keep {
+				o.KeepOld = func(string) {}
+			}
+			if out := c.Commit(o); !errors.Is(out.Err, errCrashed) {
+				t.Fatalf("commit: %+v, want the simulated crash", out)
+			}
+			want := uint8(1)
+			if tc.moved {
+				want = crypto.Version
+			}
+			if v := e.version("x.bin"); v != want {
+				t.Fatalf("after the crash: version %d, want %d", v, want)
+			}
+			if !bytes.Equal(e.content("x.bin"), data) {
+				t.Fatal("after the crash: x.bin is not whole")
+			}
+			if _, err := RemoveStaleTemps(e.backing, nil); err != nil {
+				t.Fatal(err)
+			}
+			if tmp := e.temps(); len(tmp) > 0 {
+				t.Errorf("temp files after recovery: %v", tmp)
+			}
+			if v := e.version("x.bin"); v != want || !bytes.Equal(e.content("x.bin"), data) {
+				t.Fatalf("after recovery: version %d, whole %v", v, bytes.Equal(e.content("x.bin"), data))
+			}
+			e.waitIdle()
+			if got := mustRead(t, e.m("x.bin")); !bytes.Equal(got, data) {
+				t.Fatal("after recovery: x.bin through the mount differs")
+			}
+			e.root.conv.caps.crash = nil
+			e.waitIdle()
+			if out := e.root.encryptInPlace(context.Background(), "x.bin"); !out.Done() && out.Skip != SkipEncrypted {
+				t.Errorf("again: %+v", out)
+			}
+			if v := e.version("x.bin"); v != crypto.Version || !bytes.Equal(e.content("x.bin"), data) {
+				t.Errorf("after the restart: version %d", v)
+			}
+		})
+	}
+}
