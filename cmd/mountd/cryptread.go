@@ -97,65 +97,210 @@ type badBlock struct {
 	Why   string `json:"reason"` // "authentication failed", "incomplete" (holds less than the size says) or "truncated"
 }
 
+// readDepth is how many reads stream keeps in flight on one file: while
+// the oldest is handed on, the next ones are being read and decrypted, so
+// the disk, the decryption (crypto spreads each 1 MiB chunk over the
+// cores) and the consumer (export's writer) overlap.
+const readDepth = 3
+
+// errStop ends a stream early at the caller's request (bad returned false).
+var errStop = errors.New("stream stopped")
+
+// readTask is one read of stream's pipeline: the plaintext at off, n
+// bytes, into buf.
+type readTask struct {
+	buf  []byte
+	off  int64
+	n    int64
+	got  int
+	err  error
+	done chan struct{}
+}
+
 // stream reads c's plaintext from the start, handing emit each run of
 // authentic plaintext in order. Each read goes into a buffer from get;
 // emit owns the slice it is given until it hands it back to get's pool
 // (so a writer may still be writing one buffer while the next is filled).
-// A damaged block goes to bad; when bad returns true the block's bytes
-// are emitted as zeros and the read goes on after it, else stream stops
-// there (returning nil).
-func (c *cryptFile) stream(get func() []byte, emit func([]byte) error, bad func(badBlock) bool) error {
-	for off := int64(0); off < c.size; {
-		buf := get()
-		n := min(int64(len(buf)), c.size-off)
-		got, err := c.f.ReadAt(buf[:n], off)
-		var be *crypto.BlockError
-		if errors.As(err, &be) {
-			start, blen := c.f.Header().BlockRange(be.Block)
-			if start < off || start >= off+n {
-				return err
-			}
-			why := "authentication failed"
-			if errors.Is(err, crypto.ErrBadSize) {
-				why = "incomplete"
-			}
-			// ReadAt names the first failing block: what precedes it in
-			// this read is authentic.
-			if start > off {
-				if _, err := c.f.ReadAt(buf[:start-off], off); err != nil {
-					return err
-				}
-				if err := emit(buf[:start-off]); err != nil {
-					return err
-				}
-				buf = get()
-			}
-			blen = min(blen, c.size-start)
-			if !bad(badBlock{Block: be.Block, Off: start, Len: blen, Why: why}) {
-				return nil
-			}
-			clear(buf[:blen])
-			if err := emit(buf[:blen]); err != nil {
-				return err
-			}
-			off = start + blen
-			continue
+// Up to depth reads run at once, each holding its buffer: get must be able
+// to hand out depth buffers none of which has been emitted yet, and one
+// more once an emitted one is free again. A damaged block goes to bad;
+// when bad returns true the block's bytes are emitted as zeros and the
+// read goes on after it, else stream stops there (returning nil). Either
+// way the blocks before it were emitted, and no byte of it or after it.
+func (c *cryptFile) stream(depth int, get func() []byte, emit func([]byte) error, bad func(badBlock) bool) error {
+	var inflight []*readTask
+	defer func() {
+		// Nothing may still read into a buffer the caller gets back.
+		for _, t := range inflight {
+			<-t.done
 		}
-		if errors.Is(err, io.EOF) && int64(got) < n {
-			return fmt.Errorf("file shrank while being read (at %d of %d bytes)", off+int64(got), c.size)
+	}()
+	h := c.f.Header()
+	// next is where the next read starts, pos how far the plaintext has
+	// been handed on.
+	var next, pos int64
+	for {
+		for len(inflight) < max(depth, 1) && next < c.size {
+			buf := get()
+			n := min(int64(len(buf)), c.size-next)
+			if next+n < c.size {
+				// End the read on a block boundary: a damaged block then
+				// lies in one read, and no block is decrypted twice.
+				if start, _ := h.BlockRange(h.BlockOf(next + n)); start > next {
+					n = start - next
+				}
+			}
+			t := &readTask{buf: buf, off: next, n: n, done: make(chan struct{})}
+			read := func() {
+				defer close(t.done)
+				t.got, t.err = c.f.ReadAt(t.buf[:t.n], t.off)
+			}
+			if t.off == 0 && t.n == c.size {
+				read() // a small file: one read, nothing to overlap
+			} else {
+				go read()
+			}
+			inflight = append(inflight, t)
+			next += t.n
 		}
-		if err != nil && !errors.Is(err, io.EOF) {
+		if len(inflight) == 0 {
+			break
+		}
+		t := inflight[0]
+		<-t.done
+		inflight = inflight[1:]
+		var err error
+		end := t.off + t.n
+		switch be := (*crypto.BlockError)(nil); {
+		case end <= pos:
+			// Inside a damaged block handed on already (a buffer
+			// smaller than a block); give the buffer back.
+			err = emit(t.buf[:0])
+		case t.off < pos || errors.As(t.err, &be):
+			// A damaged block in this read: read its range again, run
+			// by run, naming each damaged block in order.
+			pos, err = c.repair(max(t.off, pos), end, t.buf, get, emit, bad)
+		default:
+			err = c.settle(t.off, t.n, t.buf, t.got, t.err, emit)
+			pos = end
+		}
+		if errors.Is(err, errStop) {
+			return nil
+		}
+		if err != nil {
 			return err
 		}
-		if err := emit(buf[:got]); err != nil {
-			return err
-		}
-		off += int64(got)
 	}
 	if c.cut {
 		bad(badBlock{Block: c.cutBlock, Off: c.size, Why: "truncated"})
 	}
 	return nil
+}
+
+// settle hands on the result of a read of n bytes at off that met no
+// damaged block.
+func (c *cryptFile) settle(off, n int64, buf []byte, got int, err error, emit func([]byte) error) error {
+	if errors.Is(err, io.EOF) && int64(got) < n {
+		return fmt.Errorf("file shrank while being read (at %d of %d bytes)", off+int64(got), c.size)
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	return emit(buf[:got])
+}
+
+// repair reads [lo, hi), which holds a damaged block, in order: the
+// authentic runs are emitted, each damaged block goes to bad (and, if bad
+// says go on, is emitted as zeros). buf is the first buffer to use; the
+// others come from get. It returns how far it handed the plaintext on (hi,
+// or the end of a damaged block that reaches past hi), or errStop when bad
+// says stop.
+func (c *cryptFile) repair(lo, hi int64, buf []byte, get func() []byte, emit func([]byte) error, bad func(badBlock) bool) (int64, error) {
+	off := lo
+	for off < hi {
+		if buf == nil {
+			buf = get()
+		}
+		n := min(int64(len(buf)), hi-off)
+		got, err := c.f.ReadAt(buf[:n], off)
+		var be *crypto.BlockError
+		if !errors.As(err, &be) {
+			if err := c.settle(off, n, buf, got, err, emit); err != nil {
+				return off, err
+			}
+			off += int64(got)
+			buf = nil
+			continue
+		}
+		start, blen := c.f.Header().BlockRange(be.Block)
+		if start < off || start >= off+n {
+			return off, err
+		}
+		why := "authentication failed"
+		if errors.Is(err, crypto.ErrBadSize) {
+			why = "incomplete"
+		}
+		// ReadAt names the first failing block: what precedes it in
+		// this read is authentic.
+		if start > off {
+			if _, err := c.f.ReadAt(buf[:start-off], off); err != nil {
+				return off, err
+			}
+			if err := emit(buf[:start-off]); err != nil {
+				return off, err
+			}
+			buf = get()
+		}
+		blen = min(blen, c.size-start)
+		if !bad(badBlock{Block: be.Block, Off: start, Len: blen, Why: why}) {
+			return off, errStop
+		}
+		for z := blen; z > 0; {
+			if buf == nil {
+				buf = get()
+			}
+			k := min(int64(len(buf)), z)
+			clear(buf[:k])
+			if err := emit(buf[:k]); err != nil {
+				return off, err
+			}
+			buf = nil
+			z -= k
+		}
+		off = start + blen
+	}
+	if buf != nil {
+		// Not used: the damaged block before reached past hi.
+		return off, emit(buf[:0])
+	}
+	return off, nil
+}
+
+// bufRing keeps the buffers of a consumer that is done with each one when
+// emit returns (fsck): get takes a free one (a new one when none is, so a
+// stream that ends early without giving all back costs no deadlock), put
+// gives one back (kept if there is room).
+type bufRing struct {
+	free chan []byte
+	size int
+}
+
+func newBufRing(n, size int) *bufRing { return &bufRing{free: make(chan []byte, n), size: size} }
+
+func (r *bufRing) get() []byte {
+	select {
+	case b := <-r.free:
+		return b
+	default:
+		return make([]byte, r.size)
+	}
+}
+
+func (r *bufRing) put(b []byte) {
+	select {
+	case r.free <- b[:cap(b)]:
+	default:
+	}
 }
 
 // pipeWriter writes buffers to w in its own goroutine, so that the next
@@ -221,4 +366,15 @@ func (p *pipeWriter) close() error {
 	close(p.queue)
 	<-p.done
 	return p.err
+}
+
+// splitBuf cuts buf into n buffers of equal size, each of its own
+// capacity.
+func splitBuf(buf []byte, n int) [][]byte {
+	size := len(buf) / n
+	bufs := make([][]byte, n)
+	for i := range bufs {
+		bufs[i] = buf[i*size : (i+1)*size : (i+1)*size]
+	}
+	return bufs
 }

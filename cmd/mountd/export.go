@@ -57,10 +57,10 @@ the end, and the exit status is then 7. Asks for the password (or, with
 	},
 }
 
-// exportBuf is each worker's buffer, two halves: one decrypted into while
-// the other is written. Large reads let crypto decrypt a chunk's blocks in
-// parallel; the buffer bounds the memory used per worker.
-const exportBuf = 8 << 20
+// exportBuf is each worker's memory for an encrypted file: readDepth+1
+// buffers, readDepth of them read and decrypted into while the last one is
+// written. It bounds the memory used per worker.
+const exportBuf = (readDepth + 1) * scanBuf
 
 // exportReport is export's result; --json prints it.
 type exportReport struct {
@@ -525,10 +525,9 @@ func (x *exporter) file(j exportJob, buf []byte) {
 		}
 	}
 	if encrypted {
-		// Decrypt into one half of buf while the other half is written.
-		half := len(buf) / 2
-		pw := newPipeWriter(dst, [][]byte{buf[:half:half], buf[half:]})
-		err = cf.stream(pw.get, func(p []byte) error {
+		// Decrypt into readDepth parts of buf while another is written.
+		pw := newPipeWriter(dst, splitBuf(buf, readDepth+1))
+		err = cf.stream(readDepth, pw.get, func(p []byte) error {
 			written += int64(len(p))
 			n := min(int64(len(p)), j.ent.st.Size-reported)
 			reported += n

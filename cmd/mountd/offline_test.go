@@ -27,7 +27,7 @@ var cheapKDF = []string{"--kdf-time", "2", "--kdf-memory", "19", "--kdf-threads"
 
 // mountd runs the command line with stdin and returns exit code, stdout
 // and stderr.
-func mountd(t *testing.T, stdin string, args ...string) (int, string, string) {
+func mountd(t testing.TB, stdin string, args ...string) (int, string, string) {
 	t.Helper()
 	var out, errb bytes.Buffer
 	code := run(args, strings.NewReader(stdin), &out, &errb)
@@ -38,7 +38,7 @@ var recoveryKeyRE = regexp.MustCompile(`^([0-9A-Z]{4}-){14}[0-9A-Z]{4}\n$`)
 
 // initData runs mountd init on a new data directory and returns it with
 // the recovery key.
-func initData(t *testing.T, password string) (data, rk string) {
+func initData(t testing.TB, password string) (data, rk string) {
 	t.Helper()
 	data = filepath.Join(t.TempDir(), "data")
 	code, out, errs := mountd(t, password+"\n", append([]string{"init", "--data", data}, cheapKDF...)...)
@@ -52,7 +52,7 @@ func initData(t *testing.T, password string) (data, rk string) {
 }
 
 // keyring unlocks the data directory's verifier with password.
-func keyring(t *testing.T, data, password string) *crypto.Keyring {
+func keyring(t testing.TB, data, password string) *crypto.Keyring {
 	t.Helper()
 	v, err := crypto.ReadVerifier(crypto.VerifierPath(data))
 	if err != nil {
@@ -67,7 +67,7 @@ func keyring(t *testing.T, data, password string) *crypto.Keyring {
 }
 
 // writeEncrypted stores plain encrypted at rel under data.
-func writeEncrypted(t *testing.T, kr *crypto.Keyring, data, rel string, plain []byte) {
+func writeEncrypted(t testing.TB, kr *crypto.Keyring, data, rel string, plain []byte) {
 	t.Helper()
 	p := filepath.Join(data, rel)
 	os.MkdirAll(filepath.Dir(p), 0o755)
