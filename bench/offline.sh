@@ -4,19 +4,26 @@
 # export at >= 0.8 of cat / cp -a). Run as root from anywhere:
 #
 #   bench/offline.sh [--files N] [--size MiB] [--rounds R] [--cold] [--dir DIR]
+#                    [--bin [LABEL=]PATH]...
 #
-# It builds mountd, makes a data directory with N encrypted files of MiB
-# each (written through a mount of a daemon), then times, round by round
-# and interleaved: cat of every file to /dev/null vs mountd fsck, and
-# cp -a of the data directory vs mountd export (sync before each, not
-# timed). --cold drops the page cache before every timed command. Prints
-# the median seconds and the ratios (baseline time / mountd time: 1.0 =
-# as fast as the baseline).
+# It builds mountd (or takes each --bin: a prebuilt binary, e.g. main's and
+# a branch's, compared in the same run), makes a data directory with N
+# encrypted files of MiB each (written through a mount of a daemon), then
+# times, round by round and interleaved: cat of every file to /dev/null vs
+# mountd fsck, and cp -a of the data directory vs mountd export (sync
+# before each, not timed). --cold drops the page cache before every timed
+# command. It also times fsck of a data directory holding only the
+# verifier ("unlock": process start and the password's KDF, a fixed cost
+# in every fsck and export). Prints, per command, the median seconds, the
+# median CPU seconds (user + system; what the load of a shared machine
+# disturbs least), the ratios (baseline time / mountd time: 1.0 = as fast
+# as the baseline; "net" leaves the unlock out) and the load average.
 set -euo pipefail
 export LC_ALL=C
 
 files=4 size=512 rounds=5 cold=0
 base="${BENCH_DIR:-/var/tmp/mountd-bench}"
+labels=() bins=()
 while (($#)); do
 	case "$1" in
 	--files) files=$2; shift 2 ;;
@@ -24,7 +31,11 @@ while (($#)); do
 	--rounds) rounds=$2; shift 2 ;;
 	--cold) cold=1; shift ;;
 	--dir) base=$2; shift 2 ;;
-	-h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+	--bin)
+		if [[ $2 == *=* ]]; then labels+=("${2%%=*}"); bins+=("$(realpath "${2#*=}")")
+		else labels+=("mountd$((${#bins[@]} + 1))"); bins+=("$(realpath "$2")"); fi
+		shift 2 ;;
+	-h | --help) sed -n '2,20p' "$0"; exit 0 ;;
 	*) echo "unknown option $1" >&2; exit 2 ;;
 	esac
 done
@@ -33,7 +44,6 @@ done
 repo=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$base"
 work=$(mktemp -d "$base/offline.XXXXXX")
-bin=$work/mountd
 pid=""
 cleanup() {
 	[[ -n $pid ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
@@ -42,12 +52,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
-(cd "$repo" && go build -o "$bin" ./cmd/mountd)
+if ((${#bins[@]} == 0)); then
+	(cd "$repo" && go build -o "$work/mountd" ./cmd/mountd)
+	labels=(mountd) bins=("$work/mountd")
+fi
+bin=${bins[0]} # makes the data directory
 data=$work/data
 pw=$work/pw
 printf 'bench password\n' >"$pw"
 chmod 600 "$pw"
 "$bin" init --data "$data" --password-file "$pw" --no-recovery-key --kdf-time 2 --kdf-memory 19 --kdf-threads 1 2>/dev/null
+mkdir -p "$work/empty"
+cp -a "$data/auth" "$work/empty/"
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "$bin" --data "$data" --mount "$work/mnt" --listen "127.0.0.1:$port" --log-level warn &
@@ -66,37 +82,65 @@ wait "$pid" || true
 pid=""
 
 drop() { sync; if ((cold)); then echo 3 >/proc/sys/vm/drop_caches; fi; }
-# t CMD...: seconds the command takes.
+# t NAME CMD...: runs the command, appends its seconds and CPU seconds to
+# the lists of NAME.
+declare -A T C
 t() {
-	local s e
-	s=$(date +%s.%N)
-	"$@" >"$work/out" 2>&1 || { echo "failed: $*" >&2; cat "$work/out" >&2; exit 1; }
-	e=$(date +%s.%N)
-	echo "$e - $s" | bc -l
+	local name=$1 TIMEFORMAT='%R %U %S' r u s
+	shift
+	{ time "$@" >"$work/out" 2>&1; } 2>"$work/time" || { echo "failed: $*" >&2; cat "$work/out" >&2; exit 1; }
+	read -r r u s <"$work/time"
+	T[$name]+="$r " C[$name]+="$(echo "$u + $s" | bc -l) "
 }
-declare -a Tcat Tfsck Tcp Texp
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
 for r in $(seq "$rounds"); do
 	drop
-	Tcat+=("$(t sh -c "cat '$data'/*.bin > /dev/null")")
-	drop
-	Tfsck+=("$(t "$bin" fsck --data "$data" --password-file "$pw")")
-	rm -rf "$work/cp" "$work/exp"
-	drop
-	Tcp+=("$(t cp -a "$data" "$work/cp")")
+	t cat sh -c "cat '$data'/*.bin > /dev/null"
+	for i in "${!bins[@]}"; do
+		drop
+		t "fsck:$i" "${bins[i]}" fsck --data "$data" --password-file "$pw"
+		drop
+		t "unlock:$i" "${bins[i]}" fsck --data "$work/empty" --password-file "$pw"
+	done
 	rm -rf "$work/cp"
 	drop
-	Texp+=("$(t "$bin" export --data "$data" --out "$work/exp" --password-file "$pw")")
-	rm -rf "$work/exp"
-	echo "round $r: cat ${Tcat[-1]} fsck ${Tfsck[-1]} cp ${Tcp[-1]} export ${Texp[-1]}" >&2
+	t cp cp -a "$data" "$work/cp"
+	rm -rf "$work/cp"
+	for i in "${!bins[@]}"; do
+		drop
+		t "export:$i" "${bins[i]}" export --data "$data" --out "$work/exp" --password-file "$pw"
+		rm -rf "$work/exp"
+	done
+	line="round $r:"
+	for k in "${!T[@]}"; do line+=" $k $(echo "${T[$k]}" | awk '{print $NF}')"; done
+	echo "$line" >&2
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-mc=$(median "${Tcat[@]}") mf=$(median "${Tfsck[@]}") mp=$(median "${Tcp[@]}") me=$(median "${Texp[@]}")
+median() { printf '%s\n' $1 | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 mib=$((files * size))
 mode=warm
 ((cold)) && mode=cold
-echo "| $files x $size MiB, $mode cache, median of $rounds | seconds | MiB/s | baseline / mountd |"
-echo "|---|---|---|---|"
-printf '| cat | %.3f | %.0f | |\n' "$mc" "$(echo "$mib / $mc" | bc -l)"
-printf '| mountd fsck | %.3f | %.0f | %.2f |\n' "$mf" "$(echo "$mib / $mf" | bc -l)" "$(echo "$mc / $mf" | bc -l)"
-printf '| cp -a | %.3f | %.0f | |\n' "$mp" "$(echo "$mib / $mp" | bc -l)"
-printf '| mountd export | %.3f | %.0f | %.2f |\n' "$me" "$(echo "$mib / $me" | bc -l)" "$(echo "$mp / $me" | bc -l)"
+echo "| $files x $size MiB, $mode cache, median of $rounds, load $load0 -> $(cut -d' ' -f1-3 /proc/loadavg) | seconds | CPU s | MiB/s | baseline / mountd | net of unlock |"
+echo "|---|---|---|---|---|---|"
+row() { # row LABEL KEY [BASEKEY UNLOCKKEY]
+	local m c
+	m=$(median "${T[$2]}") c=$(median "${C[$2]}")
+	if (($# == 2)); then
+		printf '| %s | %.3f | %.3f | %.0f | | |\n' "$1" "$m" "$c" "$(echo "$mib / $m" | bc -l)"
+		return
+	fi
+	local b u
+	b=$(median "${T[$3]}") u=$(median "${T[$4]}")
+	printf '| %s | %.3f | %.3f | %.0f | %.2f | %.2f |\n' "$1" "$m" "$c" "$(echo "$mib / $m" | bc -l)" \
+		"$(echo "$b / $m" | bc -l)" "$(echo "$b / ($m - $u)" | bc -l)"
+}
+row cat cat
+for i in "${!bins[@]}"; do
+	row "${labels[i]} fsck" "fsck:$i" cat "unlock:$i"
+done
+row cp\ -a cp
+for i in "${!bins[@]}"; do
+	row "${labels[i]} export" "export:$i" cp "unlock:$i"
+done
+for i in "${!bins[@]}"; do
+	row "${labels[i]} unlock (fsck of the verifier alone)" "unlock:$i"
+done
