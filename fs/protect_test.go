@@ -253,6 +253,7 @@ func TestDowngrade(t *testing.T) {
 			mustWrite(t, e.m("flip.bin"), markerData(6000))
 			e.mustBeCiphertext("doc.bin", "before")
 			plain := markerData(5000)
+			e.waitIdle() // else an open may find the inode still known as encrypted
 			e.downgrade("doc.bin", false, plain)
 			flipped := e.downgrade("flip.bin", true, nil)
 
@@ -331,6 +332,7 @@ func TestDowngrade(t *testing.T) {
 			// Downgraded again (closed: the daemon knows it only
 			// as encrypted while it is open), then an in-place write
 			// first.
+			e.waitIdle()
 			e.downgrade("doc.bin", false, plain)
 			f, err = os.OpenFile(e.m("doc.bin"), os.O_WRONLY, 0)
 			if err != nil {
