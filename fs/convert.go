@@ -90,6 +90,10 @@ type PrepareOptions struct {
 	// Progress, if set, is called with the bytes copied or verified since
 	// its last call (each byte of the file counts twice: copy, verify).
 	Progress func(n int64)
+
+	// upgradeOnly: only a version 1 file is converted; anything else
+	// (plaintext put at the name meanwhile) is skipped (SkipOther).
+	upgradeOnly bool
 }
 
 // CommitOptions tune Conversion.Commit.
@@ -122,7 +126,12 @@ type CommitOptions struct {
 // PrepareConversion and Commit. It needs the key (crypto.ErrLocked
 // otherwise) and must not be called from a FUSE handler.
 func (r *Root) encryptInPlace(ctx context.Context, rel string) Outcome {
-	c, o := r.PrepareConversion(ctx, rel, PrepareOptions{})
+	return r.convertInPlace(ctx, rel, PrepareOptions{})
+}
+
+// convertInPlace is encryptInPlace with options.
+func (r *Root) convertInPlace(ctx context.Context, rel string, po PrepareOptions) Outcome {
+	c, o := r.PrepareConversion(ctx, rel, po)
 	if c == nil {
 		return o
 	}
@@ -215,6 +224,9 @@ func (r *Root) PrepareConversion(ctx context.Context, rel string, o PrepareOptio
 	case sx.Nlink == 0:
 		return nil, skipped(SkipGone)
 	case sx.Nlink > 1:
+		if enc, err := readMagic(src); err == nil && enc {
+			return nil, skipped(SkipEncrypted) // as WalkProtected says
+		}
 		return nil, skipped(SkipHardLinks)
 	case sx.Size == 0:
 		return nil, skipped(SkipEmpty)
@@ -223,6 +235,8 @@ func (r *Root) PrepareConversion(ctx context.Context, rel string, o PrepareOptio
 		return nil, failed(err)
 	} else if skip != NotSkipped {
 		return nil, skipped(skip)
+	} else if o.upgradeOnly && !c.upgrade {
+		return nil, skipped(SkipOther)
 	}
 
 	// Claim the inode: fail if it has handles, make opens wait.
@@ -234,6 +248,11 @@ func (r *Root) PrepareConversion(ctx context.Context, rel string, o PrepareOptio
 
 	if err := c.writeCopy(ctx, src, o); err != nil {
 		if c.upgrade && (errors.Is(err, crypto.ErrUnauthenticated) || errors.Is(err, crypto.ErrBadSize)) {
+			if c.srcChanged() {
+				// Not damaged: changed in the backing directory
+				// while it was read.
+				return nil, failed(ErrChanged)
+			}
 			return nil, skipped(SkipDamaged)
 		}
 		return nil, failed(err)
@@ -278,26 +297,32 @@ func (c *Conversion) classify(src int) (SkipReason, error) {
 // candidateAt tells, from its header, whether the regular file name in
 // dir, of backing size size, is a candidate for conversion, and its
 // plaintext size: a file in the current format is skipped, a version 1
-// file is a candidate (PrepareConversion skips it if it is under another
-// key or damaged), anything else is plaintext. An error leaves it a
-// candidate: the conversion reports it.
-func candidateAt(dir int, name string, size int64) (SkipReason, int64) {
+// file is a candidate to upgrade (PrepareConversion skips it if it is
+// under another key or damaged), anything else is plaintext. An error
+// leaves it a plaintext candidate: the conversion reports it.
+func candidateAt(dir int, name string, size int64) (skip SkipReason, plain int64, upgrade bool) {
 	var x unix.Statx_t
 	fd, err := openRegularAt(dir, name, unix.O_RDONLY|unix.O_NONBLOCK, &x)
 	if err != nil {
-		return NotSkipped, size
+		return NotSkipped, size, false
 	}
 	defer unix.Close(fd)
 	var b [crypto.HeaderSize]byte
 	m, err := preadFull(fd, b[:], 0)
 	if err != nil || !crypto.HasMagic(b[:m]) {
-		return NotSkipped, size
+		return NotSkipped, size, false
 	}
 	if h, err := crypto.ParseHeader(b[:m]); err == nil && h.Version == 1 {
 		p, _ := h.PlainSize(size)
-		return NotSkipped, p
+		return NotSkipped, p, true
 	}
-	return SkipEncrypted, 0
+	return SkipEncrypted, 0, false
+}
+
+// srcChanged reports whether the original is no longer as it was opened.
+func (c *Conversion) srcChanged() bool {
+	var now unix.Statx_t
+	return fstatx(c.src, &now) != nil || now.Size != c.sx.Size || now.Mtime != c.sx.Mtime || now.Ctime != c.sx.Ctime
 }
 
 // Upgrade reports whether the conversion re-encrypts a version 1 file
@@ -330,6 +355,9 @@ func (c *Conversion) source(src int) (read func(p []byte, off int64) (int, error
 	old, err := crypto.OpenFile(c.r.kr, fdBacking(src))
 	if err != nil {
 		return nil, 0, err
+	}
+	if old.Header().Version != 1 {
+		return nil, 0, ErrChanged // rewritten since classify read it
 	}
 	size, err = old.Header().PlainSize(int64(c.sx.Size))
 	if err != nil {

@@ -42,14 +42,22 @@ var (
 	errConvertNoName      = errors.New("it has no name (unlinked)")
 )
 
-// beforeGrow runs before a change that adds content to the plaintext
-// inode st through n; protected says whether the handle was opened under
-// a name that encrypts new content. It encrypts what can be encrypted
-// first and fails (EIO, logged) where plaintext would be added to a
-// protected file while the key is set. Caller holds st.mu exclusively
-// (lockChange).
+// beforeGrow runs before a write or an extension of the inode st through
+// n; protected says whether the handle was opened under a name that
+// encrypts new content. For a plaintext inode it encrypts what can be
+// encrypted first and fails (EIO, logged) where plaintext would be added
+// to a protected file while the key is set. An encrypted inode in
+// content format version 1 is queued for its upgrade once it is closed
+// (converter.upgrade); the change goes in, in version 1. Caller holds
+// st.mu exclusively (lockChange).
 func (r *Root) beforeGrow(st *inodeState, n *node, protected bool, op string) syscall.Errno {
-	if st.cf != nil || st.file == nil {
+	if st.cf != nil {
+		if st.cf.Header().Version == 1 && n.name() != "" && r.kr.IsSet() {
+			r.conv.upgrade(n.rel())
+		}
+		return 0
+	}
+	if st.file == nil {
 		return 0
 	}
 	prot := r.protection(n.name())

@@ -22,6 +22,14 @@ import (
 //   - what the durable record (pending.go) holds from before a restart or
 //     a power loss, after the first login.
 //
+// It also upgrades to the current content format (PrepareConversion's
+// re-encryption) the files in format version 1 written through the mount
+// while logged in (upgrade): such a file is open, so it is tried once its
+// last handle closes. These items are not in the record (the file stays
+// readable in version 1 if it is lost; the migration task upgrades it),
+// not counted as waiting for encryption, never given up while busy, and
+// never make a file trusted.
+//
 // A file open through the mount is busy: it is tried again when a file's
 // last handle closes, and after a growing delay (ConvertRetry doubling up
 // to maxRetryDelay). A file with other hard links is tried for a while
@@ -85,6 +93,7 @@ type convItem struct {
 	trusted bool          // seen written or moved through the mount in this run
 	links   time.Time     // first found with other hard links
 	warned  bool          // a passing failure was logged
+	upgrade bool          // only a version 1 file to upgrade (converter.upgrade)
 }
 
 type convOptions struct {
@@ -152,7 +161,22 @@ func (c *converter) itemLocked(rel string) *convItem {
 		c.pending[rel] = it
 	}
 	it.trusted = true
+	it.upgrade = false
 	return it
+}
+
+// upgrade queues rel, a file in content format version 1 that is being
+// written through the mount while the key is set, for its upgrade. It is
+// open, so the first attempt is left to its last close (released) or the
+// retry delay. Nothing happens if rel is queued already.
+func (c *converter) upgrade(rel string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pending[rel] != nil {
+		return
+	}
+	now := time.Now()
+	c.pending[rel] = &convItem{first: now, next: now.Add(c.retry), delay: c.retry, queued: true, busy: true, upgrade: true}
 }
 
 // recordLocked appends rel to the record unless it is there; the caller
@@ -294,7 +318,7 @@ func (c *converter) count() int {
 	defer c.mu.Unlock()
 	n := 0
 	for _, it := range c.pending {
-		if it.queued || it.active {
+		if (it.queued || it.active) && !it.upgrade {
 			n++
 		}
 	}
@@ -314,7 +338,8 @@ func (c *converter) trusted(rel string) bool {
 func (c *converter) isPending(rel string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.pending[rel] != nil
+	it := c.pending[rel]
+	return it != nil && !it.upgrade
 }
 
 // forgetLocked drops rel (converted, skipped or given up). Caller holds
@@ -407,7 +432,10 @@ func (c *converter) pass() time.Duration {
 			c.mu.Unlock()
 			break
 		}
-		out := c.r.encryptInPlace(c.ctx, rel)
+		c.mu.Lock()
+		upgradeOnly := c.pending[rel] != nil && c.pending[rel].upgrade
+		c.mu.Unlock()
+		out := c.r.convertInPlace(c.ctx, rel, PrepareOptions{upgradeOnly: upgradeOnly})
 		if attempted != nil {
 			attempted(rel, out)
 		}
@@ -460,12 +488,18 @@ func (c *converter) outcomeLocked(rel string, it *convItem, out Outcome) {
 		}
 		log.Info("protected file has other hard links; it stays plaintext (they would keep it)")
 		c.forgetLocked(rel, it)
+	case out.Skip == SkipDamaged:
+		log.Warn("encrypted file is damaged (a block fails authentication, or its end or header is cut); not upgraded to the current content format: check it with mountd fsck")
+		c.forgetLocked(rel, it)
+	case out.Skip == SkipOtherKey:
+		log.Warn("file is encrypted in content format 1 under another master key; not upgraded")
+		c.forgetLocked(rel, it)
 	case err == nil:
 		c.forgetLocked(rel, it)
 	case errors.Is(err, crypto.ErrLocked):
 		it.queued, it.parked = true, true
 	case out.Retry():
-		if !c.after && now.Sub(it.first) > c.maxAge {
+		if !c.after && !it.upgrade && now.Sub(it.first) > c.maxAge {
 			log.WithError(err).Warn("gave up encrypting atomic save; it stays plaintext")
 			c.forgetLocked(rel, it)
 			return

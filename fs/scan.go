@@ -95,6 +95,9 @@ type Candidate struct {
 	Rel  string     // path from the backing root
 	Size int64      // backing size (0 when skipped)
 	Skip SkipReason // NotSkipped: to convert; else why not
+	// Upgrade: a candidate encrypted in content format version 1 (not
+	// plaintext), to rewrite in the current one.
+	Upgrade bool
 }
 
 // WalkProtected walks the backing tree (walkTree: name order, auth/ and
@@ -126,10 +129,16 @@ func (r *Root) WalkProtected(ctx context.Context, found func(Candidate) error, u
 			c.Skip = SkipNotRegular
 		case x.Nlink > 1:
 			c.Skip = SkipHardLinks
+			if enc, err := hasMagicAt(e.dir, e.name); err == nil && enc {
+				// Encrypted, not plaintext left behind (one in
+				// version 1 is not upgraded: its other names would
+				// keep the old file).
+				c.Skip = SkipEncrypted
+			}
 		case x.Size == 0:
 			c.Skip = SkipEmpty
 		default:
-			c.Skip, c.Size = candidateAt(e.dir, e.name, int64(x.Size))
+			c.Skip, c.Size, c.Upgrade = candidateAt(e.dir, e.name, int64(x.Size))
 		}
 		return found(c)
 	}, func(rel string, err error) error {

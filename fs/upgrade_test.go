@@ -137,7 +137,12 @@ func TestUpgradeV1(t *testing.T) {
 	testmount.ForeignV1Writer(t).Write(t, e.b("foreign.bin"), small)
 	mustWrite(t, e.b("magic.bin"), e.backingBytes("big.bin")[:20000])
 	e.patchBacking("magic.bin", 0, []byte{'X'}) // damaged magic, the key's id
+	v1.Write(t, e.b("linked.bin"), small)
+	if err := os.Link(e.b("linked.bin"), e.b("linked2.bin")); err != nil {
+		t.Fatal(err)
+	}
 	cases := map[string]SkipReason{
+		"linked.bin": SkipEncrypted, "linked2.bin": SkipEncrypted,
 		"d/a.bin": SkipEncrypted, "v2.bin": SkipEncrypted, "bad.bin": SkipDamaged, "cut.bin": SkipDamaged,
 		"foreign.bin": SkipOtherKey, "magic.bin": SkipDamaged,
 	}
@@ -248,5 +253,118 @@ func TestUpgradeCommitCrashStates(t *testing.T) {
 				t.Errorf("after the restart: version %d", v)
 			}
 		})
+	}
+}
+
+// TestUpgradeOnWrite: a version 1 file written through the mount (in
+// place) while logged in stays version 1 while it is open, the writes
+// going in; once closed it is upgraded, its content the one written. A
+// version 1 file only read is left alone.
+func TestUpgradeOnWrite(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	a := e.recordAttempts()
+	v1 := testmount.NewV1Writer(t, e.kr, e.backing)
+	data := markerData(5*crypto.BlockSize + 300)
+	v1.Write(t, e.b("w.bin"), data)
+	v1.Write(t, e.b("r.bin"), data)
+
+	f, err := os.OpenFile(e.m("w.bin"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append([]byte(nil), data...)
+	patch := bytes.Repeat([]byte("new!"), 1500)
+	if _, err := f.WriteAt(patch, 5000); err != nil {
+		t.Fatal(err)
+	}
+	copy(want[5000:], patch)
+	tail := []byte("appended while open")
+	if _, err := f.WriteAt(tail, int64(len(want))); err != nil {
+		t.Fatal(err)
+	}
+	want = append(want, tail...)
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	// Open: written in place, in version 1.
+	if v := e.version("w.bin"); v != 1 {
+		t.Fatalf("while open: version %d, want 1", v)
+	}
+	if !bytes.Equal(e.content("w.bin"), want) {
+		t.Fatal("while open: the writes are not in the backing file")
+	}
+	got := make([]byte, len(want)+10)
+	if n, _ := f.ReadAt(got, 0); !bytes.Equal(got[:n], want) {
+		t.Fatal("while open: reading back through the handle differs")
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if out := a.waitWithin(t, 30*time.Second, "w.bin", func(o Outcome) bool { return !o.Retry() }); !out.Done() {
+		t.Fatalf("upgrade after close: %+v", out)
+	}
+	if v := e.version("w.bin"); v != crypto.Version {
+		t.Fatalf("after close: version %d, want %d", v, crypto.Version)
+	}
+	if !bytes.Equal(e.content("w.bin"), want) {
+		t.Fatal("after the upgrade: the backing file does not decrypt to what was written")
+	}
+	if got := mustRead(t, e.m("w.bin")); !bytes.Equal(got, want) {
+		t.Fatal("after the upgrade: content through the mount differs")
+	}
+	if logged(e, "upgraded encrypted file to the current content format in place", "w.bin") != 1 {
+		t.Error("the upgrade was not logged once")
+	}
+	if n := e.root.PendingEncryption(); n != 0 {
+		t.Errorf("%d files pending encryption", n)
+	}
+
+	// Only read: not queued.
+	if got := mustRead(t, e.m("r.bin")); !bytes.Equal(got, data) {
+		t.Fatal("r.bin differs")
+	}
+	e.waitIdle()
+	waitFor(t, 10*time.Second, "the converter to go idle", e.root.conv.idle)
+	if v := e.version("r.bin"); v != 1 {
+		t.Errorf("r.bin, only read: version %d, want 1", v)
+	}
+	for _, rel := range a.rels() {
+		if rel == "r.bin" {
+			t.Error("r.bin, only read, was queued")
+		}
+	}
+}
+
+// waitWithin is waitFor bounded by d (the watchdog aborts the mount, but
+// would not wake the wait).
+func (a *attempts) waitWithin(t testing.TB, d time.Duration, rel string, ok func(Outcome) bool) Outcome {
+	t.Helper()
+	ch := make(chan Outcome, 1)
+	go func() { ch <- a.waitFor(rel, ok) }()
+	select {
+	case out := <-ch:
+		return out
+	case <-time.After(d):
+		t.Fatalf("no attempt on %s within %v", rel, d)
+		return Outcome{}
+	}
+}
+
+// TestUpgradeItemOnlyUpgrades: a file queued for its upgrade that is
+// plaintext by its turn (replaced in the backing directory) is left
+// alone: the upgrade never encrypts a file under a name that does not
+// encrypt.
+func TestUpgradeItemOnlyUpgrades(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	a := e.recordAttempts()
+	data := markerData(9000)
+	mustWrite(t, e.b("notes.txt"), data)
+	e.root.conv.upgrade("notes.txt")
+	e.root.conv.released() // as when the file's last handle closes
+	if out := a.waitWithin(t, 30*time.Second, "notes.txt", func(Outcome) bool { return true }); out.Skip != SkipOther {
+		t.Fatalf("attempt: %+v, want skipped (other)", out)
+	}
+	if !bytes.Equal(e.backingBytes("notes.txt"), data) {
+		t.Fatal("the plaintext file was changed")
 	}
 }

@@ -281,8 +281,9 @@ type migration struct {
 
 // item is a file still to convert.
 type item struct {
-	rel  string
-	size int64 // at counting time
+	rel     string
+	size    int64 // at counting time
+	upgrade bool  // encrypted in version 1, not plaintext (at counting time)
 }
 
 func (t *migration) snapshotLocked() task.Record {
@@ -400,7 +401,7 @@ func (t *migration) count(ctx context.Context) ([]item, error) {
 			}
 		})
 		if c.Skip == fs.NotSkipped {
-			items = append(items, item{rel: c.Rel, size: c.Size})
+			items = append(items, item{rel: c.Rel, size: c.Size, upgrade: c.Upgrade})
 		}
 		return nil
 	}, func(rel string, err error) error {
@@ -439,10 +440,17 @@ func (t *migration) convert(ctx context.Context, items []item) error {
 		}
 	}
 	for _, it := range pending {
-		m.log.WithFields(logrus.Fields{logkey.TaskID: t.id, logkey.Path: it.rel}).
-			Info("encrypt_existing_files: file still in use; it stays plaintext until the task runs again")
+		msg := "encrypt_existing_files: file still in use; it stays plaintext until the task runs again"
+		if it.upgrade {
+			msg = "encrypt_existing_files: file still in use; it stays in content format 1 until the task runs again"
+		}
+		m.log.WithFields(logrus.Fields{logkey.TaskID: t.id, logkey.Path: it.rel}).Info(msg)
 		t.update(func(st *task.Record) {
-			st.Busy(it.rel)
+			if it.upgrade {
+				st.FilesBusy++ // encrypted all the same: not left plaintext
+			} else {
+				st.Busy(it.rel)
+			}
 			t.finishBytesLocked(it.size)
 		})
 	}
@@ -637,6 +645,10 @@ func (t *migration) outcome(ctx context.Context, it item, out fs.Outcome, report
 		return false, errKeyCleared
 	case isNoSpace(err) || errors.Is(err, syscall.EROFS):
 		return false, fmt.Errorf("%s: %w", it.rel, err)
+	case it.upgrade:
+		st.FilesFailed++ // encrypted all the same: not left plaintext
+		m.log.WithFields(logrus.Fields{logkey.TaskID: t.id, logkey.Path: it.rel}).WithError(err).
+			Warn("encrypt_existing_files: cannot upgrade file; it stays in content format 1")
 	default:
 		st.Fail(it.rel, err)
 		m.log.WithFields(logrus.Fields{logkey.TaskID: t.id, logkey.Path: it.rel}).WithError(err).
