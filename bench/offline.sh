@@ -4,7 +4,7 @@
 # export at >= 0.8 of cat / cp -a). Run as root from anywhere:
 #
 #   bench/offline.sh [--files N] [--size MiB] [--rounds R] [--cold] [--dir DIR]
-#                    [--bin [LABEL=]PATH]...
+#                    [--read-mbps N] [--bin [LABEL=]PATH]...
 #
 # It builds mountd (or takes each --bin: a prebuilt binary, e.g. main's and
 # a branch's, compared in the same run), makes a data directory with N
@@ -12,7 +12,9 @@
 # times, round by round and interleaved: cat of every file to /dev/null vs
 # mountd fsck, and cp -a of the data directory vs mountd export (sync
 # before each, not timed). --cold drops the page cache before every timed
-# command. It also times fsck of a data directory holding only the
+# command. --read-mbps runs every timed command in a blkio cgroup (v1)
+# that throttles its reads from the disk to N MB/s, a slower disk than
+# this VM's (use with --cold). It also times fsck of a data directory holding only the
 # verifier ("unlock": process start and the password's KDF, a fixed cost
 # in every fsck and export). Prints, per command, the median seconds, the
 # median CPU seconds (user + system; what the load of a shared machine
@@ -21,7 +23,7 @@
 set -euo pipefail
 export LC_ALL=C
 
-files=4 size=512 rounds=5 cold=0
+files=4 size=512 rounds=5 cold=0 mbps=0
 base="${BENCH_DIR:-/var/tmp/mountd-bench}"
 labels=() bins=()
 while (($#)); do
@@ -30,12 +32,13 @@ while (($#)); do
 	--size) size=$2; shift 2 ;;
 	--rounds) rounds=$2; shift 2 ;;
 	--cold) cold=1; shift ;;
+	--read-mbps) mbps=$2; shift 2 ;;
 	--dir) base=$2; shift 2 ;;
 	--bin)
 		if [[ $2 == *=* ]]; then labels+=("${2%%=*}"); bins+=("$(realpath "${2#*=}")")
 		else labels+=("mountd$((${#bins[@]} + 1))"); bins+=("$(realpath "$2")"); fi
 		shift 2 ;;
-	-h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,23p' "$0"; exit 0 ;;
 	*) echo "unknown option $1" >&2; exit 2 ;;
 	esac
 done
@@ -44,13 +47,22 @@ done
 repo=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$base"
 work=$(mktemp -d "$base/offline.XXXXXX")
-pid=""
+pid="" cg=""
 cleanup() {
 	[[ -n $pid ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
 	mountpoint -q "$work/mnt" && umount -l "$work/mnt" || true
 	rm -rf "$work"
+	[[ -n $cg ]] && rmdir "$cg" 2>/dev/null || true
 }
 trap cleanup EXIT
+if ((mbps)); then
+	[[ -d /sys/fs/cgroup/blkio ]] || { echo "--read-mbps needs the cgroup v1 blkio controller" >&2; exit 2; }
+	dev=$(findmnt -no MAJ:MIN -T "$work" | tr -d ' ')
+	[[ -e /sys/dev/block/$dev/partition ]] && dev=$(cat "/sys/dev/block/$dev/../dev")
+	cg=/sys/fs/cgroup/blkio/mountd-offline-bench.$$
+	mkdir "$cg"
+	echo "$dev $((mbps * 1000000))" >"$cg/blkio.throttle.read_bps_device"
+fi
 
 if ((${#bins[@]} == 0)); then
 	(cd "$repo" && go build -o "$work/mountd" ./cmd/mountd)
@@ -88,6 +100,7 @@ declare -A T C
 t() {
 	local name=$1 TIMEFORMAT='%R %U %S' r u s
 	shift
+	if [[ -n $cg ]]; then set -- sh -c 'echo $$ >"$0/cgroup.procs" && exec "$@"' "$cg" "$@"; fi
 	{ time "$@" >"$work/out" 2>&1; } 2>"$work/time" || { echo "failed: $*" >&2; cat "$work/out" >&2; exit 1; }
 	read -r r u s <"$work/time"
 	T[$name]+="$r " C[$name]+="$(echo "$u + $s" | bc -l) "
@@ -117,9 +130,10 @@ for r in $(seq "$rounds"); do
 done
 median() { printf '%s\n' $1 | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 mib=$((files * size))
-mode=warm
-((cold)) && mode=cold
-echo "| $files x $size MiB, $mode cache, median of $rounds, load $load0 -> $(cut -d' ' -f1-3 /proc/loadavg) | seconds | CPU s | MiB/s | baseline / mountd | net of unlock |"
+mode="warm cache"
+((cold)) && mode="cold cache"
+((mbps)) && mode+=", reads at $mbps MB/s"
+echo "| $files x $size MiB, $mode, median of $rounds, load $load0 -> $(cut -d' ' -f1-3 /proc/loadavg) | seconds | CPU s | MiB/s | baseline / mountd | net of unlock |"
 echo "|---|---|---|---|---|---|"
 row() { # row LABEL KEY [BASEKEY UNLOCKKEY]
 	local m c
