@@ -78,7 +78,8 @@
 //     read hold is taken by each crypto.File call through Keyring.acquire,
 //     and its cipher cache cmu under it), Root.servedMu, the prefetch
 //     pool's mu, fileTable.mu (openfile.go: the table and its claims; its
-//     cond waits only for a claim), dirCache.mu (backing.go: directory
+//     cond waits only for a claim), handleSet.mu (openfile.go: handles not
+//     yet released), dirCache.mu (backing.go: directory
 //     descriptors of nodes), node.mu (a node's cached class), converter.mu
 //     (converter.go; the pending record's pendingLog.mu, pending.go, is
 //     taken under it and is the last), commitCaps.mu (commit.go), xattratMissing (backing.go),

@@ -168,6 +168,9 @@ func (f *cryptFile) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 
 // Release drops the handle's reference on the inode state.
 func (f *cryptFile) Release(ctx context.Context) syscall.Errno {
+	if !f.root.handles.remove(f) {
+		return 0
+	}
 	f.closeLockFd()
 	f.st.mu.Lock()
 	f.st.cryptRefs--
@@ -175,6 +178,8 @@ func (f *cryptFile) Release(ctx context.Context) syscall.Errno {
 	f.root.release(f.st)
 	return 0
 }
+
+func (f *cryptFile) releaseLeft() { _ = f.Release(context.Background()) }
 
 // Lseek answers SEEK_DATA and SEEK_HOLE (the kernel does the others).
 // An encrypted file has no holes: all of it is data.
@@ -287,6 +292,9 @@ func (f *passthroughFile) Read(ctx context.Context, dest []byte, off int64) (fus
 }
 
 func (f *passthroughFile) Release(ctx context.Context) syscall.Errno {
+	if !f.root.handles.remove(f) {
+		return 0
+	}
 	errno := f.LoopbackFile.Release(ctx)
 	f.st.mu.Lock()
 	f.st.passthrough--
@@ -294,6 +302,8 @@ func (f *passthroughFile) Release(ctx context.Context) syscall.Errno {
 	f.root.release(f.st)
 	return errno
 }
+
+func (f *passthroughFile) releaseLeft() { _ = f.Release(context.Background()) }
 
 // stats counts what reached the daemon; tests use them to see which path
 // the kernel took.

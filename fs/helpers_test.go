@@ -70,6 +70,7 @@ type testEnv struct {
 	verifier *crypto.Verifier
 	root     *Root
 	hook     *logtest.Hook
+	unmount  func() error // what t.Cleanup unmounts with (tests may call it first)
 }
 
 // tempDir makes a directory whose path marks it as ours.
@@ -158,6 +159,7 @@ func newEnv(t testing.TB, o envOpts) *testEnv {
 	if timeout == 0 {
 		timeout = 60 * time.Second
 	}
+	e.unmount = unmount
 	testmount.Watch(t, e.mnt, timeout, unmount)
 	t.Cleanup(func() {
 		if !o.allowWarn {

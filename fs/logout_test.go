@@ -519,3 +519,57 @@ func TestLogoutFailedWriteback(t *testing.T) {
 		t.Error("the failed write-back was not logged with the path")
 	}
 }
+
+// TestUnmountReleasesLeftHandles: handles whose RELEASE the kernel never
+// sends (an unmount aborts the connection, dropping a RELEASE still
+// queued) are released when the server stops, so no descriptor of the
+// backing directory stays open: with the backing directory on sshfs, one
+// left open kept sshfs from unmounting (TestOnSSHFS's cleanup).
+func TestUnmountReleasesLeftHandles(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	mustWrite(t, e.m("a.bin"), markerData(10000)) // encrypted: a cryptFile
+	mustWrite(t, e.m("b.txt"), []byte("plain"))   // a passthrough handle
+	if err := os.Mkdir(e.m("d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var open []*os.File
+	for _, n := range []string{"a.bin", "b.txt", "d"} {
+		f, err := os.Open(e.m(n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, f)
+	}
+	if got := backingFds(t, e.backing); len(got) < 3 {
+		t.Fatalf("descriptors of the backing directory while 3 files are open: %v", got)
+	}
+	// Abort the connection (MNT_FORCE; the mount stays, busy): the
+	// RELEASEs of the closes below never reach the daemon.
+	_ = unix.Unmount(e.mnt, unix.MNT_FORCE)
+	for _, f := range open {
+		_ = f.Close() // ENOTCONN is expected
+	}
+	if err := e.unmount(); err != nil {
+		t.Fatal(err)
+	}
+	if got := backingFds(t, e.backing); len(got) > 0 {
+		t.Errorf("descriptors of the backing directory left open after the unmount: %v", got)
+	}
+}
+
+// backingFds lists this process's descriptors that point into dir.
+func backingFds(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, en := range ents {
+		l, err := os.Readlink("/proc/self/fd/" + en.Name())
+		if err == nil && (l == dir || strings.HasPrefix(l, dir+"/")) {
+			out = append(out, en.Name()+" -> "+l)
+		}
+	}
+	return out
+}

@@ -83,7 +83,7 @@ func (r *Root) nodeOptions(opts Options) *gofs.Options {
 func (s *Server) Unmount() error {
 	err := s.Server.Unmount()
 	if err == nil {
-		s.Root.Close()
+		s.stopped()
 		return nil
 	}
 	if derr := syscall.Unmount(s.mountpoint, syscall.MNT_DETACH); derr != nil {
@@ -95,11 +95,22 @@ func (s *Server) Unmount() error {
 		go func() { s.Server.Wait(); close(done) }()
 		select {
 		case <-done:
+			s.stopped()
 		case <-time.After(time.Minute):
+			s.Root.Close()
 		}
-		s.Root.Close()
 	}()
 	return nil
+}
+
+// stopped releases the handles the kernel never released (their RELEASE
+// was still queued when the filesystem went away: handleSet) and closes
+// the Root. No request of the mount runs or will run.
+func (s *Server) stopped() {
+	if n := s.Root.handles.releaseLeft(); n > 0 {
+		s.Root.log.WithField(logkey.Files, logkey.Count(n)).Debug("released the handles the kernel did not release before the unmount")
+	}
+	s.Root.Close()
 }
 
 // readAheadKB is the readahead window the daemon gives its mount. The

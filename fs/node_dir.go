@@ -65,7 +65,9 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 		unix.Close(fd)
 		return nil, 0, errno
 	}
-	return &dirHandle{ds: ds, fd: fd, hideReserved: n.isRoot()}, 0, 0
+	d := &dirHandle{ds: ds, fd: fd, root: n.root, hideReserved: n.isRoot()}
+	n.root.handles.add(d)
+	return d, 0, 0
 }
 
 // dirHandle is an open directory: go-fuse's loopback directory stream with
@@ -73,6 +75,7 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (gofs.FileHandle
 type dirHandle struct {
 	ds           gofs.DirStream
 	fd           int // owned by ds; valid until Releasedir
+	root         *Root
 	hideReserved bool
 }
 
@@ -108,8 +111,12 @@ func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
 }
 
 func (d *dirHandle) Releasedir(ctx context.Context, flags uint32) {
-	d.ds.Close()
+	if d.root.handles.remove(d) {
+		d.ds.Close()
+	}
 }
+
+func (d *dirHandle) releaseLeft() { d.Releasedir(context.Background(), 0) }
 
 // Mkdir creates directory name in n.
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {

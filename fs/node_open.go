@@ -247,7 +247,7 @@ func (r *Root) bind(st *inodeState, n *node, name string, flags uint32, fd int, 
 		restoreAtime(fd)
 	}
 	st.cryptRefs++
-	return &cryptFile{
+	f := &cryptFile{
 		st:        st,
 		n:         n,
 		root:      r,
@@ -255,7 +255,9 @@ func (r *Root) bind(st *inodeState, n *node, name string, flags uint32, fd int, 
 		writable:  writable,
 		sync:      flags&(unix.O_SYNC|unix.O_DSYNC) != 0,
 		lfd:       -1,
-	}, ff, 0
+	}
+	r.handles.add(f)
+	return f, ff, 0
 }
 
 // bindPassthrough makes a passthrough handle for a plaintext file with a
@@ -278,12 +280,14 @@ func (r *Root) bindPassthrough(st *inodeState, n *node, flags uint32, fd int) (g
 		}
 	}
 	st.passthrough++
-	return &passthroughFile{
+	f := &passthroughFile{
 		LoopbackFile: gofs.NewLoopbackFileFromOS(os.NewFile(uintptr(fd), "backing")),
 		fd:           fd,
 		st:           st,
 		root:         r,
-	}, 0, 0
+	}
+	r.handles.add(f)
+	return f, 0, 0
 }
 
 // classOf returns the content class of the inode, from st when it is

@@ -45,6 +45,55 @@ func (t *fileTable) states() []*inodeState {
 	return out
 }
 
+// handleSet holds the file and directory handles that the kernel has not
+// released. A RELEASE the kernel still has queued when the filesystem is
+// unmounted is never sent (unmounting aborts the connection, and a close
+// sends its RELEASE in the background), so the handle's descriptors would
+// stay open: Server.Unmount releases what is left once the server has
+// stopped (a backing directory on a FUSE filesystem such as sshfs could
+// not be unmounted otherwise).
+type handleSet struct {
+	mu sync.Mutex
+	m  map[leftRelease]struct{}
+}
+
+// leftRelease is a handle's Release, run for a handle the kernel never
+// released.
+type leftRelease interface{ releaseLeft() }
+
+func (s *handleSet) add(h leftRelease) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = map[leftRelease]struct{}{}
+	}
+	s.m[h] = struct{}{}
+}
+
+// remove reports whether h was in the set: a handle is released once.
+func (s *handleSet) remove(h leftRelease) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.m[h]
+	delete(s.m, h)
+	return ok
+}
+
+// releaseLeft releases every handle left, with no request of the mount
+// in flight or to come (the server has stopped). It returns how many.
+func (s *handleSet) releaseLeft() int {
+	s.mu.Lock()
+	left := make([]leftRelease, 0, len(s.m))
+	for h := range s.m {
+		left = append(left, h)
+	}
+	s.mu.Unlock()
+	for _, h := range left {
+		h.releaseLeft() // takes h out of the set, as the kernel's release would
+	}
+	return len(left)
+}
+
 // inodeState is the open-file table entry of one backing inode: what all
 // handles on it share. It exists while the inode has handles open through
 // the mount (or while a conversion claims it) and is keyed by the backing

@@ -128,7 +128,8 @@ type Root struct {
 
 	// files is the open-file table and the conversions' claims
 	// (openfile.go).
-	files fileTable
+	files   fileTable
+	handles handleSet // handles not yet released (Server.Unmount releases what is left)
 
 	// gate orders plaintext-serving operations against logout: they
 	// record their node in served while holding gate for reading, and the
