@@ -732,8 +732,16 @@ func (r *Root) openNode(n *node, flags int, x *unix.Statx_t) (int, error) {
 	defer d.release()
 	fd, err := openRegularAt(d.fd, name, flags, x)
 	if err != nil {
-		if err == unix.ELOOP || err == unix.ENXIO || err == unix.EISDIR {
+		switch err {
+		case unix.ELOOP, unix.ENXIO, unix.EISDIR:
 			err = syscall.ESTALE // the kernel opens regular files only
+		case unix.ENOENT:
+			// The name no longer holds n: the kernel looks it up again
+			// and the application gets ENOENT only if it is gone. On
+			// sshfs an open that races a rename onto the name (a
+			// conversion's commit) can find the replaced file gone
+			// from the server while the new one is already there.
+			err = syscall.ESTALE
 		}
 		return -1, err
 	}

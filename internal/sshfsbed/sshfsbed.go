@@ -41,10 +41,14 @@ type Server struct {
 	log  *buffer
 }
 
-// DefaultOptions are the sshfs options of Mount unless it is given its
-// own: dir_cache=no, so that what one mount changes is seen at once by
-// the other (docs/OPERATIONS.md recommends it for a data directory).
-var DefaultOptions = []string{"dir_cache=no"}
+// DefaultOptions are the sshfs options of Mount, before its own: those
+// docs/OPERATIONS.md recommends for a data directory. dir_cache=no, so
+// that what one mount changes is seen at once by the other; noforget,
+// so that a file keeps its inode number (sshfs invents them and gives a
+// file a new one after the kernel forgets it, e.g. on drop_caches; the
+// daemon identifies a file by its number, and an open that meets two
+// changes of it in a row fails with ESTALE).
+var DefaultOptions = []string{"dir_cache=no", "noforget"}
 
 // tools are the programs the bed runs.
 var tools = []string{"sshd", "sshfs", "ssh-keygen", "fusermount3"}
