@@ -26,6 +26,7 @@ func (c *converter) idle() bool {
 // attempts records the converter's attempts (rel and outcome), in order,
 // and lets a test wait for one.
 type attempts struct {
+	t    testing.TB
 	mu   sync.Mutex
 	cond sync.Cond
 	seen []attempt
@@ -37,7 +38,7 @@ type attempt struct {
 }
 
 func (e *testEnv) recordAttempts() *attempts {
-	a := &attempts{}
+	a := &attempts{t: e.t}
 	a.cond.L = &a.mu
 	e.root.conv.mu.Lock()
 	e.root.conv.attempted = func(rel string, out Outcome) {
@@ -50,9 +51,25 @@ func (e *testEnv) recordAttempts() *attempts {
 	return a
 }
 
-// waitFor waits until an attempt on rel matches ok and returns it; the
-// test's watchdog bounds the wait.
+// waitFor waits until an attempt on rel matches ok and returns it, and
+// fails the test after a minute (the test's watchdog aborts the mount,
+// but nothing would wake this wait).
 func (a *attempts) waitFor(rel string, ok func(Outcome) bool) Outcome {
+	a.t.Helper()
+	return a.waitWithin(a.t, time.Minute, rel, ok)
+}
+
+// waitWithin is waitFor with the bound d, failing t.
+func (a *attempts) waitWithin(t testing.TB, d time.Duration, rel string, ok func(Outcome) bool) Outcome {
+	t.Helper()
+	expired := false
+	timer := time.AfterFunc(d, func() {
+		a.mu.Lock()
+		expired = true
+		a.cond.Broadcast()
+		a.mu.Unlock()
+	})
+	defer timer.Stop()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for {
@@ -60,6 +77,9 @@ func (a *attempts) waitFor(rel string, ok func(Outcome) bool) Outcome {
 			if at.rel == rel && ok(at.out) {
 				return at.out
 			}
+		}
+		if expired {
+			t.Fatalf("no attempt on %s within %v", rel, d)
 		}
 		a.cond.Wait()
 	}

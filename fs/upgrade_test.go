@@ -335,21 +335,6 @@ func TestUpgradeOnWrite(t *testing.T) {
 	}
 }
 
-// waitWithin is waitFor bounded by d (the watchdog aborts the mount, but
-// would not wake the wait).
-func (a *attempts) waitWithin(t testing.TB, d time.Duration, rel string, ok func(Outcome) bool) Outcome {
-	t.Helper()
-	ch := make(chan Outcome, 1)
-	go func() { ch <- a.waitFor(rel, ok) }()
-	select {
-	case out := <-ch:
-		return out
-	case <-time.After(d):
-		t.Fatalf("no attempt on %s within %v", rel, d)
-		return Outcome{}
-	}
-}
-
 // TestUpgradeItemOnlyUpgrades: a file queued for its upgrade that is
 // plaintext by its turn (replaced in the backing directory) is left
 // alone: the upgrade never encrypts a file under a name that does not
