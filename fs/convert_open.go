@@ -42,6 +42,16 @@ var (
 	errConvertNoName      = errors.New("it has no name (unlinked)")
 )
 
+// upgradeLater queues an encrypted inode in content format version 1,
+// which is being changed through n while the key is set, for its upgrade
+// to the current version once it is closed (converter.upgrade). Caller
+// holds st.mu.
+func (r *Root) upgradeLater(st *inodeState, n *node) {
+	if st.cf != nil && st.cf.Header().Version == 1 && n.name() != "" && r.kr.IsSet() {
+		r.conv.upgrade(n.rel())
+	}
+}
+
 // beforeGrow runs before a write or an extension of the inode st through
 // n; protected says whether the handle was opened under a name that
 // encrypts new content. For a plaintext inode it encrypts what can be
@@ -52,9 +62,7 @@ var (
 // st.mu exclusively (lockChange).
 func (r *Root) beforeGrow(st *inodeState, n *node, protected bool, op string) syscall.Errno {
 	if st.cf != nil {
-		if st.cf.Header().Version == 1 && n.name() != "" && r.kr.IsSet() {
-			r.conv.upgrade(n.rel())
-		}
+		r.upgradeLater(st, n)
 		return 0
 	}
 	if st.file == nil {

@@ -364,6 +364,7 @@ func (r *Root) truncateLocked(st *inodeState, n *node, protected bool, size int6
 		}
 	}
 	if st.cf != nil {
+		r.upgradeLater(st, n) // a change like a write
 		return r.errno(st.cf.Truncate(size), n, "truncate")
 	}
 	return errnoOf(unix.Ftruncate(st.fd, size))

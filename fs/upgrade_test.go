@@ -353,3 +353,44 @@ func TestUpgradeItemOnlyUpgrades(t *testing.T) {
 		t.Fatal("the plaintext file was changed")
 	}
 }
+
+// TestUpgradeOnTruncate: a version 1 file truncated through the mount
+// (shrunk with truncate(2), grown with ftruncate) ends in the current
+// version with what the truncations left, as after a write.
+func TestUpgradeOnTruncate(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	a := e.recordAttempts()
+	v1 := testmount.NewV1Writer(t, e.kr, e.backing)
+	data := markerData(5*crypto.BlockSize + 300)
+	v1.Write(t, e.b("s.bin"), data)
+	v1.Write(t, e.b("g.bin"), data)
+
+	if err := os.Truncate(e.m("s.bin"), 3000); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(e.m("g.bin"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(int64(len(data)) + 5000); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]byte{
+		"s.bin": data[:3000],
+		"g.bin": append(append([]byte(nil), data...), make([]byte, 5000)...),
+	}
+	for name, w := range want {
+		if out := a.waitWithin(t, 30*time.Second, name, func(o Outcome) bool { return !o.Retry() }); !out.Done() {
+			t.Fatalf("%s: upgrade after the truncation: %+v", name, out)
+		}
+		if v := e.version(name); v != crypto.Version {
+			t.Errorf("%s: version %d, want %d", name, v, crypto.Version)
+		}
+		if got := mustRead(t, e.m(name)); !bytes.Equal(got, w) {
+			t.Errorf("%s: %d bytes through the mount, want %d as truncated", name, len(got), len(w))
+		}
+	}
+}
