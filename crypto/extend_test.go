@@ -3,6 +3,7 @@ package crypto
 import (
 	"bytes"
 	"errors"
+	"io"
 	"math"
 	"os"
 	"sync/atomic"
@@ -124,5 +125,59 @@ func TestExtendStopsAtLogout(t *testing.T) {
 				t.Errorf("v%d %s: %d blocks still allocated for a %d-byte file", v, op, blocks, len(before))
 			}
 		}
+	}
+}
+
+// sizeCounting is a backing file that counts its size changes.
+type sizeCounting struct {
+	*os.File
+	n atomic.Int32
+}
+
+func (b *sizeCounting) Truncate(size int64) error {
+	b.n.Add(1)
+	return b.File.Truncate(size)
+}
+
+// TestOneSizeChangePerRequest: appending in 1 MiB writes (the largest
+// FUSE request) changes the backing file's size once per write, however
+// the writes fall on blocks: on a network file system each size change is
+// a round trip that waits for the writes in flight (with 256-block chunks
+// a 1 MiB append took two).
+func TestOneSizeChangePerRequest(t *testing.T) {
+	k := newTestKeyring(t, 0x22)
+	raw, err := os.OpenFile(t.TempDir()+"/f.bin", os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	b := &sizeCounting{File: raw}
+	f, err := CreateFile(k, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const writes = 8
+	chunk := bytes.Repeat([]byte{7}, 1<<20)
+	off := int64(0)
+	for i := 0; i < writes; i++ {
+		if i == writes/2 {
+			// Then off block boundaries: 1 MiB from an odd offset.
+			if _, err := f.WriteAt([]byte("x"), off); err != nil {
+				t.Fatal(err)
+			}
+			off++
+			b.n.Store(0)
+		}
+		if _, err := f.WriteAt(chunk, off); err != nil {
+			t.Fatal(err)
+		}
+		off += int64(len(chunk))
+	}
+	if n := b.n.Load(); n > writes/2 {
+		t.Errorf("the last %d appends of 1 MiB changed the backing size %d times, want one each", writes/2, n)
+	}
+	got := make([]byte, off)
+	if n, err := f.ReadAt(got, 0); int64(n) != off || (err != nil && err != io.EOF) {
+		t.Fatalf("read back %d of %d bytes: %v", n, off, err)
 	}
 }

@@ -30,8 +30,13 @@ type fder interface{ Fd() uintptr }
 
 const (
 	// chunkBlocks is how many blocks one backing read or write covers:
-	// 256 blocks, about 1 MiB of plaintext, the largest FUSE request.
-	chunkBlocks = 256
+	// enough for the largest FUSE request (1 MiB) at any offset in either
+	// version (260 blocks of version 2 hold 1 MiB and a block), so one
+	// request is one chunk, and one change of the backing file's size
+	// when it grows (version 2 sets the size first). On a network file
+	// system a size change is a round trip that waits for the writes in
+	// flight; with 256 blocks a 1 MiB append made two.
+	chunkBlocks = 260
 	chunkPlain  = chunkBlocks * BlockSize
 
 	// parallelMin is the number of blocks from which a chunk is sealed or
@@ -653,7 +658,7 @@ func (f *File) writeChunk(s *scratch, aead cipher.AEAD, size int64, p []byte, of
 	// written while the next is sealed: the copy into the backing file's
 	// pages then overlaps the encryption instead of following it.
 	var wg sync.WaitGroup
-	var errs [chunkBlocks / pipeBlocks]error
+	var errs [(chunkBlocks + pipeBlocks - 1) / pipeBlocks]error
 	defer wg.Wait()
 	for k, lo := 0, 0; lo < nb; k, lo = k+1, lo+pipeBlocks {
 		hi := min(lo+pipeBlocks, nb)
