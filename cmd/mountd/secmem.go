@@ -79,6 +79,10 @@ var errNoSecret = errors.New("no input")
 // secret memory, without its line end. A line longer than limit is an
 // error (errSecretTooLong). The terminal's settings are restored afterwards, also
 // when the command is interrupted (Ctrl-C), which then exits with 130.
+// echoOff, if set (by tests), runs once readNoEcho has turned the
+// terminal's echo off: typing is safe from then on.
+var echoOff func()
+
 func readNoEcho(tty *os.File, limit int) ([]byte, error) {
 	fd := int(tty.Fd())
 	old, err := unix.IoctlGetTermios(fd, unix.TCGETS)
@@ -91,6 +95,9 @@ func readNoEcho(tty *os.File, limit int) ([]byte, error) {
 	t.Iflag |= unix.ICRNL
 	if err := unix.IoctlSetTermios(fd, unix.TCSETS, &t); err != nil {
 		return nil, err
+	}
+	if echoOff != nil {
+		echoOff()
 	}
 	restore := func() { _ = unix.IoctlSetTermios(fd, unix.TCSETS, old) }
 	sigs := make(chan os.Signal, 1)

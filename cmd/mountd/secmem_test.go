@@ -140,6 +140,11 @@ func TestReadNoEcho(t *testing.T) {
 		b   []byte
 		err error
 	}
+	// readNoEcho tells when echo is off (echoOff): type only then, else
+	// the terminal echoes.
+	off := make(chan struct{}, 1)
+	echoOff = func() { off <- struct{}{} }
+	t.Cleanup(func() { echoOff = nil })
 	read := func(limit int) chan res {
 		ch := make(chan res, 1)
 		go func() {
@@ -148,14 +153,14 @@ func TestReadNoEcho(t *testing.T) {
 		}()
 		return ch
 	}
-	// Wait until echo is off before typing: else the terminal echoes.
 	typeLine := func(line string) {
-		deadline := time.Now().Add(5 * time.Second)
-		for echo() {
-			if time.Now().After(deadline) {
-				t.Fatal("echo never went off")
-			}
-			time.Sleep(time.Millisecond)
+		select {
+		case <-off:
+		case <-time.After(5 * time.Second):
+			t.Fatal("echo never went off")
+		}
+		if echo() {
+			t.Fatal("readNoEcho said echo is off; the terminal still echoes")
 		}
 		if _, err := io.WriteString(m, line); err != nil {
 			t.Fatal(err)
