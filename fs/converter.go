@@ -316,6 +316,11 @@ func (c *converter) released() {
 func (c *converter) count() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.countLocked()
+}
+
+// countLocked is count with mu held.
+func (c *converter) countLocked() int {
 	n := 0
 	for _, it := range c.pending {
 		if (it.queued || it.active) && !it.upgrade {
@@ -496,6 +501,9 @@ func (c *converter) outcomeLocked(rel string, it *convItem, out Outcome) {
 		c.forgetLocked(rel, it)
 	case err == nil:
 		c.forgetLocked(rel, it)
+		if c.countLocked() == 0 {
+			log.Debug("no protected file waits for encryption any more")
+		}
 	case errors.Is(err, crypto.ErrLocked):
 		it.queued, it.parked = true, true
 	case out.Retry():

@@ -111,16 +111,56 @@ func (d *daemon) newRequest(method, path string, body io.Reader) (*http.Request,
 	return req, err
 }
 
-// syncBuffer collects the daemon's output.
+// syncBuffer collects the daemon's output; waitFor waits for a line.
 type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu      sync.Mutex
+	b       bytes.Buffer
+	written chan struct{} // closed (and dropped) by the next Write
 }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.written != nil {
+		close(s.written)
+		s.written = nil
+	}
 	return s.b.Write(p)
+}
+
+// waitFor waits until a line of the output contains every one of parts,
+// woken by each write; it reports false after d.
+func (s *syncBuffer) waitFor(d time.Duration, parts ...string) bool {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		s.mu.Lock()
+		out := s.b.String()
+		if s.written == nil {
+			s.written = make(chan struct{})
+		}
+		written := s.written
+		s.mu.Unlock()
+		for _, line := range strings.Split(out, "\n") {
+			if containsAll(line, parts) {
+				return true
+			}
+		}
+		select {
+		case <-written:
+		case <-timer.C:
+			return false
+		}
+	}
+}
+
+func containsAll(s string, parts []string) bool {
+	for _, p := range parts {
+		if !strings.Contains(s, p) {
+			return false
+		}
+	}
+	return true
 }
 
 func (s *syncBuffer) String() string {

@@ -12,20 +12,17 @@ import (
 
 var plainMarker = []byte("INTEGRATION-PLAINTEXT-MARKER-")
 
-// waitCiphertext polls the backing file path (external state) until it is
-// ciphertext with no plaintext marker, for at most d.
-func waitCiphertext(t *testing.T, path string, d time.Duration) {
+// waitCiphertext waits until the daemon logs that it put the encrypted
+// copy of name in place, then checks the backing file: ciphertext, with
+// no plaintext marker.
+func waitCiphertext(t *testing.T, d *daemon, name string, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		b, err := os.ReadFile(path)
-		if err == nil && crypto.HasMagic(b) && !bytes.Contains(b, plainMarker) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s not encrypted after %v (%v)", path, d, err)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !d.out.waitFor(timeout, "encrypted file in place", "path="+name) {
+		t.Fatalf("%s: no conversion logged within %v", name, timeout)
+	}
+	b, err := os.ReadFile(filepath.Join(d.data, name))
+	if err != nil || !crypto.HasMagic(b) || bytes.Contains(b, plainMarker) {
+		t.Fatalf("%s: logged as encrypted, but the backing file is not ciphertext (%v)", name, err)
 	}
 }
 
@@ -81,17 +78,16 @@ func TestPendingEncryptionSurvivesKill(t *testing.T) {
 	}
 	d.mustLogin(password)
 	for _, name := range []string{"saved.bin", "offline.bin"} {
-		waitCiphertext(t, filepath.Join(d.data, name), 30*time.Second)
+		waitCiphertext(t, d, name, 30*time.Second)
 		got, err := os.ReadFile(filepath.Join(d.mnt, name))
 		if err != nil || !bytes.Equal(got, data) {
 			t.Errorf("%s: content differs after the conversion (%v)", name, err)
 		}
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for pendingOf(t, d) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("still pending after the conversions")
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !d.out.waitFor(30*time.Second, "no protected file waits for encryption any more") {
+		t.Fatal("the daemon never logged that nothing waits for encryption")
+	}
+	if n := pendingOf(t, d); n != 0 {
+		t.Errorf("%d pending after the conversions, want 0", n)
 	}
 }
