@@ -19,26 +19,8 @@ import (
 // plaintext: decrypted with the key, written to a temp file, checked,
 // committed.
 
-// version returns the content format version in the header of the
-// backing file name (0 if it has none).
-func (e *testEnv) version(name string) uint8 {
-	e.t.Helper()
-	h, err := crypto.ParseHeader(e.backingBytes(name))
-	if err != nil {
-		return 0
-	}
-	return h.Version
-}
-
-// ino returns the inode number of the backing file name.
-func (e *testEnv) ino(name string) uint64 {
-	e.t.Helper()
-	var st unix.Stat_t
-	if err := unix.Stat(e.b(name), &st); err != nil {
-		e.t.Fatal(err)
-	}
-	return st.Ino
-}
+func (e *testEnv) version(name string) uint8 { e.t.Helper(); return testmount.Version(e.t, e.b(name)) }
+func (e *testEnv) ino(name string) uint64    { e.t.Helper(); return testmount.Ino(e.t, e.b(name)) }
 
 // TestUpgradeV1: a version 1 file under the key is rewritten in the
 // current version, content, mode, times and xattrs kept; a file already

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
-	"golang.org/x/sys/unix"
 
 	"github.com/mountd/mountd/crypto"
 	"github.com/mountd/mountd/internal/testmount"
@@ -17,25 +16,8 @@ import (
 	"github.com/mountd/mountd/task"
 )
 
-// version returns the content format version in the header of the
-// backing file rel (0 if it has none).
-func (e *testEnv) version(rel string) uint8 {
-	e.t.Helper()
-	h, err := crypto.ParseHeader(e.backingBytes(rel))
-	if err != nil {
-		return 0
-	}
-	return h.Version
-}
-
-func (e *testEnv) ino(rel string) uint64 {
-	e.t.Helper()
-	var st unix.Stat_t
-	if err := unix.Stat(e.b(rel), &st); err != nil {
-		e.t.Fatal(err)
-	}
-	return st.Ino
-}
+func (e *testEnv) version(rel string) uint8 { e.t.Helper(); return testmount.Version(e.t, e.b(rel)) }
+func (e *testEnv) ino(rel string) uint64    { e.t.Helper(); return testmount.Ino(e.t, e.b(rel)) }
 
 // TestMigrateUpgradesV1: the task rewrites the files an older mountd left
 // in content format version 1 in the current version (files_upgraded),

@@ -247,3 +247,28 @@ func (w *V1Writer) Write(t testing.TB, path string, plain []byte) {
 	t.Helper()
 	MustWrite(t, path, w.Bytes(t, plain))
 }
+
+// Version returns the content format version in the header of the backing
+// file at path (0 if it has none).
+func Version(t testing.TB, path string) uint8 {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := crypto.ParseHeader(b)
+	if err != nil {
+		return 0
+	}
+	return h.Version
+}
+
+// Ino returns the inode number of the file at path.
+func Ino(t testing.TB, path string) uint64 {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ino
+}
