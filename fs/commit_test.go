@@ -123,34 +123,44 @@ func TestRenameCommit(t *testing.T) {
 // file is left; and converting again finishes the job.
 func TestCommitCrashStates(t *testing.T) { runCommitCrashStates(t, false) }
 
+// commitCrash is a point where a commit is stopped as by a crash.
+type commitCrash struct {
+	rename bool // the rename path (else the exchange)
+	step   commitStep
+	keep   bool // KeepOld: the migration's way (old plaintext removed later)
+	moved  bool // the copy is in place after the crash
+}
+
+// commitCrashCases are every step of both commit paths.
+var commitCrashCases = []commitCrash{
+	{false, stepChecked, false, false},
+	{false, stepExchanged, false, true},
+	{false, stepRemoved, false, true},
+	{false, stepRemoved, true, true},
+	{true, stepChecked, false, false},
+	{true, stepRenamed, false, true},
+}
+
+func (c commitCrash) name() string {
+	name := "exchange/" + stepNames[c.step]
+	if c.rename {
+		name = "rename/" + stepNames[c.step]
+	}
+	if c.keep {
+		name += "/keepold"
+	}
+	return name
+}
+
 // runCommitCrashStates runs TestCommitCrashStates; natural means on a
 // filesystem without RENAME_EXCHANGE, found out as in production: only
 // the rename path's steps, nothing forced.
 func runCommitCrashStates(t *testing.T, natural bool) {
-	cases := []struct {
-		rename bool
-		step   commitStep
-		keep   bool // KeepOld: the migration's way (old plaintext removed later)
-		moved  bool // the copy is in place after the crash
-	}{
-		{false, stepChecked, false, false},
-		{false, stepExchanged, false, true},
-		{false, stepRemoved, false, true},
-		{false, stepRemoved, true, true},
-		{true, stepChecked, false, false},
-		{true, stepRenamed, false, true},
-	}
-	for _, tc := range cases {
+	for _, tc := range commitCrashCases {
 		if natural && !tc.rename {
 			continue
 		}
-		name := "exchange/" + stepNames[tc.step]
-		if tc.rename {
-			name = "rename/" + stepNames[tc.step]
-		}
-		if tc.keep {
-			name += "/keepold"
-		}
+		name := tc.name()
 		t.Run(name, func(t *testing.T) {
 			e := newEnv(t, envOpts{})
 			e.root.conv.caps.forceRename = tc.rename && !natural

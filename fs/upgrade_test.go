@@ -161,28 +161,8 @@ func logged(e *testEnv, msg, rel string) int {
 // recovery: the file is whole and readable, in version 1 or 2, no temp
 // file is left, and the next attempt finishes the upgrade.
 func TestUpgradeCommitCrashStates(t *testing.T) {
-	cases := []struct {
-		rename bool
-		step   commitStep
-		keep   bool
-		moved  bool // the copy is in place after the crash
-	}{
-		{false, stepChecked, false, false},
-		{false, stepExchanged, false, true},
-		{false, stepRemoved, false, true},
-		{false, stepRemoved, true, true},
-		{true, stepChecked, false, false},
-		{true, stepRenamed, false, true},
-	}
-	for _, tc := range cases {
-		name := "exchange/" + stepNames[tc.step]
-		if tc.rename {
-			name = "rename/" + stepNames[tc.step]
-		}
-		if tc.keep {
-			name += "/keepold"
-		}
-		t.Run(name, func(t *testing.T) {
+	for _, tc := range commitCrashCases {
+		t.Run(tc.name(), func(t *testing.T) {
 			e := newEnv(t, envOpts{})
 			e.root.conv.caps.forceRename = tc.rename
 			e.root.conv.caps.crash = func(rel string, s commitStep) bool { return rel == "x.bin" && s == tc.step }
