@@ -540,3 +540,28 @@ func TestMigrateDiskFull(t *testing.T) {
 		}
 	}
 }
+
+// TestRestartRightAfterKill: a daemon started again at once after kill -9
+// (a service manager restarting it) detaches the dead mount and serves:
+// the kernel keeps answering a stat of the dead mount's root from cached
+// attributes for a while, so a check by stat took it for a live mount
+// served by someone else and refused to start.
+func TestRestartRightAfterKill(t *testing.T) {
+	d := newDaemon(t)
+	d.start()
+	d.mustLogin(password)
+	if err := os.WriteFile(filepath.Join(d.mnt, "a.bin"), []byte("before the kill"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(d.mnt, &st); err != nil { // the root's attributes cached
+		t.Fatal(err)
+	}
+	d.kill()
+	d.start()
+	d.mustLogin(password)
+	got, err := os.ReadFile(filepath.Join(d.mnt, "a.bin"))
+	if err != nil || string(got) != "before the kill" {
+		t.Fatalf("after the restart: %q, %v", got, err)
+	}
+}

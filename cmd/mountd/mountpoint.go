@@ -188,8 +188,14 @@ func resolveMountpoint(dir string, mounts []mountEntry) (string, error) {
 func fuseAlive(dir string) bool {
 	done := make(chan error, 1)
 	go func() {
-		var st unix.Stat_t
-		done <- unix.Stat(dir, &st)
+		// statfs, not stat: the kernel answers a stat of the root from
+		// attributes it cached (for the attribute timeout) even after the
+		// server died, while a statfs always asks the server (ENOTCONN
+		// once it is gone). A daemon restarted right after a kill -9 was
+		// refused: "served by a process that does not hold its data
+		// directory's lock".
+		var st unix.Statfs_t
+		done <- unix.Statfs(dir, &st)
 	}()
 	select {
 	case err := <-done:
