@@ -15,8 +15,12 @@ import (
 // atomic writes); the file's size is journaled apart from its pages. After
 // a power cut each page written since the last fsync holds one of the
 // contents it had (the one it had at the fsync, or one it was written
-// with), and the size is one of the sizes the file had. pageDisk records
-// exactly that and rebuilds every such state.
+// with), and the size is one of the sizes the file had. A write that
+// extends the file gives it every page boundary it passes as a size too:
+// the file system writes its pages back one by one and moves the size on
+// disk with them (ext4's delayed allocation), and a network file system's
+// server sees the write in pieces. pageDisk records exactly that and
+// rebuilds every such state.
 
 const modelPage = 4096
 
@@ -50,14 +54,20 @@ func (d *pageDisk) page(pg int64) []byte {
 	return out
 }
 
-func (d *pageDisk) noteSize() {
-	if n := int64(len(d.b)); d.sizes[len(d.sizes)-1] != n {
+func (d *pageDisk) noteSize() { d.noteSizeOf(int64(len(d.b))) }
+
+func (d *pageDisk) noteSizeOf(n int64) {
+	if d.sizes[len(d.sizes)-1] != n {
 		d.sizes = append(d.sizes, n)
 	}
 }
 
 func (d *pageDisk) WriteAt(p []byte, off int64) (int, error) {
+	old := int64(len(d.b))
 	n, err := d.memBacking.WriteAt(p, off)
+	for b := (old/modelPage + 1) * modelPage; b < int64(len(d.b)); b += modelPage {
+		d.noteSizeOf(b)
+	}
 	if n > 0 {
 		for pg := off / modelPage; pg <= (off+int64(n)-1)/modelPage; pg++ {
 			d.pages[pg] = append(d.pages[pg], d.page(pg))
@@ -292,7 +302,15 @@ type crashScenario struct {
 	initial int // bytes at the sync
 	ops     func(f *File, m *crashModel) error
 	cutOK   bool // an unacknowledged truncation may leave its cut bytes unreadable
+	byWrite bool // the file grows by write (SetNetworkBacking), not by ftruncate
 }
+
+// growModes are the two ways a version 2 file's size grows; the crash
+// tests run in both.
+var growModes = []struct {
+	name    string
+	byWrite bool
+}{{"ftruncate", false}, {"write", true}}
 
 func crashScenarios() []crashScenario {
 	g2 := geom{2}
@@ -352,14 +370,17 @@ func crashScenarios() []crashScenario {
 func TestCrashStates(t *testing.T) {
 	k := newTestKeyring(t, 21)
 	rng := rand.New(rand.NewPCG(5, 6))
-	for _, sc := range crashScenarios() {
-		t.Run(sc.name, func(t *testing.T) {
-			states, bad := runCrashScenario(t, k, rng, 2, sc, 0)
-			t.Logf("%d crash states", states)
-			if len(bad) > 0 {
-				t.Fatalf("%d of %d states lose acknowledged data, e.g. %s", len(bad), states, bad[0])
-			}
-		})
+	for _, mode := range growModes {
+		for _, sc := range crashScenarios() {
+			sc.byWrite = mode.byWrite
+			t.Run(mode.name+"/"+sc.name, func(t *testing.T) {
+				states, bad := runCrashScenario(t, k, rng, 2, sc, 0)
+				t.Logf("%d crash states", states)
+				if len(bad) > 0 {
+					t.Fatalf("%d of %d states lose acknowledged data, e.g. %s", len(bad), states, bad[0])
+				}
+			})
+		}
 	}
 }
 
@@ -394,14 +415,17 @@ func TestCrashStatesVersion1(t *testing.T) {
 func TestCrashStatesTornSectors(t *testing.T) {
 	k := newTestKeyring(t, 23)
 	rng := rand.New(rand.NewPCG(9, 10))
-	for _, sc := range crashScenarios() {
-		t.Run(sc.name, func(t *testing.T) {
-			states, bad := runCrashScenario(t, k, rng, 2, sc, 512)
-			t.Logf("%d crash states", states)
-			if len(bad) > 0 {
-				t.Fatalf("%d of %d states lose more than a torn block, e.g. %s", len(bad), states, bad[0])
-			}
-		})
+	for _, mode := range growModes {
+		for _, sc := range crashScenarios() {
+			sc.byWrite = mode.byWrite
+			t.Run(mode.name+"/"+sc.name, func(t *testing.T) {
+				states, bad := runCrashScenario(t, k, rng, 2, sc, 512)
+				t.Logf("%d crash states", states)
+				if len(bad) > 0 {
+					t.Fatalf("%d of %d states lose more than a torn block, e.g. %s", len(bad), states, bad[0])
+				}
+			})
+		}
 	}
 }
 
@@ -427,6 +451,7 @@ func prepareScenario(t *testing.T, k *Keyring, v uint8, sc crashScenario, sector
 		if f, err = CreateFile(k, d); err != nil {
 			t.Fatal(err)
 		}
+		f.SetNetworkBacking(sc.byWrite)
 		if _, err := f.WriteAt(initial, 0); err != nil {
 			t.Fatal(err)
 		}
@@ -462,7 +487,8 @@ func runCrashScenarioLimit(t *testing.T, k *Keyring, rng *rand.Rand, v uint8, sc
 }
 
 // TestCrashStatesRandom: random sequences of writes and truncations on
-// small files, every crash state checked (a sample when there are many).
+// small files, every crash state checked (a sample when there are many);
+// every other run grows the file by write.
 func TestCrashStatesRandom(t *testing.T) {
 	k := newTestKeyring(t, 24)
 	rng := rand.New(rand.NewPCG(11, 12))
@@ -496,7 +522,7 @@ func TestCrashStatesRandom(t *testing.T) {
 				steps = append(steps, func(f *File, m *crashModel) error { m.write(p, off); _, err := f.WriteAt(p, off); return err })
 			}
 		}
-		sc := crashScenario{name: fmt.Sprintf("random %d", r), initial: int(size), cutOK: cut,
+		sc := crashScenario{name: fmt.Sprintf("random %d", r), initial: int(size), cutOK: cut, byWrite: r%2 == 1,
 			ops: func(f *File, m *crashModel) error {
 				for _, s := range steps {
 					if err := s(f, m); err != nil {

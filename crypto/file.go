@@ -11,6 +11,8 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Backing is the ciphertext store under a File. *os.File satisfies it.
@@ -113,6 +115,24 @@ type File struct {
 	k *Keyring
 	b Backing
 	h Header
+	// last is the slot this File last wrote of the last block a write
+	// touched, as written, so that the next write into that block (the
+	// next append) does not read it back: on a network file system that
+	// read waits for every write in flight. It is ciphertext, what the
+	// backing file holds, not a secret. Any other change of the backing
+	// file through this File drops it.
+	last lastSlot
+	// network: the backing file is on a network file system; see
+	// SetNetworkBacking.
+	network bool
+}
+
+// lastSlot is File.last.
+type lastSlot struct {
+	ok   bool
+	i    int64 // block number
+	n    int   // bytes of slot in use
+	slot [CipherBlockSize]byte
 }
 
 // OpenFile opens the encrypted file in b, reading and checking its header.
@@ -158,16 +178,41 @@ func (f *File) Header() Header { return f.h }
 
 // SetBacking points f at another handle holding the same ciphertext, e.g.
 // after the file was replaced by rename.
-func (f *File) SetBacking(b Backing) { f.b = b }
+func (f *File) SetBacking(b Backing) {
+	f.b = b
+	f.last.ok = false
+}
+
+// SetNetworkBacking tells f whether its backing file is on a network file
+// system, where the client makes a size change a round trip to the server
+// that waits for the writes in flight, and where the transport to the
+// server (ssh, or a kernel client encrypting and copying) is what limits a
+// write and needs the CPU. There, f
+//   - grows a version 2 file by the write of its slots, which goes on with
+//     zeros up to the new size, instead of by ftruncate before it (one
+//     round trip less per growing write; the page past the last slot, a
+//     hole otherwise, is allocated: a page more per file);
+//   - seals a chunk on one goroutine and writes it with one call, instead
+//     of spreading the sealing over the cores and writing segments while
+//     the next is sealed (more CPU left for the transport, fewer
+//     hand-offs).
+//
+// docs/FORMAT.md section 5 has the crash argument of both ways of growing.
+func (f *File) SetNetworkBacking(on bool) { f.network = on }
 
 // cipherSize returns the backing file's size.
 func (f *File) cipherSize() (int64, error) {
 	if fd, ok := f.b.(fder); ok {
-		var st syscall.Stat_t
-		if err := syscall.Fstat(int(fd.Fd()), &st); err != nil {
-			return 0, &os.PathError{Op: "fstat", Path: "backing", Err: err}
+		// AT_STATX_DONT_SYNC: on a network file system the client's
+		// size, which this File's own writes keep current (one writer
+		// per data directory), instead of a round trip to the server
+		// that waits for the writes in flight. A local file system
+		// answers the same either way.
+		var st unix.Statx_t
+		if err := unix.Statx(int(fd.Fd()), "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, unix.STATX_SIZE, &st); err != nil {
+			return 0, &os.PathError{Op: "statx", Path: "backing", Err: err}
 		}
-		return st.Size, nil
+		return int64(st.Size), nil
 	}
 	fi, err := f.b.Stat()
 	if err != nil {
@@ -502,6 +547,7 @@ func (f *File) rehead() error {
 	if _, err := rand.Read(h.FileID[:]); err != nil {
 		return fmt.Errorf("crypto: random file-id: %w", err)
 	}
+	f.last.ok = false
 	if err := f.b.Truncate(HeaderSize); err != nil {
 		return err
 	}
@@ -553,9 +599,16 @@ func (f *File) oldBlock(aead cipher.AEAD, s *scratch, dst []byte, size int64, i 
 	if want <= 0 {
 		return 0, nil
 	}
-	buf, _, err := f.readSlots(s, size, i, i)
-	if err != nil {
-		return 0, err
+	var buf []byte
+	if n := g.slotLen(i, want); f.last.ok && f.last.i == i && int64(f.last.n) == n {
+		// Opened in place: a copy.
+		buf = s.cbuf[:n]
+		copy(buf, f.last.slot[:n])
+	} else {
+		var err error
+		if buf, _, err = f.readSlots(s, size, i, i); err != nil {
+			return 0, err
+		}
 	}
 	pt, err := f.openSlot(aead, &s.aad[0], i, buf, nil)
 	if err != nil {
@@ -592,6 +645,7 @@ func (f *File) writeChunk(s *scratch, aead cipher.AEAD, size int64, p []byte, of
 		}
 		tailLen = n
 	}
+	f.last.ok = false // the backing file changes from here on
 	if _, err := rand.Read(s.nonces[:nb*NonceSize]); err != nil {
 		return fmt.Errorf("crypto: random nonce: %w", err)
 	}
@@ -600,10 +654,15 @@ func (f *File) writeChunk(s *scratch, aead cipher.AEAD, size int64, p []byte, of
 		return min(newSize-g.blockStart(i), g.blockLen(i))
 	}
 	base := g.slotOff(first)
-	clen := int(g.slotOff(last) + g.slotLen(last, lens(last)) - base)
-	if err := f.makeRoom(size, newSize, base+int64(clen)); err != nil {
+	slotsEnd := int(g.slotOff(last) + g.slotLen(last, lens(last)) - base)
+	tail, err := f.makeRoom(size, newSize, base+int64(slotsEnd), cap(s.cbuf)-slotsEnd)
+	if err != nil {
 		return err
 	}
+	// What is written: the slots, then (growing by write) the zeros that
+	// set the new size.
+	clen := slotsEnd + tail
+	clear(s.cbuf[slotsEnd:clen])
 	seal := func(w, k int) error {
 		i := first + int64(k)
 		bstart := g.blockStart(i)
@@ -647,12 +706,23 @@ func (f *File) writeChunk(s *scratch, aead cipher.AEAD, size int64, p []byte, of
 		return err
 	}
 	// Blocks before the last are full, so the sealed slots are contiguous.
-	if nb < 2*pipeBlocks {
-		if err := f.forBlocks(nb, seal); err != nil {
+	if nb < 2*pipeBlocks || f.network {
+		var err error
+		if f.network {
+			for k := 0; k < nb && err == nil; k++ {
+				err = seal(0, k)
+			}
+		} else {
+			err = f.forBlocks(nb, seal)
+		}
+		if err != nil {
 			return restore(err)
 		}
-		_, err := f.b.WriteAt(s.cbuf[:clen], base)
-		return restore(err)
+		if _, err := f.b.WriteAt(s.cbuf[:clen], base); err != nil {
+			return restore(err)
+		}
+		f.keepLast(s.cbuf[g.slotOff(last)-base:slotsEnd], last)
+		return nil
 	}
 	// A large chunk is sealed and written in segments, each segment
 	// written while the next is sealed: the copy into the backing file's
@@ -679,29 +749,55 @@ func (f *File) writeChunk(s *scratch, aead cipher.AEAD, size int64, p []byte, of
 			return restore(err)
 		}
 	}
+	f.keepLast(s.cbuf[g.slotOff(last)-base:slotsEnd], last)
 	return nil
+}
+
+// keepLast records slot, just written whole as block i's, in f.last.
+func (f *File) keepLast(slot []byte, i int64) {
+	f.last.n = copy(f.last.slot[:], slot)
+	f.last.i, f.last.ok = i, f.last.n == len(slot)
 }
 
 // makeRoom prepares the backing file for a write that ends at backing
 // offset wEnd and leaves the plaintext size at newSize (from size): it
 // reserves the space past the current end, so that a full disk fails the
-// write before any block is half-written, and in version 2 sets the new
-// size first, so that the size never says less than the slots hold.
-func (f *File) makeRoom(size, newSize, wEnd int64) error {
+// write before any block is half-written, and in version 2 makes sure
+// the size never says less than the slots hold. A file that grows by
+// ftruncate gets its new size now, before the slots are written. One that
+// grows by write (on a network file system: SetNetworkBacking) gets it
+// from the write itself: makeRoom returns how many zero bytes the caller
+// appends to its write, past the last slot up to the new size (at most
+// room), or, when they do not fit, writes them itself now, before the
+// slots.
+func (f *File) makeRoom(size, newSize, wEnd int64, room int) (tail int, err error) {
 	g := f.h.geom()
 	oldEnd := g.cipherSize(size)
 	if g.v == 2 && size > 0 {
 		oldEnd -= oldEnd % PageSize // the last slot's end, not the size
 	}
+	grows := g.v == 2 && newSize > size
+	cs := g.cipherSize(newSize)
+	if grows && f.network {
+		wEnd = max(wEnd, cs) // the page past the last slot is written too
+	}
 	if wEnd > oldEnd {
 		if err := f.preallocate(oldEnd, wEnd-oldEnd); err != nil {
-			return err
+			return 0, err
 		}
 	}
-	if g.v == 2 && newSize > size {
-		return f.b.Truncate(g.cipherSize(newSize))
+	if !grows {
+		return 0, nil
 	}
-	return nil
+	if !f.network {
+		return 0, f.b.Truncate(cs)
+	}
+	// The new last slot ends at a page boundary, cs is past it.
+	if n := cs % PageSize; n <= int64(room) {
+		return int(n), nil
+	}
+	_, err = f.b.WriteAt([]byte{0}, cs-1)
+	return 0, err
 }
 
 // preallocate reserves backing space for [off, off+n) without changing the
@@ -734,6 +830,7 @@ func (f *File) Truncate(size int64) error {
 		return err
 	}
 	defer hold.release()
+	f.last.ok = false
 	cur, err := f.Size()
 	if err != nil {
 		return err
@@ -771,6 +868,7 @@ func (f *File) Truncate(size int64) error {
 // shrinkV1 cuts a version 1 file from plaintext size cur to size,
 // re-sealing the new last block when it is cut.
 func (f *File) shrinkV1(s *scratch, aead cipher.AEAD, cur, size int64) error {
+	f.last.ok = false
 	g := f.h.geom()
 	i := g.blockOf(size)
 	if size == g.blockStart(i) || size == cur {
@@ -798,6 +896,7 @@ func (f *File) shrinkV1(s *scratch, aead cipher.AEAD, cur, size int64) error {
 // slot. So the file is first cut at the page boundary after the last slot
 // (cutting whole pages only), then extended to its size.
 func (f *File) cut(size int64) error {
+	f.last.ok = false
 	cs, err := f.cipherSize()
 	if err != nil {
 		return err

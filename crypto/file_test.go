@@ -27,19 +27,22 @@ func readAll(t *testing.T, f *File) []byte {
 
 // TestModel runs thousands of random writes, truncates and reads against
 // an in-memory model, on a real file, straddling block boundaries, for a
-// new (version 2) file and an existing version 1 file.
+// new (version 2) file, one growing by write (SetNetworkBacking), and an
+// existing version 1 file.
 func TestModel(t *testing.T) {
 	for _, v := range []uint8{1, 2} {
-		t.Run(fmt.Sprintf("v%d", v), func(t *testing.T) { testModel(t, v) })
+		t.Run(fmt.Sprintf("v%d", v), func(t *testing.T) { testModel(t, v, false) })
 	}
+	t.Run("v2-grow-by-write", func(t *testing.T) { testModel(t, 2, true) })
 }
 
-func testModel(t *testing.T, v uint8) {
+func testModel(t *testing.T, v uint8, byWrite bool) {
 	k := newTestKeyring(t, 1)
 	pool := make([]byte, 2*chunkPlain+4*BlockSize)
 	rand.NewChaCha8([32]byte{1}).Read(pool)
 	model := append([]byte(nil), pool[:3*BlockSize+77]...)
 	f, b := newFileV(t, k, v, model)
+	f.SetNetworkBacking(byWrite)
 	rng := rand.New(rand.NewPCG(1, uint64(v)))
 	// Offsets near the block boundaries of both versions.
 	bound := func() int64 {

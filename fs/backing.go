@@ -15,6 +15,7 @@ import (
 	"unsafe"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/mountd/mountd/crypto"
 	"golang.org/x/sys/unix"
 )
 
@@ -1148,6 +1149,55 @@ func syncfsDurable(fd int) bool {
 		return false
 	}
 	return true
+}
+
+// Filesystem types (statfs f_type) whose clients make a file size change
+// a round trip to the server that waits for the writes in flight: an
+// encrypted file there grows by write, not by ftruncate
+// (crypto.File.SetNetworkBacking; docs/FORMAT.md section 2.1).
+const (
+	nfsSuperMagic  = 0x6969
+	cephSuperMagic = 0x00c36400
+	v9fsMagic      = 0x01021997
+	afsSuperMagic  = 0x5346414f
+)
+
+// growModes remembers, per device, whether encrypted files on it grow by
+// write (one statfs per device).
+type growModes struct {
+	mu      sync.Mutex
+	byWrite map[uint64]bool
+}
+
+// tune sets how cf, an encrypted file open on fd, grows: by write on a
+// network filesystem.
+func (r *Root) tune(cf *crypto.File, fd int) {
+	// The device of an open file is the kernel's to tell: no round trip
+	// to a network filesystem's server (AT_STATX_DONT_SYNC).
+	var st unix.Statx_t
+	if unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, 0, &st) != nil {
+		return
+	}
+	dev := unix.Mkdev(st.Dev_major, st.Dev_minor)
+	g := &r.grow
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	byWrite, ok := g.byWrite[dev]
+	if !ok {
+		var s unix.Statfs_t
+		if unix.Fstatfs(fd, &s) != nil {
+			return
+		}
+		switch uint32(s.Type) {
+		case fuseSuperMagic, nfsSuperMagic, smbSuperMagic, cifsMagic, smb2Magic, cephSuperMagic, v9fsMagic, afsSuperMagic:
+			byWrite = true
+		}
+		if g.byWrite == nil {
+			g.byWrite = map[uint64]bool{}
+		}
+		g.byWrite[dev] = byWrite
+	}
+	cf.SetNetworkBacking(byWrite)
 }
 
 // SyncDir makes the entries of directory rel (a path from the backing

@@ -421,6 +421,7 @@ func (c *Conversion) writeCopy(ctx context.Context, src int, o PrepareOptions) e
 	if err != nil {
 		return err
 	}
+	c.r.tune(cf, tfd)
 	bp := chunkPool.Get().(*[]byte)
 	buf, vbuf := (*bp)[:convertChunk], (*bp)[convertChunk:]
 	sx := &c.sx

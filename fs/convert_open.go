@@ -239,6 +239,7 @@ func (r *Root) convertOpen(st *inodeState, n *node) error {
 		nf.Close()
 		return err
 	}
+	r.tune(cf, nfd)
 	old := st.file
 	r.files.rekey(st, keyOf(&tx))
 	st.file, st.fd, st.writable, st.cf = nf, nfd, true, cf

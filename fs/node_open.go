@@ -219,6 +219,7 @@ func (r *Root) bind(st *inodeState, n *node, name string, flags uint32, fd int, 
 		if err != nil {
 			return nil, 0, r.errno(err, n, "open")
 		}
+		r.tune(cf, st.fd)
 		st.cf = cf
 	}
 	if created && encrypts && st.cf == nil && x.Size == 0 {
@@ -345,6 +346,7 @@ func (r *Root) maybeEncrypt(st *inodeState, n *node, protected bool) error {
 	if err != nil {
 		return err
 	}
+	r.tune(cf, st.fd)
 	st.cf = cf
 	n.invalidateClass()
 	return nil
@@ -402,6 +404,7 @@ func (r *Root) truncatePath(n *node, size int64) syscall.Errno {
 		if err != nil {
 			return r.errno(err, n, "truncate")
 		}
+		r.tune(cf, st.fd)
 		st.cf = cf
 	}
 	return r.truncateLocked(st, n, r.encrypts(n.name()), size)

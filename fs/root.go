@@ -110,8 +110,9 @@ type Root struct {
 	backing string // absolute path of the backing directory
 	rootFd  int    // O_PATH|O_DIRECTORY descriptor of backing
 	rootDev uint64
-	dirs    dirCache // directory descriptors of nodes (backing.go)
-	own     owners   // making objects for other users (backing.go)
+	dirs    dirCache  // directory descriptors of nodes (backing.go)
+	grow    growModes // how encrypted files grow, per filesystem (backing.go)
+	own     owners    // making objects for other users (backing.go)
 	protect []string
 	temps   []tempPattern // temporaries of protected names (protect.go)
 	require bool          // Options.RequireEncryption
