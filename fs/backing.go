@@ -1165,6 +1165,7 @@ const (
 // growModes remembers, per device, whether encrypted files on it grow by
 // write (one statfs per device).
 type growModes struct {
+	force   bool // Options.NetworkBacking
 	mu      sync.Mutex
 	byWrite map[uint64]bool
 }
@@ -1172,6 +1173,10 @@ type growModes struct {
 // tune sets how cf, an encrypted file open on fd, grows: by write on a
 // network filesystem.
 func (r *Root) tune(cf *crypto.File, fd int) {
+	if r.grow.force {
+		cf.SetNetworkBacking(true)
+		return
+	}
 	// The device of an open file is the kernel's to tell: no round trip
 	// to a network filesystem's server (AT_STATX_DONT_SYNC).
 	var st unix.Statx_t

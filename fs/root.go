@@ -95,6 +95,11 @@ type Options struct {
 	// "mountd".
 	FsName string
 
+	// NetworkBacking writes encrypted files as on a network filesystem
+	// (crypto.File.SetNetworkBacking) whatever statfs says of the
+	// backing filesystem: for one that mountd does not recognise.
+	NetworkBacking bool
+
 	// Activity, if set, is called on every read and write of encrypted
 	// content through the mount (the idle lock's notion of use). It must
 	// be cheap and must not block.
@@ -211,6 +216,7 @@ func NewRoot(opts Options) (*Root, error) {
 		served:       map[*node]struct{}{},
 		activity:     opts.Activity,
 	}
+	r.grow.force = opts.NetworkBacking
 	if r.activity == nil {
 		r.activity = func() {}
 	}

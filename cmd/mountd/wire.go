@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 
 	"github.com/sirupsen/logrus"
 
@@ -12,6 +13,12 @@ import (
 	"github.com/mountd/mountd/migrate"
 	"github.com/mountd/mountd/task"
 )
+
+// envNetworkBacking=1 makes the daemon write encrypted files as on a
+// network filesystem whatever the backing filesystem is (fs.Options.
+// NetworkBacking): for a network filesystem statfs does not tell, and for
+// the crash harness, which checks that way of writing on a recorded disk.
+const envNetworkBacking = "MOUNTD_NETWORK_BACKING"
 
 // daemon is the wired filesystem, control backend and lock policies.
 type daemon struct {
@@ -54,6 +61,7 @@ func startDaemon(c *serveConfig, kr *crypto.Keyring, log *logrus.Entry, info con
 		Activity:            pol.Activity,
 		AllowOther:          c.allowOther,
 		FsName:              c.data,
+		NetworkBacking:      os.Getenv(envNetworkBacking) == "1",
 	})
 	if err != nil {
 		pol.Close()

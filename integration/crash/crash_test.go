@@ -88,6 +88,9 @@ type workload struct {
 	passwords func(acked []ack) []string
 	// check checks one crash state.
 	check func(c *cctx)
+	// env is added to the environment of the daemon that runs the
+	// recorded part.
+	env []string
 }
 
 const password = "crash harness password"
@@ -208,7 +211,7 @@ func record(t *testing.T, fsType string, sector int, w *workload) *recording {
 			t.Fatal(err)
 		}
 	}
-	d, err := startDaemon(data, mnt, filepath.Join(dir, "mountd.log"))
+	d, err := startDaemon(data, mnt, filepath.Join(dir, "mountd.log"), w.env...)
 	if err != nil {
 		t.Fatal(err)
 	}

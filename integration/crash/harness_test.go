@@ -262,8 +262,8 @@ func freeAddr() (string, error) {
 // startDaemon runs mountd on data, mounted at mnt, with its output in
 // logPath, and waits until both the mount and the control plane answer.
 // New passwords get the cheapest KDF the verifier accepts, so that every
-// crash state logs in quickly.
-func startDaemon(data, mnt, logPath string) (*daemon, error) {
+// crash state logs in quickly. env is added to its environment.
+func startDaemon(data, mnt, logPath string, env ...string) (*daemon, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -277,6 +277,9 @@ func startDaemon(data, mnt, logPath string) (*daemon, error) {
 	d.cmd = exec.Command(mountdBin, "--data", data, "--mount", mnt, "--listen", addr,
 		"--kdf-time", "2", "--kdf-memory", "19", "--kdf-threads", "1", "--log-level", "info")
 	d.cmd.Stdout, d.cmd.Stderr = out, out
+	if len(env) > 0 {
+		d.cmd.Env = append(os.Environ(), env...)
+	}
 	if err := d.cmd.Start(); err != nil {
 		out.Close()
 		return nil, err

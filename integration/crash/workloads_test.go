@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // workloads: each constructor returns a fresh workload (its model of what
@@ -20,6 +22,47 @@ var workloads = []func(full bool) *workload{
 	passwdWorkload,
 	migrateWorkload,
 	streamWorkload,
+	// The daemon writing as on a network filesystem (growing files by
+	// write, not by ftruncate: docs/FORMAT.md section 5), on this disk.
+	networkWrites(appendWorkload, "log.bin"),
+	networkWrites(streamWorkload, "big.bin"),
+}
+
+// networkWrites runs the workload of mk with the daemon writing encrypted
+// files as on a network filesystem (MOUNTD_NETWORK_BACKING=1). After the
+// recorded part the backing file name must show it: data, not a hole, in
+// the page past its last slot.
+func networkWrites(mk func(full bool) *workload, name string) func(full bool) *workload {
+	return func(full bool) *workload {
+		w := mk(full)
+		w.name += "-netwrites"
+		w.env = []string{"MOUNTD_NETWORK_BACKING=1"}
+		run := w.run
+		w.run = func(wc *wctx) error {
+			if err := run(wc); err != nil {
+				return err
+			}
+			f, err := os.Open(filepath.Join(wc.data, name))
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			fi, err := f.Stat()
+			if err != nil {
+				return err
+			}
+			cs := fi.Size()
+			hole, err := unix.Seek(int(f.Fd()), cs/4096*4096, unix.SEEK_HOLE)
+			if err != nil {
+				return err
+			}
+			if cs%4096 != 0 && hole < cs {
+				return fmt.Errorf("%s: a hole past the last slot (at %d of %d): the daemon grew it by ftruncate", name, hole, cs)
+			}
+			return nil
+		}
+		return w
+	}
 }
 
 // Each workload writes an encrypted file (NAME.bin) and, as a control, the
