@@ -369,15 +369,21 @@ func crashScenarios() []crashScenario {
 // reads back (its value or a later one), nothing else is ever returned.
 func TestCrashStates(t *testing.T) {
 	k := newTestKeyring(t, 21)
-	rng := rand.New(rand.NewPCG(5, 6))
+	runAllScenarios(t, k, rand.New(rand.NewPCG(5, 6)), 0, "lose acknowledged data")
+}
+
+// runAllScenarios checks every scenario, in both ways of growing, with
+// atomic units of sector bytes (0: whole pages); a state that fails is
+// one that does what.
+func runAllScenarios(t *testing.T, k *Keyring, rng *rand.Rand, sector int, what string) {
 	for _, mode := range growModes {
 		for _, sc := range crashScenarios() {
 			sc.byWrite = mode.byWrite
 			t.Run(mode.name+"/"+sc.name, func(t *testing.T) {
-				states, bad := runCrashScenario(t, k, rng, 2, sc, 0)
+				states, bad := runCrashScenario(t, k, rng, 2, sc, sector)
 				t.Logf("%d crash states", states)
 				if len(bad) > 0 {
-					t.Fatalf("%d of %d states lose acknowledged data, e.g. %s", len(bad), states, bad[0])
+					t.Fatalf("%d of %d states %s, e.g. %s", len(bad), states, what, bad[0])
 				}
 			})
 		}
@@ -414,19 +420,7 @@ func TestCrashStatesVersion1(t *testing.T) {
 // returned. (Plain files keep the untorn sectors; see FORMAT.md.)
 func TestCrashStatesTornSectors(t *testing.T) {
 	k := newTestKeyring(t, 23)
-	rng := rand.New(rand.NewPCG(9, 10))
-	for _, mode := range growModes {
-		for _, sc := range crashScenarios() {
-			sc.byWrite = mode.byWrite
-			t.Run(mode.name+"/"+sc.name, func(t *testing.T) {
-				states, bad := runCrashScenario(t, k, rng, 2, sc, 512)
-				t.Logf("%d crash states", states)
-				if len(bad) > 0 {
-					t.Fatalf("%d of %d states lose more than a torn block, e.g. %s", len(bad), states, bad[0])
-				}
-			})
-		}
-	}
+	runAllScenarios(t, k, rand.New(rand.NewPCG(9, 10)), 512, "lose more than a torn block")
 }
 
 // prepareScenario writes sc's initial content in format version v, syncs,
