@@ -62,13 +62,8 @@ func (r *Root) nodeOptions(opts Options) *gofs.Options {
 		DirectMount:       true,
 		ExtraCapabilities: fuse.CAP_DIRECT_IO_ALLOW_MMAP,
 		EnableLocks:       true,
-		// No read is answered with a file descriptor (encrypted files
-		// are decrypted, plaintext ones go through kernel passthrough):
-		// go-fuse's attempt to splice every read reply costs a pipe, an
-		// fcntl and a write each, fails for a 1 MiB reply and logs it.
-		DisableSplice: true,
-		Options:       []string{"default_permissions"},
-		Logger:        log.New(r.log.WithField(logkey.Component, "go-fuse").WriterLevel(logrus.DebugLevel), "", 0),
+		Options:           []string{"default_permissions"},
+		Logger:            log.New(r.log.WithField(logkey.Component, "go-fuse").WriterLevel(logrus.DebugLevel), "", 0),
 	}
 	if mo.FsName == "" {
 		mo.FsName = "mountd"
