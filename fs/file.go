@@ -86,8 +86,22 @@ func (f *cryptFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, r.errno(err, f.n, "read")
 	}
-	return fuse.ReadResultData(dest[:m]), 0
+	return dataResult(dest[:m]), 0
 }
+
+// dataResult is the reply data of a read, handed to go-fuse as one slice
+// (it has go-fuse's Slices method): go-fuse writes the reply with one
+// writev and calls Done after that. Any other result it would first try to
+// splice (for a file descriptor result): a pipe, an fcntl and a write per
+// reply, failing and logging for a 1 MiB one. (DisableSplice is no way
+// out: with it go-fuse calls Done before writing the reply, and the
+// prefetch's Done recycles the buffer.)
+type dataResult []byte
+
+func (d dataResult) Bytes([]byte) ([]byte, fuse.Status) { return d, fuse.OK }
+func (d dataResult) Size() int                          { return len(d) }
+func (d dataResult) Done()                              {}
+func (d dataResult) Slices() ([][]byte, fuse.Status)    { return [][]byte{d}, fuse.OK }
 
 // Write writes plaintext; it encrypts when the file is encrypted, or is a
 // protected file while the key is set (an empty one gets a header, a

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
 	"github.com/mountd/mountd/crypto"
@@ -453,5 +454,19 @@ func TestUnprobedNames(t *testing.T) {
 	}
 	if fi, err := os.Stat(e.m("c.bin")); err != nil || fi.Size() != int64(len(data)) {
 		t.Fatalf("c.bin: size %v, %v; want %d", fi.Size(), err, len(data))
+	}
+}
+
+// TestReadRepliesAreSlices: both kinds of read reply have go-fuse's
+// Slices method, so go-fuse writes them with one writev and releases them
+// after it, without first trying to splice them.
+func TestReadRepliesAreSlices(t *testing.T) {
+	type slicer interface {
+		Slices() ([][]byte, fuse.Status)
+	}
+	for _, r := range []fuse.ReadResult{dataResult(nil), &prefetchResult{}} {
+		if _, ok := r.(slicer); !ok {
+			t.Errorf("%T has no Slices method: go-fuse tries to splice it first", r)
+		}
 	}
 }

@@ -170,6 +170,11 @@ func (p *prefetchResult) Bytes([]byte) ([]byte, fuse.Status) { return p.pf.buf[:
 func (p *prefetchResult) Size() int                          { return p.pf.m }
 func (p *prefetchResult) Done()                              { p.pool.put(p.pf) }
 
+// Slices hands the reply to go-fuse as one slice, as dataResult does.
+func (p *prefetchResult) Slices() ([][]byte, fuse.Status) {
+	return [][]byte{p.pf.buf[:p.pf.m]}, fuse.OK
+}
+
 // discard waits for the prefetches and frees their buffers.
 func (r *Root) discard(pfs []*prefetch) {
 	for _, pf := range pfs {
