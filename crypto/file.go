@@ -59,7 +59,7 @@ var zeroChunk [chunkPlain]byte
 // random-I/O case) take a small one, so they neither allocate nor pin a
 // megabyte each.
 type scratch struct {
-	cbuf   []byte // blocks * CipherBlockSize (a slot of either version fits)
+	cbuf   []byte // blocks * CipherBlockSize (a slot of either version fits), and a page more of capacity (the zeros of a growing write, makeRoom)
 	nonces []byte // blocks * NonceSize
 	aad    [maxWorkers][aadSize]byte
 	head   [BlockSize]byte // first block of a read-modify-write
@@ -70,7 +70,8 @@ type scratch struct {
 const smallBlocks = 16
 
 func newScratch(blocks int) *scratch {
-	return &scratch{cbuf: make([]byte, blocks*CipherBlockSize), nonces: make([]byte, blocks*NonceSize)}
+	n := blocks * CipherBlockSize
+	return &scratch{cbuf: make([]byte, n, n+PageSize), nonces: make([]byte, blocks*NonceSize)}
 }
 
 var (
@@ -655,7 +656,7 @@ func (f *File) writeChunk(s *scratch, aead cipher.AEAD, size int64, p []byte, of
 	}
 	base := g.slotOff(first)
 	slotsEnd := int(g.slotOff(last) + g.slotLen(last, lens(last)) - base)
-	tail, err := f.makeRoom(size, newSize, base+int64(slotsEnd), cap(s.cbuf)-slotsEnd)
+	tail, err := f.makeRoom(size, newSize, base+int64(slotsEnd))
 	if err != nil {
 		return err
 	}
@@ -767,10 +768,9 @@ func (f *File) keepLast(slot []byte, i int64) {
 // ftruncate gets its new size now, before the slots are written. One that
 // grows by write (on a network file system: SetNetworkBacking) gets it
 // from the write itself: makeRoom returns how many zero bytes the caller
-// appends to its write, past the last slot up to the new size (at most
-// room), or, when they do not fit, writes them itself now, before the
-// slots.
-func (f *File) makeRoom(size, newSize, wEnd int64, room int) (tail int, err error) {
+// appends to its write, past the last slot up to the new size (less than
+// a page: the scratch has room for them past its slots).
+func (f *File) makeRoom(size, newSize, wEnd int64) (tail int, err error) {
 	g := f.h.geom()
 	oldEnd := g.cipherSize(size)
 	if g.v == 2 && size > 0 {
@@ -793,11 +793,7 @@ func (f *File) makeRoom(size, newSize, wEnd int64, room int) (tail int, err erro
 		return 0, f.b.Truncate(cs)
 	}
 	// The new last slot ends at a page boundary, cs is past it.
-	if n := cs % PageSize; n <= int64(room) {
-		return int(n), nil
-	}
-	_, err = f.b.WriteAt([]byte{0}, cs-1)
-	return 0, err
+	return int(cs % PageSize), nil
 }
 
 // preallocate reserves backing space for [off, off+n) without changing the

@@ -40,9 +40,8 @@ func newCountingFile(t *testing.T, k *Keyring) (*File, *opCounting) {
 }
 
 // appendSizes are appends of every kind: within a block, across a few,
-// a small request whose zeros past the last slot do not fit after its
-// slots in the small scratch (16 blocks, then a written tail of 3000
-// bytes: written apart), 1 MiB requests (the large scratch, in segments).
+// a small request that fills the small scratch's 16 slots and has 3000
+// zero bytes to write past them, 1 MiB requests (the large scratch).
 var appendSizes = []int{1, 200, 4000, 5000, 15*PageBlockSize + 3000, 100, 1 << 20, 1<<20 + 3, 7}
 
 // TestGrowByWrite: a file growing by write never changes its backing
