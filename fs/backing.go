@@ -1170,8 +1170,30 @@ type growModes struct {
 	byWrite map[uint64]bool
 }
 
-// tune sets how cf, an encrypted file open on fd, grows: by write on a
-// network filesystem.
+// openCrypt opens the encrypted file in the backing file f for reading
+// and writing through r: crypto.OpenFile, written as its filesystem wants
+// (tune). Every crypto.File that the mount writes comes from here or from
+// createCrypt.
+func (r *Root) openCrypt(f *os.File) (*crypto.File, error) {
+	cf, err := crypto.OpenFile(r.kr, f)
+	if err == nil {
+		r.tune(cf, int(f.Fd()))
+	}
+	return cf, err
+}
+
+// createCrypt is crypto.CreateFile for r, written as the filesystem of f
+// wants (tune).
+func (r *Root) createCrypt(f *os.File) (*crypto.File, error) {
+	cf, err := crypto.CreateFile(r.kr, f)
+	if err == nil {
+		r.tune(cf, int(f.Fd()))
+	}
+	return cf, err
+}
+
+// tune sets how cf, an encrypted file open on fd, is written: as on a
+// network filesystem when fd's is one (or Options.NetworkBacking).
 func (r *Root) tune(cf *crypto.File, fd int) {
 	if r.grow.force {
 		cf.SetNetworkBacking(true)

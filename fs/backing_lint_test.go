@@ -87,3 +87,45 @@ func TestBackingConfinedToOneFile(t *testing.T) {
 		t.Fatalf("checked only %d files; run from the package directory", checked)
 	}
 }
+
+// TestCryptFilesTuned: every crypto.File the mount writes is made by
+// Root.openCrypt or Root.createCrypt (backing.go), which set how it is
+// written on its filesystem (a network filesystem's files grow by write).
+// The one other crypto.OpenFile is the conversion's read of the version 1
+// original (convert.go), which never writes.
+func TestCryptFilesTuned(t *testing.T) {
+	files, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fset := token.NewFileSet()
+	opens := 0
+	for _, name := range files {
+		if strings.HasSuffix(name, "_test.go") || name == "backing.go" {
+			continue
+		}
+		f, err := parser.ParseFile(fset, name, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ast.Inspect(f, func(nd ast.Node) bool {
+			sel, ok := nd.(*ast.SelectorExpr)
+			if !ok {
+				return true
+			}
+			if pkg, ok := sel.X.(*ast.Ident); !ok || pkg.Name != "crypto" {
+				return true
+			}
+			switch {
+			case sel.Sel.Name == "OpenFile" && name == "convert.go":
+				opens++
+			case sel.Sel.Name == "OpenFile", sel.Sel.Name == "CreateFile":
+				t.Errorf("%s: crypto.%s: use Root.openCrypt or Root.createCrypt", fset.Position(sel.Pos()), sel.Sel.Name)
+			}
+			return true
+		})
+	}
+	if opens != 1 {
+		t.Errorf("convert.go calls crypto.OpenFile %d times, want once (the original's read)", opens)
+	}
+}

@@ -417,11 +417,10 @@ func (c *Conversion) writeCopy(ctx context.Context, src int, o PrepareOptions) e
 	}
 	c.tmpName, c.tmp = tmpName, os.NewFile(uintptr(tfd), tmpName)
 
-	cf, err := crypto.CreateFile(c.r.kr, c.tmp)
+	cf, err := c.r.createCrypt(c.tmp)
 	if err != nil {
 		return err
 	}
-	c.r.tune(cf, tfd)
 	bp := chunkPool.Get().(*[]byte)
 	buf, vbuf := (*bp)[:convertChunk], (*bp)[convertChunk:]
 	sx := &c.sx

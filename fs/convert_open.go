@@ -232,14 +232,13 @@ func (r *Root) convertOpen(st *inodeState, n *node) error {
 		r.log.WithField(logkey.Path, rel).WithError(out.Err).Warn("encrypted file in place, but could not sync its directory")
 	}
 	nf := os.NewFile(uintptr(nfd), "backing")
-	cf, err := crypto.OpenFile(r.kr, nf)
+	cf, err := r.openCrypt(nf)
 	if err != nil {
 		// Cannot happen for the copy just checked; never serve the
 		// old inode's plaintext after its name went.
 		nf.Close()
 		return err
 	}
-	r.tune(cf, nfd)
 	old := st.file
 	r.files.rekey(st, keyOf(&tx))
 	st.file, st.fd, st.writable, st.cf = nf, nfd, true, cf

@@ -215,11 +215,10 @@ func (r *Root) bind(st *inodeState, n *node, name string, flags uint32, fd int, 
 
 	st.adopt(fd, writable)
 	if class == classEncrypted && st.cf == nil {
-		cf, err := crypto.OpenFile(r.kr, st.file)
+		cf, err := r.openCrypt(st.file)
 		if err != nil {
 			return nil, 0, r.errno(err, n, "open")
 		}
-		r.tune(cf, st.fd)
 		st.cf = cf
 	}
 	if created && encrypts && st.cf == nil && x.Size == 0 {
@@ -339,14 +338,13 @@ func (r *Root) maybeEncrypt(st *inodeState, n *node, protected bool) error {
 	if st.sizeLocked() != 0 {
 		return nil
 	}
-	cf, err := crypto.CreateFile(r.kr, st.file)
+	cf, err := r.createCrypt(st.file)
 	if errors.Is(err, crypto.ErrLocked) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	r.tune(cf, st.fd)
 	st.cf = cf
 	n.invalidateClass()
 	return nil
@@ -400,11 +398,10 @@ func (r *Root) truncatePath(n *node, size int64) syscall.Errno {
 	}
 	st.adopt(fd, true)
 	if class == classEncrypted && st.cf == nil {
-		cf, err := crypto.OpenFile(r.kr, st.file)
+		cf, err := r.openCrypt(st.file)
 		if err != nil {
 			return r.errno(err, n, "truncate")
 		}
-		r.tune(cf, st.fd)
 		st.cf = cf
 	}
 	return r.truncateLocked(st, n, r.encrypts(n.name()), size)
