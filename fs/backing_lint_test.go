@@ -50,8 +50,28 @@ func TestBackingConfinedToOneFile(t *testing.T) {
 		t.Fatalf("package migrate not found beside fs (%v): run from the package directory", err)
 	}
 	files = append(files, mig...)
+	checked := eachSelector(t, files, func(name string, pos token.Position, pkg, sel string) {
+		for _, fn := range byName[pkg] {
+			if sel != fn {
+				continue
+			}
+			if _, ok := allowedByName[name+" "+pkg+"."+fn]; !ok {
+				t.Errorf("%s: %s.%s reaches a file by name; only backing.go may (add a helper there)", pos, pkg, fn)
+			}
+		}
+	})
+	if checked < 10 {
+		t.Fatalf("checked only %d files; run from the package directory", checked)
+	}
+}
+
+// eachSelector parses files, but for the tests and backing.go, and calls
+// fn with every package-qualified name in them (pkg.sel) and where it is.
+// It returns how many files it parsed.
+func eachSelector(t *testing.T, files []string, fn func(name string, pos token.Position, pkg, sel string)) int {
+	t.Helper()
 	fset := token.NewFileSet()
-	checked := 0
+	parsed := 0
 	for _, name := range files {
 		if strings.HasSuffix(name, "_test.go") || name == "backing.go" {
 			continue
@@ -60,32 +80,17 @@ func TestBackingConfinedToOneFile(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		checked++
+		parsed++
 		ast.Inspect(f, func(nd ast.Node) bool {
-			sel, ok := nd.(*ast.SelectorExpr)
-			if !ok {
-				return true
-			}
-			pkg, ok := sel.X.(*ast.Ident)
-			if !ok {
-				return true
-			}
-			for _, fn := range byName[pkg.Name] {
-				if sel.Sel.Name != fn {
-					continue
-				}
-				key := name + " " + pkg.Name + "." + fn
-				if _, ok := allowedByName[key]; !ok {
-					t.Errorf("%s: %s.%s reaches a file by name; only backing.go may (add a helper there)",
-						fset.Position(sel.Pos()), pkg.Name, fn)
+			if sel, ok := nd.(*ast.SelectorExpr); ok {
+				if pkg, ok := sel.X.(*ast.Ident); ok {
+					fn(name, fset.Position(sel.Pos()), pkg.Name, sel.Sel.Name)
 				}
 			}
 			return true
 		})
 	}
-	if checked < 10 {
-		t.Fatalf("checked only %d files; run from the package directory", checked)
-	}
+	return parsed
 }
 
 // TestCryptFilesTuned: every crypto.File the mount writes is made by
@@ -98,33 +103,16 @@ func TestCryptFilesTuned(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fset := token.NewFileSet()
 	opens := 0
-	for _, name := range files {
-		if strings.HasSuffix(name, "_test.go") || name == "backing.go" {
-			continue
+	eachSelector(t, files, func(name string, pos token.Position, pkg, sel string) {
+		switch {
+		case pkg != "crypto":
+		case sel == "OpenFile" && name == "convert.go":
+			opens++
+		case sel == "OpenFile", sel == "CreateFile":
+			t.Errorf("%s: crypto.%s: use Root.openCrypt or Root.createCrypt", pos, sel)
 		}
-		f, err := parser.ParseFile(fset, name, nil, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ast.Inspect(f, func(nd ast.Node) bool {
-			sel, ok := nd.(*ast.SelectorExpr)
-			if !ok {
-				return true
-			}
-			if pkg, ok := sel.X.(*ast.Ident); !ok || pkg.Name != "crypto" {
-				return true
-			}
-			switch {
-			case sel.Sel.Name == "OpenFile" && name == "convert.go":
-				opens++
-			case sel.Sel.Name == "OpenFile", sel.Sel.Name == "CreateFile":
-				t.Errorf("%s: crypto.%s: use Root.openCrypt or Root.createCrypt", fset.Position(sel.Pos()), sel.Sel.Name)
-			}
-			return true
-		})
-	}
+	})
 	if opens != 1 {
 		t.Errorf("convert.go calls crypto.OpenFile %d times, want once (the original's read)", opens)
 	}

@@ -6,33 +6,17 @@ import (
 	"path/filepath"
 	"testing"
 
-	"golang.org/x/sys/unix"
+	"github.com/mountd/mountd/internal/testmount"
 )
 
-// tailPageHoldsData reports whether the page past the last slot of the
-// version 2 encrypted file at path (where its size goes on after its
-// slots) holds data rather than a hole.
+// tailPageHoldsData is testmount.TailPageHoldsData, failing t on error.
 func tailPageHoldsData(t *testing.T, path string) bool {
 	t.Helper()
-	f, err := os.Open(path)
+	ok, err := testmount.TailPageHoldsData(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cs := fi.Size()
-	page := cs / 4096 * 4096
-	if page == cs {
-		t.Fatalf("%s: size %d ends on a page boundary", path, cs)
-	}
-	hole, err := unix.Seek(int(f.Fd()), page, unix.SEEK_HOLE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return hole >= cs
+	return ok
 }
 
 // writeThrough writes data to path (through a mount) in two writes, the

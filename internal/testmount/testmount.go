@@ -272,3 +272,30 @@ func Ino(t testing.TB, path string) uint64 {
 	}
 	return st.Ino
 }
+
+// TailPageHoldsData reports whether the version 2 encrypted file at path
+// holds data, not a hole, in the page past its last slot (where its size
+// goes on after the slots): a file that grew by write
+// (crypto.File.SetNetworkBacking) does, one that grew by ftruncate does
+// not. A size on a page boundary has no such page: an error.
+func TailPageHoldsData(path string) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return false, err
+	}
+	cs := fi.Size()
+	page := cs / crypto.PageSize * crypto.PageSize
+	if page == cs {
+		return false, fmt.Errorf("%s: size %d ends on a page boundary", path, cs)
+	}
+	hole, err := unix.Seek(int(f.Fd()), page, unix.SEEK_HOLE)
+	if err != nil {
+		return false, err
+	}
+	return hole >= cs, nil
+}
