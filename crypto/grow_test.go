@@ -2,6 +2,7 @@ package crypto
 
 import (
 	"bytes"
+	"errors"
 	"math/rand/v2"
 	"os"
 	"sync/atomic"
@@ -186,6 +187,46 @@ func TestAppendReadsNothingBack(t *testing.T) {
 				t.Error("an append after SetBacking did not read its block back")
 			}
 			check("SetBacking and an append")
+		})
+	}
+}
+
+// TestFailedAppendKeepsFile: an append whose backing write fails (a full
+// disk, a server gone) returns the error and leaves the file as it was,
+// its size and content, in both ways of growing; the next append works.
+func TestFailedAppendKeepsFile(t *testing.T) {
+	for _, mode := range growModes {
+		t.Run(mode.name, func(t *testing.T) {
+			k := newTestKeyring(t, 0x33)
+			mb := &memBacking{}
+			f, err := CreateFile(k, mb)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.SetNetworkBacking(mode.byWrite)
+			old := bytes.Repeat([]byte("acknowledged "), 700) // 9100 bytes: three blocks
+			if _, err := f.WriteAt(old, 0); err != nil {
+				t.Fatal(err)
+			}
+			oldCS := int64(len(mb.b))
+			more := bytes.Repeat([]byte{0xa5}, 1<<20)
+			mb.failAt = slotOff(f, 100) // inside the append
+			if _, err := f.WriteAt(more, int64(len(old))); !errors.Is(err, errInjected) {
+				t.Fatalf("append with a failing write: %v", err)
+			}
+			mb.failAt = 0
+			if got := int64(len(mb.b)); got != oldCS {
+				t.Errorf("backing size %d after the failed append, was %d", got, oldCS)
+			}
+			if got := readAll(t, f); !bytes.Equal(got, old) {
+				t.Fatalf("after the failed append: %d bytes, not the %d acknowledged", len(got), len(old))
+			}
+			if _, err := f.WriteAt(more[:5000], int64(len(old))); err != nil {
+				t.Fatal(err)
+			}
+			if got := readAll(t, f); !bytes.Equal(got, append(old, more[:5000]...)) {
+				t.Fatal("the append after a failed one reads back wrong")
+			}
 		})
 	}
 }
