@@ -10,7 +10,7 @@ import (
 )
 
 // byName are the calls that reach a file by name (or read directories):
-// in package fs only backing.go may make them, so that every access to
+// in package fs only the backing*.go files may make them, so that every access to
 // the backing directory follows its rules (no symlink followed, nothing
 // outside the backing directory, the node's own object).
 var byName = map[string][]string{
@@ -30,17 +30,17 @@ var byName = map[string][]string{
 	"filepath": {"Walk", "WalkDir", "Glob", "EvalSymlinks"},
 }
 
-// allowedByName are the exceptions outside backing.go, with why.
+// allowedByName are the exceptions outside the backing*.go files, with why.
 var allowedByName = map[string]string{
 	"mount.go unix.Stat":       "the mountpoint (setReadAhead), not the backing directory",
 	"mount.go os.WriteFile":    "sysfs (setReadAhead)",
 	"mount.go syscall.Unmount": "the mountpoint",
 }
 
-// TestBackingConfinedToOneFile fails when code outside backing.go
+// TestBackingConfined fails when code outside the backing*.go files
 // reaches a file by name, here or in package migrate (which works through
 // this package's API only, with no exception).
-func TestBackingConfinedToOneFile(t *testing.T) {
+func TestBackingConfined(t *testing.T) {
 	files, err := filepath.Glob("*.go")
 	if err != nil {
 		t.Fatal(err)
@@ -56,7 +56,7 @@ func TestBackingConfinedToOneFile(t *testing.T) {
 				continue
 			}
 			if _, ok := allowedByName[name+" "+pkg+"."+fn]; !ok {
-				t.Errorf("%s: %s.%s reaches a file by name; only backing.go may (add a helper there)", pos, pkg, fn)
+				t.Errorf("%s: %s.%s reaches a file by name; only the backing*.go files may (add a helper there)", pos, pkg, fn)
 			}
 		}
 	})
@@ -65,7 +65,7 @@ func TestBackingConfinedToOneFile(t *testing.T) {
 	}
 }
 
-// eachSelector parses files, but for the tests and backing.go, and calls
+// eachSelector parses files, but for the tests and the backing*.go files, and calls
 // fn with every package-qualified name in them (pkg.sel) and where it is.
 // It returns how many files it parsed.
 func eachSelector(t *testing.T, files []string, fn func(name string, pos token.Position, pkg, sel string)) int {
@@ -73,7 +73,7 @@ func eachSelector(t *testing.T, files []string, fn func(name string, pos token.P
 	fset := token.NewFileSet()
 	parsed := 0
 	for _, name := range files {
-		if strings.HasSuffix(name, "_test.go") || name == "backing.go" {
+		if strings.HasSuffix(name, "_test.go") || isBackingFile(name) {
 			continue
 		}
 		f, err := parser.ParseFile(fset, name, nil, 0)
@@ -94,7 +94,7 @@ func eachSelector(t *testing.T, files []string, fn func(name string, pos token.P
 }
 
 // TestCryptFilesTuned: every crypto.File the mount writes is made by
-// Root.openCrypt or Root.createCrypt (backing.go), which set how it is
+// Root.openCrypt or Root.createCrypt (backing_fscaps.go), which set how it is
 // written on its filesystem (a network filesystem's files grow by write).
 // The one other crypto.OpenFile is the conversion's read of the version 1
 // original (convert.go), which never writes.
@@ -116,4 +116,10 @@ func TestCryptFilesTuned(t *testing.T) {
 	if opens != 1 {
 		t.Errorf("convert.go calls crypto.OpenFile %d times, want once (the original's read)", opens)
 	}
+}
+
+// isBackingFile reports whether name is one of the files that may reach
+// the backing directory by name: backing.go and backing_*.go in package fs.
+func isBackingFile(name string) bool {
+	return name == "backing.go" || strings.HasPrefix(name, "backing_") && strings.HasSuffix(name, ".go")
 }

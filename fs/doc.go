@@ -45,10 +45,10 @@
 //   - Call a kernel notification while holding a filesystem lock, or from
 //     inside a FUSE request handler: both can deadlock.
 //   - Touch anything outside the backing directory, or follow a symlink in
-//     it: backing.go is the only code that reaches files by name, relative
-//     to directory descriptors checked to be the node's inode, never
-//     following a symlink (TestBackingConfinedToOneFile), and it acts for
-//     other users only on objects pinned by descriptor.
+//     it: the backing*.go files are the only code that reaches files by
+//     name, relative to directory descriptors checked to be the node's
+//     inode, never following a symlink (TestBackingConfined), and they act
+//     for other users only on objects pinned by descriptor.
 //   - Import the control package, or log key material or plaintext.
 //
 // Known limits: a backing file whose magic was destroyed reads as
@@ -79,10 +79,10 @@
 //     and its cipher cache cmu under it), Root.servedMu, the prefetch
 //     pool's mu, fileTable.mu (openfile.go: the table and its claims; its
 //     cond waits only for a claim), handleSet.mu (openfile.go: handles not
-//     yet released), dirCache.mu (backing.go: directory
+//     yet released), dirCache.mu (backing_dirs.go: directory
 //     descriptors of nodes), node.mu (a node's cached class), converter.mu
 //     (converter.go; the pending record's pendingLog.mu, pending.go, is
-//     taken under it and is the last), commitCaps.mu (commit.go), xattratMissing (backing.go),
+//     taken under it and is the last), commitCaps.mu (commit.go), xattratMissing (backing_obj.go),
 //     the Keyring's lmu (its listeners), and commitCaps.names (commit.go):
 //     taken shared by unlink, rename and link through the mount around
 //     their one backing call, exclusively by a rename commit around its

@@ -115,9 +115,9 @@ type Root struct {
 	backing string // absolute path of the backing directory
 	rootFd  int    // O_PATH|O_DIRECTORY descriptor of backing
 	rootDev uint64
-	dirs    dirCache  // directory descriptors of nodes (backing.go)
-	grow    growModes // how encrypted files grow, per filesystem (backing.go)
-	own     owners    // making objects for other users (backing.go)
+	dirs    dirCache  // directory descriptors of nodes (backing_dirs.go)
+	grow    growModes // how encrypted files grow, per filesystem (backing_fscaps.go)
+	own     owners    // making objects for other users (backing_owners.go)
 	protect []string
 	temps   []tempPattern // temporaries of protected names (protect.go)
 	require bool          // Options.RequireEncryption

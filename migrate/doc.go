@@ -33,7 +33,7 @@
 // claim of the batch.
 //
 // What it must never do: touch the backing directory other than through
-// fs (fs's TestBackingConfinedToOneFile checks this package too); import
+// fs (fs's TestBackingConfined checks this package too); import
 // control or go-fuse; keep a copy of the key (the Keyring is asked, and
 // its OnClear listener cancels a running task at logout); log file
 // contents.
