@@ -225,6 +225,26 @@ func (r *Root) isNode(n *node, x *unix.Statx_t) bool {
 	return got.Ino == want.Ino && got.Gen == want.Gen && got.Mode == want.Mode&unix.S_IFMT
 }
 
+// pinNode opens name in directory dir as an O_PATH descriptor of the
+// object itself (a symlink is not followed), checked to be n's inode:
+// ESTALE when the name holds something else now.
+func (r *Root) pinNode(dir int, name string, n *node) (int, error) {
+	fd, err := unix.Openat(dir, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	var x unix.Statx_t
+	if err := fstatx(fd, &x); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	if !r.isNode(n, &x) {
+		unix.Close(fd)
+		return -1, syscall.ESTALE
+	}
+	return fd, nil
+}
+
 // staleErr turns the error of resolving a node's path into what the
 // kernel should get: a path that now has a symlink or a file where a
 // directory was no longer names the node (ESTALE: look it up again).
@@ -392,18 +412,11 @@ func (r *Root) linkNode(n *node, dir int, name string) error {
 		return err
 	}
 	defer d.release()
-	fd, err := unix.Openat(d.fd, oldName, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	fd, err := r.pinNode(d.fd, oldName, n)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
-	var x unix.Statx_t
-	if err := fstatx(fd, &x); err != nil {
-		return err
-	}
-	if !r.isNode(n, &x) {
-		return syscall.ESTALE
-	}
 	// Following the /proc link reaches the object itself (also a
 	// symlink); unlike AT_EMPTY_PATH it needs no CAP_DAC_READ_SEARCH.
 	return unix.Linkat(unix.AT_FDCWD, procFd(fd), dir, name, unix.AT_SYMLINK_FOLLOW)

@@ -36,18 +36,11 @@ func (r *Root) withObj(ctx context.Context, n *node, fn func(o obj) error) error
 	if r.trusted(ctx) {
 		return fn(obj{dir: d.fd, name: name, fd: -1})
 	}
-	fd, err := unix.Openat(d.fd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	fd, err := r.pinNode(d.fd, name, n)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
-	var x unix.Statx_t
-	if err := fstatx(fd, &x); err != nil {
-		return err
-	}
-	if !r.isNode(n, &x) {
-		return syscall.ESTALE
-	}
 	return fn(obj{dir: -1, fd: fd})
 }
 
@@ -154,23 +147,39 @@ func bytePtr(b []byte) unsafe.Pointer {
 	return unsafe.Pointer(&b[0])
 }
 
+// xattrat makes the *xattrat system call nr (getxattrat, setxattrat or
+// removexattrat, Linux 6.13) for attr on o's name, not following a
+// symlink, with args (nil for removexattrat). err is set when a name
+// cannot be passed (a NUL in it), e is the call's result.
+func (o obj) xattrat(nr uintptr, attr string, args *xattrArgs) (uintptr, syscall.Errno, error) {
+	p, err := unix.BytePtrFromString(o.name)
+	if err != nil {
+		return 0, 0, err
+	}
+	a, err := unix.BytePtrFromString(attr)
+	if err != nil {
+		return 0, 0, err
+	}
+	if args == nil {
+		r, _, e := unix.Syscall6(nr, uintptr(o.dir), uintptr(unsafe.Pointer(p)), unix.AT_SYMLINK_NOFOLLOW,
+			uintptr(unsafe.Pointer(a)), 0, 0)
+		return r, e, nil
+	}
+	r, _, e := unix.Syscall6(nr, uintptr(o.dir), uintptr(unsafe.Pointer(p)), unix.AT_SYMLINK_NOFOLLOW,
+		uintptr(unsafe.Pointer(a)), uintptr(unsafe.Pointer(args)), unsafe.Sizeof(*args))
+	return r, e, nil
+}
+
 func (o obj) getxattr(attr string, dest []byte) (int, error) {
 	if o.fd >= 0 {
 		return unix.Getxattr(procFd(o.fd), attr, dest)
 	}
 	if !noXattrat() {
-		p, err := unix.BytePtrFromString(o.name)
-		if err != nil {
-			return 0, err
-		}
-		a, err := unix.BytePtrFromString(attr)
-		if err != nil {
-			return 0, err
-		}
-		args := xattrArgs{value: bytePtr(dest), size: uint32(len(dest))}
-		r, _, e := unix.Syscall6(unix.SYS_GETXATTRAT, uintptr(o.dir), uintptr(unsafe.Pointer(p)),
-			unix.AT_SYMLINK_NOFOLLOW, uintptr(unsafe.Pointer(a)), uintptr(unsafe.Pointer(&args)), unsafe.Sizeof(args))
+		r, e, err := o.xattrat(unix.SYS_GETXATTRAT, attr, &xattrArgs{value: bytePtr(dest), size: uint32(len(dest))})
 		runtime.KeepAlive(dest)
+		if err != nil {
+			return 0, err
+		}
 		if e != unix.ENOSYS {
 			return int(r), errnoErr(e)
 		}
@@ -184,18 +193,11 @@ func (o obj) setxattr(attr string, data []byte, flags int) error {
 		return unix.Setxattr(procFd(o.fd), attr, data, flags)
 	}
 	if !noXattrat() {
-		p, err := unix.BytePtrFromString(o.name)
-		if err != nil {
-			return err
-		}
-		a, err := unix.BytePtrFromString(attr)
-		if err != nil {
-			return err
-		}
-		args := xattrArgs{value: bytePtr(data), size: uint32(len(data)), flags: uint32(flags)}
-		_, _, e := unix.Syscall6(unix.SYS_SETXATTRAT, uintptr(o.dir), uintptr(unsafe.Pointer(p)),
-			unix.AT_SYMLINK_NOFOLLOW, uintptr(unsafe.Pointer(a)), uintptr(unsafe.Pointer(&args)), unsafe.Sizeof(args))
+		_, e, err := o.xattrat(unix.SYS_SETXATTRAT, attr, &xattrArgs{value: bytePtr(data), size: uint32(len(data)), flags: uint32(flags)})
 		runtime.KeepAlive(data)
+		if err != nil {
+			return err
+		}
 		if e != unix.ENOSYS {
 			return errnoErr(e)
 		}
@@ -209,16 +211,10 @@ func (o obj) removexattr(attr string) error {
 		return unix.Removexattr(procFd(o.fd), attr)
 	}
 	if !noXattrat() {
-		p, err := unix.BytePtrFromString(o.name)
+		_, e, err := o.xattrat(unix.SYS_REMOVEXATTRAT, attr, nil)
 		if err != nil {
 			return err
 		}
-		a, err := unix.BytePtrFromString(attr)
-		if err != nil {
-			return err
-		}
-		_, _, e := unix.Syscall6(unix.SYS_REMOVEXATTRAT, uintptr(o.dir), uintptr(unsafe.Pointer(p)),
-			unix.AT_SYMLINK_NOFOLLOW, uintptr(unsafe.Pointer(a)), 0, 0)
 		if e != unix.ENOSYS {
 			return errnoErr(e)
 		}
