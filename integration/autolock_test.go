@@ -51,21 +51,19 @@ func policy(st map[string]any, name string) (state, detail string) {
 	return state, detail
 }
 
-// waitLocked polls the daemon (another process: nothing notifies us) until
-// the key is cleared, and returns the status then.
-func (d *daemon) waitLocked(what string) map[string]any {
+// waitLocked waits for the daemon's n-th auto-lock for reason (its log
+// line, written once the logout is complete), and returns the status
+// then, in which the key must be gone.
+func (d *daemon) waitLocked(reason string, n int) map[string]any {
 	d.t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		st := d.status(false)
-		if st["key_set"] == false {
-			return st
-		}
-		if time.Now().After(deadline) {
-			d.t.Fatalf("%s: still logged in after 60s: %v", what, st)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !d.out.waitForCount(60*time.Second, n, "logout: file encryption key cleared", "reason="+reason) {
+		d.t.Fatalf("no auto-lock number %d for %s within 60s: %v", n, reason, d.status(false))
 	}
+	st := d.status(false)
+	if st["key_set"] != false {
+		d.t.Fatalf("%s: the daemon logged its logout but the key is still set: %v", reason, st)
+	}
+	return st
 }
 
 // TestAutoLockSuspendAndSessionLock runs the real daemon against a private
@@ -150,7 +148,7 @@ func TestAutoLockSuspendAndSessionLock(t *testing.T) {
 	// Another user's session locking does nothing; ours does.
 	must(t, li.LockSession("4"))
 	must(t, li.SetLockedHint("3", true))
-	st = d.waitLocked("session lock")
+	st = d.waitLocked("session_lock", 1)
 	if lastLock(st) != "session_lock" {
 		t.Fatalf("last lock after the session lock: %v", st["last_lock"])
 	}
@@ -194,7 +192,7 @@ func TestAutoLockIdle(t *testing.T) {
 		if err := os.WriteFile(path, []byte("idle secret"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		st := d.waitLocked("idle")
+		st := d.waitLocked("idle", i+1)
 		if lastLock(st) != "idle" {
 			t.Fatalf("last lock: %v", st["last_lock"])
 		}

@@ -131,6 +131,11 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 // waitFor waits until a line of the output contains every one of parts,
 // woken by each write; it reports false after d.
 func (s *syncBuffer) waitFor(d time.Duration, parts ...string) bool {
+	return s.waitForCount(d, 1, parts...)
+}
+
+// waitForCount is waitFor for n such lines.
+func (s *syncBuffer) waitForCount(d time.Duration, n int, parts ...string) bool {
 	timer := time.NewTimer(d)
 	defer timer.Stop()
 	for {
@@ -141,10 +146,14 @@ func (s *syncBuffer) waitFor(d time.Duration, parts ...string) bool {
 		}
 		written := s.written
 		s.mu.Unlock()
+		seen := 0
 		for _, line := range strings.Split(out, "\n") {
 			if containsAll(line, parts) {
-				return true
+				seen++
 			}
+		}
+		if seen >= n {
+			return true
 		}
 		select {
 		case <-written:

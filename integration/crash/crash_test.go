@@ -88,6 +88,10 @@ type workload struct {
 	passwords func(acked []ack) []string
 	// check checks one crash state.
 	check func(c *cctx)
+	// beforeLogin, when set, checks the crash state's backing directory
+	// with the daemon started but before the check logs in (before a
+	// login can change it).
+	beforeLogin func(c *cctx)
 	// env is added to the environment of the daemon that runs the
 	// recorded part.
 	env []string
@@ -328,6 +332,9 @@ func check(c *cctx, w *workload, acked []ack) {
 				c.fail("check panicked: %v", p)
 			}
 		}()
+		if w.beforeLogin != nil {
+			w.beforeLogin(c)
+		}
 		pws := defaultPasswords(acked)
 		if w.passwords != nil {
 			pws = w.passwords(acked)
