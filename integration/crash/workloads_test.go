@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mountd/mountd/crypto"
 	"github.com/mountd/mountd/internal/testmount"
 )
 
@@ -21,6 +22,7 @@ var workloads = []func(full bool) *workload{
 	saveWorkload,
 	passwdWorkload,
 	migrateWorkload,
+	upgradeWorkload,
 	pendingWorkload,
 	streamWorkload,
 	// The daemon writing as on a network filesystem (growing files by
@@ -537,34 +539,11 @@ func migrateWorkload(full bool) *workload {
 			return nil
 		},
 		run: func(w *wctx) error {
-			st, m, err := w.d.call("POST", "/api/system/encrypt_existing_files", nil)
-			if err != nil {
+			if _, err := encryptExisting(w.d); err != nil {
 				return err
 			}
-			if st != 202 {
-				return fmt.Errorf("encrypt_existing_files: %d %v", st, m)
-			}
-			id, _ := m["task"].(map[string]any)["id"].(string)
-			deadline := time.Now().Add(2 * time.Minute)
-			for {
-				_, m, err := w.d.call("GET", "/api/system/tasks/"+id, nil)
-				if err != nil {
-					return err
-				}
-				task, _ := m["task"].(map[string]any)
-				switch task["state"] {
-				case "succeeded":
-					w.ack("done")
-					return nil
-				case "running":
-				default:
-					return fmt.Errorf("task ended: %v", task)
-				}
-				if time.Now().After(deadline) {
-					return fmt.Errorf("task still running after 2 minutes: %v", task)
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
+			w.ack("done")
+			return nil
 		},
 		check: func(c *cctx) {
 			done := lastAck(c.acked, "") == "done"
@@ -589,12 +568,7 @@ func migrateWorkload(full bool) *workload {
 					}
 				}
 			}
-			ents, _ := os.ReadDir(c.data)
-			for _, e := range ents {
-				if strings.HasPrefix(e.Name(), ".mountd-tmp-") {
-					c.fail("temp file %s left in the backing directory after start", e.Name())
-				}
-			}
+			noTemps(c)
 		},
 	}
 }
@@ -713,12 +687,7 @@ func pendingWorkload(full bool) *workload {
 				}
 				read(i)
 			}
-			ents, _ := os.ReadDir(c.data)
-			for _, e := range ents {
-				if strings.HasPrefix(e.Name(), ".mountd-tmp-") {
-					c.fail("temp file %s left in the backing directory after start", e.Name())
-				}
-			}
+			noTemps(c)
 		},
 	}
 }
@@ -751,6 +720,143 @@ func waitNothingPending(d *daemon, limit time.Duration) error {
 			return fmt.Errorf("pending_encryption still %d after %v", n, limit)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// encryptExisting runs the encrypt_existing_files task and waits for it
+// to succeed (polling: the daemon is another process), returning its
+// record.
+func encryptExisting(d *daemon) (map[string]any, error) {
+	st, m, err := d.call("POST", "/api/system/encrypt_existing_files", nil)
+	if err != nil {
+		return nil, err
+	}
+	if st != 202 {
+		return nil, fmt.Errorf("encrypt_existing_files: %d %v", st, m)
+	}
+	id, _ := m["task"].(map[string]any)["id"].(string)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		_, m, err := d.call("GET", "/api/system/tasks/"+id, nil)
+		if err != nil {
+			return nil, err
+		}
+		task, _ := m["task"].(map[string]any)
+		switch task["state"] {
+		case "succeeded":
+			return task, nil
+		case "running":
+		default:
+			return nil, fmt.Errorf("task ended: %v", task)
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("task still running after 2 minutes: %v", task)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// noTemps fails c for every conversion temp left in the backing
+// directory's root after the daemon started.
+func noTemps(c *cctx) {
+	ents, _ := os.ReadDir(c.data)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".mountd-tmp-") {
+			c.fail("temp file %s left in the backing directory after start", e.Name())
+		}
+	}
+}
+
+// ---- upgrade: version 1 files (an older mountd's) rewritten in version 2 ----
+
+// upgradeWorkload puts version 1 files, as an older mountd left them,
+// into the backing directory and runs encrypt_existing_files, which
+// rewrites each in version 2 (copy, check, rename: FORMAT.md sections 2.2
+// and 4). In every crash state each file reads back exactly (the name
+// holds the whole version 1 file or the whole version 2 copy); once the
+// task's success was acknowledged, each is version 2 on disk; no temp is
+// left.
+func upgradeWorkload(full bool) *workload {
+	sizes := []int{1, 4064, 4065, 5000, 70000, 1<<20 + 123}
+	if full {
+		sizes = append(sizes, 2, 4095, 4097, 300000, 3<<20+7)
+	}
+	name := func(i int) string { return fmt.Sprintf("v1-%02d.bin", i) }
+	want := func(i int) []byte { return gen(uint64(8000+i), 0, sizes[i]) }
+	version := func(c *cctx, i int) int {
+		b := make([]byte, crypto.HeaderSize)
+		f, err := os.Open(filepath.Join(c.data, name(i)))
+		if err != nil {
+			return 0
+		}
+		defer f.Close()
+		if _, err := io.ReadFull(f, b); err != nil {
+			return 0
+		}
+		h, err := crypto.ParseHeader(b)
+		if err != nil {
+			return 0
+		}
+		return int(h.Version)
+	}
+	return &workload{
+		name: "upgrade",
+		setup: func(w *wctx) error {
+			v1, err := testmount.V1WriterFor(w.data, []byte(password))
+			if err != nil {
+				return err
+			}
+			defer v1.Wipe()
+			for i := range sizes {
+				b, err := v1.Encode(want(i))
+				if err != nil {
+					return err
+				}
+				f, err := os.OpenFile(filepath.Join(w.data, name(i)), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+				if err != nil {
+					return err
+				}
+				_, err = f.Write(b)
+				if err == nil {
+					err = f.Sync()
+				}
+				if cerr := f.Close(); err == nil {
+					err = cerr
+				}
+				if err != nil {
+					return err
+				}
+			}
+			return syncDir(w.data)
+		},
+		run: func(w *wctx) error {
+			task, err := encryptExisting(w.d)
+			if err != nil {
+				return err
+			}
+			if up, _ := task["files_upgraded"].(float64); int(up) != len(sizes) {
+				return fmt.Errorf("files_upgraded %v, want %d: %v", task["files_upgraded"], len(sizes), task)
+			}
+			w.ack("done")
+			return nil
+		},
+		check: func(c *cctx) {
+			done := lastAck(c.acked, "") == "done"
+			for i := range sizes {
+				v := version(c, i)
+				got, err := os.ReadFile(filepath.Join(c.mnt, name(i)))
+				switch {
+				case err != nil:
+					c.fail("%s (version %d on disk): %v", name(i), v, err)
+				case !bytes.Equal(got, want(i)):
+					c.fail("%s (version %d on disk): %d bytes differ from the original %d", name(i), v, len(got), sizes[i])
+				}
+				if done && v != 2 {
+					c.fail("%s: version %d on disk after the task's success was acknowledged", name(i), v)
+				}
+			}
+			noTemps(c)
+		},
 	}
 }
 

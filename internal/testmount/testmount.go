@@ -210,36 +210,64 @@ func ForeignV1Writer(t testing.TB) *V1Writer {
 	return w
 }
 
+// V1WriterFor returns a writer under the master key behind the verifier
+// of the data directory backing, opened with password; Wipe drops its
+// secrets. (For callers without a testing.TB, e.g. the crash harness's
+// workloads, which run off the test goroutine.)
+func V1WriterFor(backing string, password []byte) (*V1Writer, error) {
+	v, err := crypto.ReadVerifier(crypto.VerifierPath(backing))
+	if err != nil {
+		return nil, err
+	}
+	s, err := crypto.Inspect(crypto.VerifierPath(backing), password)
+	if err != nil {
+		return nil, err
+	}
+	return &V1Writer{kid: v.KeyID, secrets: s}, nil
+}
+
+// Wipe zeroes the writer's secrets.
+func (w *V1Writer) Wipe() { w.secrets.Wipe() }
+
 // Bytes returns plain (not empty) encrypted as a version 1 file with a
 // fresh file-id.
 func (w *V1Writer) Bytes(t testing.TB, plain []byte) []byte {
 	t.Helper()
+	out, err := w.Encode(plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// Encode is Bytes for callers without a testing.TB.
+func (w *V1Writer) Encode(plain []byte) ([]byte, error) {
 	h := crypto.Header{Version: 1, KeyID: w.kid}
 	if _, err := rand.Read(h.FileID[:]); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	key := w.secrets.FileKey(h.FileID)
 	defer clear(key)
 	b, err := aes.NewCipher(key)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	aead, err := cipher.NewGCM(b)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	hb := h.Marshal()
 	out := append([]byte(nil), hb[:]...)
 	for i := 0; i*crypto.BlockSize < len(plain); i++ {
 		nonce := make([]byte, crypto.NonceSize)
 		if _, err := rand.Read(nonce); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		aad := binary.BigEndian.AppendUint64(hb[:], uint64(i))
 		out = append(out, nonce...)
 		out = aead.Seal(out, nonce, plain[i*crypto.BlockSize:min(len(plain), (i+1)*crypto.BlockSize)], aad)
 	}
-	return out
+	return out, nil
 }
 
 // Write writes plain as a version 1 file at path (mode 0644).
