@@ -10,6 +10,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -125,6 +126,8 @@ type File struct {
 	// network: the backing file is on a network file system; see
 	// SetNetworkBacking.
 	network bool
+	// direct: large slot writes go with O_DIRECT; see SetDirectWrites.
+	direct bool
 }
 
 // lastSlot is File.last.
@@ -199,6 +202,59 @@ func (f *File) SetBacking(b Backing) {
 //
 // docs/FORMAT.md section 5 has the crash argument of both ways of growing.
 func (f *File) SetNetworkBacking(on bool) { f.network = on }
+
+// directMin is the smallest slot write that SetDirectWrites sends with
+// O_DIRECT: below it the page-cache copy costs less than pinning pages.
+const directMin = 64 << 10
+
+// SetDirectWrites tells f whether to write the slots of a chunk of at
+// least directMin bytes, when they go in one call (always on a network
+// file system, SetNetworkBacking), with O_DIRECT set on the backing
+// descriptor for that call: on a FUSE file system (sshfs) the kernel then
+// hands the daemon's own pages to the file system's server instead of
+// copying them into its page cache first (a copy of every byte less, and
+// the pieces of the write go to the server together). Reads keep the page
+// cache (the flag is set back after the write). Not for NFS or SMB, whose
+// O_DIRECT writes wait for the server, nor local file systems, which want
+// aligned O_DIRECT writes: a file system that refuses the flag, or a write
+// with it (EINVAL), turns it off for f, and the write goes the usual way.
+func (f *File) SetDirectWrites(on bool) { f.direct = on }
+
+// DirectWrites reports whether f writes large chunks with O_DIRECT (set,
+// and not turned off by a file system that refused it).
+func (f *File) DirectWrites() bool { return f.direct }
+
+// writeSlots writes b (sealed slots, and the zeros of a growing write) at
+// backing offset off in one call, with O_DIRECT when SetDirectWrites asks
+// for it and b is large enough.
+func (f *File) writeSlots(b []byte, off int64) error {
+	fd, ok := f.b.(fder)
+	if !f.direct || !ok || len(b) < directMin {
+		_, err := f.b.WriteAt(b, off)
+		return err
+	}
+	n := fd.Fd()
+	fl, err := unix.FcntlInt(n, unix.F_GETFL, 0)
+	if err == nil {
+		_, err = unix.FcntlInt(n, unix.F_SETFL, fl|unix.O_DIRECT)
+	}
+	if err != nil {
+		f.direct = false // the file system takes no O_DIRECT
+		_, err := f.b.WriteAt(b, off)
+		return err
+	}
+	_, err = f.b.WriteAt(b, off)
+	if _, rerr := unix.FcntlInt(n, unix.F_SETFL, fl); rerr != nil {
+		f.direct = false // never again: the descriptor may be left direct
+	}
+	if errors.Is(err, syscall.EINVAL) {
+		// An O_DIRECT write this file system wants aligned: nothing
+		// was written. The usual way, from now on.
+		f.direct = false
+		_, err = f.b.WriteAt(b, off)
+	}
+	return err
+}
 
 // cipherSize returns the backing file's size.
 func (f *File) cipherSize() (int64, error) {
@@ -610,7 +666,7 @@ func (f *File) writeChunk(s *scratch, aead cipher.AEAD, size int64, p []byte, of
 		if err != nil {
 			return restore(err)
 		}
-		if _, err := f.b.WriteAt(s.cbuf[:clen], base); err != nil {
+		if err := f.writeSlots(s.cbuf[:clen], base); err != nil {
 			return restore(err)
 		}
 		f.keepLast(s.cbuf[g.slotOff(last)-base:slotsEnd], last)

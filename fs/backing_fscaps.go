@@ -47,12 +47,33 @@ const (
 	afsSuperMagic  = 0x5346414f
 )
 
-// growModes remembers, per device, whether encrypted files on it grow by
-// write (one statfs per device).
+// growModes remembers, per device, how encrypted files on it are
+// written (one statfs per device).
 type growModes struct {
-	force   bool // Options.NetworkBacking
-	mu      sync.Mutex
-	byWrite map[uint64]bool
+	force bool // Options.NetworkBacking
+	mu    sync.Mutex
+	modes map[uint64]writeMode
+}
+
+// writeMode is how encrypted files on one filesystem are written.
+type writeMode struct {
+	byWrite bool // grow by write, not ftruncate (crypto.File.SetNetworkBacking)
+	direct  bool // large chunks with O_DIRECT (crypto.File.SetDirectWrites)
+}
+
+// writeModeOf is the writeMode for a filesystem of statfs type typ:
+// network filesystems grow files by write; FUSE ones (sshfs) also take
+// large chunks with O_DIRECT, which there hands the daemon's pages to the
+// server process (NFS and SMB would wait for the server on each such write,
+// local filesystems want them aligned).
+func writeModeOf(typ uint32) writeMode {
+	switch typ {
+	case fuseSuperMagic:
+		return writeMode{byWrite: true, direct: true}
+	case nfsSuperMagic, smbSuperMagic, cifsMagic, smb2Magic, cephSuperMagic, v9fsMagic, afsSuperMagic:
+		return writeMode{byWrite: true}
+	}
+	return writeMode{}
 }
 
 // openCrypt opens the encrypted file in the backing file f for reading
@@ -77,8 +98,10 @@ func (r *Root) createCrypt(f *os.File) (*crypto.File, error) {
 	return cf, err
 }
 
-// tune sets how cf, an encrypted file open on fd, is written: as on a
-// network filesystem when fd's is one (or Options.NetworkBacking).
+// tune sets how cf, an encrypted file open on fd, is written: as its
+// filesystem wants (writeModeOf), or grown by write wherever it is with
+// Options.NetworkBacking (never with O_DIRECT, which a local filesystem
+// would refuse for unaligned writes).
 func (r *Root) tune(cf *crypto.File, fd int) {
 	if r.grow.force {
 		cf.SetNetworkBacking(true)
@@ -94,20 +117,18 @@ func (r *Root) tune(cf *crypto.File, fd int) {
 	g := &r.grow
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	byWrite, ok := g.byWrite[dev]
+	m, ok := g.modes[dev]
 	if !ok {
 		var s unix.Statfs_t
 		if unix.Fstatfs(fd, &s) != nil {
 			return
 		}
-		switch uint32(s.Type) {
-		case fuseSuperMagic, nfsSuperMagic, smbSuperMagic, cifsMagic, smb2Magic, cephSuperMagic, v9fsMagic, afsSuperMagic:
-			byWrite = true
+		m = writeModeOf(uint32(s.Type))
+		if g.modes == nil {
+			g.modes = map[uint64]writeMode{}
 		}
-		if g.byWrite == nil {
-			g.byWrite = map[uint64]bool{}
-		}
-		g.byWrite[dev] = byWrite
+		g.modes[dev] = m
 	}
-	cf.SetNetworkBacking(byWrite)
+	cf.SetNetworkBacking(m.byWrite)
+	cf.SetDirectWrites(m.direct)
 }

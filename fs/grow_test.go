@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/mountd/mountd/internal/testmount"
 )
 
@@ -55,6 +57,80 @@ func TestGrowsByFtruncateLocally(t *testing.T) {
 	}
 	if tailPageHoldsData(t, e.b("f.bin")) {
 		t.Error("on a local filesystem the page past the last slot holds data: the file grew by write")
+	}
+	// Nor does a local file get O_DIRECT writes (which a local
+	// filesystem wants aligned).
+	f, st := e.openCryptState(t, "g.bin")
+	defer f.Close()
+	if _, err := f.Write(markerData(1 << 20)); err != nil {
+		t.Fatal(err)
+	}
+	if directWrites(st) {
+		t.Error("a file on a local filesystem is written with O_DIRECT")
+	}
+}
+
+// openCryptState creates the encrypted file name through the mount and
+// returns it open for writing, with its inode state.
+func (e *testEnv) openCryptState(t *testing.T, name string) (*os.File, *inodeState) {
+	t.Helper()
+	f, err := os.OpenFile(e.m(name), os.O_CREATE|os.O_RDWR|os.O_EXCL, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var x unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, e.b(name), unix.AT_SYMLINK_NOFOLLOW, unix.STATX_INO, &x); err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	key := keyOf(&x)
+	for _, st := range e.root.files.states() {
+		st.mu.RLock()
+		ok := st.cf != nil && st.key == key
+		st.mu.RUnlock()
+		if ok {
+			return f, st
+		}
+	}
+	f.Close()
+	t.Fatalf("%s: no encrypted inode state for %+v", name, key)
+	return nil, nil
+}
+
+// directWrites reports whether st's encrypted file is written with
+// O_DIRECT (crypto.File.DirectWrites).
+func directWrites(st *inodeState) bool {
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	return st.cf != nil && st.cf.DirectWrites()
+}
+
+// testNetDirectWrites (on sshfs): the mount asks for large writes to go to
+// the backing file with O_DIRECT (crypto TestDirectWrites shows that they
+// then do), and the content reads back.
+func testNetDirectWrites(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	f, st := e.openCryptState(t, "d.bin")
+	defer f.Close()
+	var data []byte
+	for i := range 8 {
+		p := markerData(1<<20 + i)
+		if _, err := f.Write(p); err != nil {
+			t.Fatal(err)
+		}
+		data = append(data, p...)
+	}
+	if !directWrites(st) {
+		t.Error("a file on sshfs is not written with O_DIRECT")
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(e.content("d.bin"), data) {
+		t.Fatal("d.bin reads back different")
 	}
 }
 

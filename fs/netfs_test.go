@@ -37,6 +37,7 @@ func TestOnSSHFS(t *testing.T) {
 	t.Run("ExchangeUnsupportedFoundOnce", testNetNoExchange)
 	t.Run("AtomicSaves", testNetAtomicSaves)
 	t.Run("GrowsByWrite", func(t *testing.T) { testNetGrowsByWrite(t, mnt, export) })
+	t.Run("DirectWrites", testNetDirectWrites)
 	t.Run("Model", func(t *testing.T) {
 		ops := 12000
 		if testing.Short() {
