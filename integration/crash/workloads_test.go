@@ -103,6 +103,26 @@ func syncAll(fs []*os.File) error {
 	return nil
 }
 
+// createSynced creates path (which must not exist) with data and fsyncs
+// it.
+func createSynced(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", filepath.Base(path), err)
+	}
+	return nil
+}
+
 func syncDir(dir string) error {
 	f, err := os.Open(dir)
 	if err != nil {
@@ -611,19 +631,8 @@ func pendingWorkload(full bool) *workload {
 		},
 		run: func(w *wctx) error {
 			for i := range sizes {
-				f, err := os.OpenFile(filepath.Join(w.mnt, name(i)), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-				if err != nil {
+				if err := createSynced(filepath.Join(w.mnt, name(i)), want(i)); err != nil {
 					return err
-				}
-				_, err = f.Write(want(i))
-				if err == nil {
-					err = f.Sync()
-				}
-				if cerr := f.Close(); err == nil {
-					err = cerr
-				}
-				if err != nil {
-					return fmt.Errorf("%s: %w", name(i), err)
 				}
 				if err := syncDir(w.mnt); err != nil {
 					return err
@@ -812,18 +821,7 @@ func upgradeWorkload(full bool) *workload {
 				if err != nil {
 					return err
 				}
-				f, err := os.OpenFile(filepath.Join(w.data, name(i)), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-				if err != nil {
-					return err
-				}
-				_, err = f.Write(b)
-				if err == nil {
-					err = f.Sync()
-				}
-				if cerr := f.Close(); err == nil {
-					err = cerr
-				}
-				if err != nil {
+				if err := createSynced(filepath.Join(w.data, name(i)), b); err != nil {
 					return err
 				}
 			}
