@@ -386,8 +386,10 @@ for ((round = 1; round <= rounds; round++)); do
 		for tg in "${ord[@]}"; do
 			seq_rw "$tg" prot "${DIR[$tg]}/big.bin"
 		done
-		for tg in mountd base; do
-			[[ -n ${DIR[$tg]:-} ]] || continue
+		# In the round's order too: the second of two back-to-back runs
+		# here read big.dat 5-7 times faster whichever tree it was.
+		for tg in "${ord[@]}"; do
+			[[ ($tg == mountd || $tg == base) && -n ${DIR[$tg]:-} ]] || continue
 			data=$md_data
 			[[ $tg == base ]] && data=$base_data
 			# The protected file must really be encrypted on disk and the other
