@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // mountdBin is the daemon under test: built from this tree, or the binary
@@ -248,6 +250,52 @@ type daemon struct {
 func (d *daemon) output() string {
 	b, _ := os.ReadFile(d.out.Name())
 	return string(b)
+}
+
+// waitLog waits until a line of the daemon's log holds every one of
+// parts, woken by each write to the log file (inotify), for up to limit,
+// and reports whether one did.
+func (d *daemon) waitLog(limit time.Duration, parts ...string) bool {
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	// Watched before the first read: no write falls between.
+	if _, err := unix.InotifyAddWatch(fd, d.out.Name(), unix.IN_MODIFY); err != nil {
+		return false
+	}
+	deadline := time.Now().Add(limit)
+	events := make([]byte, 4096)
+	for {
+		for _, line := range strings.Split(d.output(), "\n") {
+			if containsAll(line, parts) {
+				return true
+			}
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return false
+		}
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		if _, err := unix.Poll(pfd, int(left/time.Millisecond)+1); err != nil && err != unix.EINTR {
+			return false
+		}
+		for { // drain the events: the log is read again whole
+			if _, err := unix.Read(fd, events); err != nil {
+				break
+			}
+		}
+	}
+}
+
+func containsAll(s string, parts []string) bool {
+	for _, p := range parts {
+		if !strings.Contains(s, p) {
+			return false
+		}
+	}
+	return true
 }
 
 func freeAddr() (string, error) {
