@@ -31,7 +31,7 @@ func (e *testEnv) ino(name string) uint64    { e.t.Helper(); return testmount.In
 func TestUpgradeV1(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	ctx := context.Background()
-	v1 := testmount.NewV1Writer(t, e.kr, e.backing)
+	v1 := testmount.NewV1Writer(t, e.backing)
 	small := markerData(70000)
 	big := markerData(3*convertChunk/2 + 5) // more than one copy chunk
 	if err := os.Mkdir(e.b("d"), 0o755); err != nil {
@@ -167,7 +167,7 @@ func TestUpgradeCommitCrashStates(t *testing.T) {
 			e.root.conv.caps.forceRename = tc.rename
 			e.root.conv.caps.crash = func(rel string, s commitStep) bool { return rel == "x.bin" && s == tc.step }
 			data := markerData(3*crypto.BlockSize + 77)
-			testmount.NewV1Writer(t, e.kr, e.backing).Write(t, e.b("x.bin"), data)
+			testmount.NewV1Writer(t, e.backing).Write(t, e.b("x.bin"), data)
 
 			c, out := e.root.PrepareConversion(context.Background(), "x.bin", PrepareOptions{})
 			if c == nil || !c.Upgrade() {
@@ -225,7 +225,7 @@ func TestUpgradeCommitCrashStates(t *testing.T) {
 func TestUpgradeOnWrite(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	a := e.recordAttempts()
-	v1 := testmount.NewV1Writer(t, e.kr, e.backing)
+	v1 := testmount.NewV1Writer(t, e.backing)
 	data := markerData(5*crypto.BlockSize + 300)
 	v1.Write(t, e.b("w.bin"), data)
 	v1.Write(t, e.b("r.bin"), data)
@@ -322,7 +322,7 @@ func TestUpgradeItemOnlyUpgrades(t *testing.T) {
 func TestUpgradeOnTruncate(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	a := e.recordAttempts()
-	v1 := testmount.NewV1Writer(t, e.kr, e.backing)
+	v1 := testmount.NewV1Writer(t, e.backing)
 	data := markerData(5*crypto.BlockSize + 300)
 	v1.Write(t, e.b("s.bin"), data)
 	v1.Write(t, e.b("g.bin"), data)

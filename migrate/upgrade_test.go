@@ -31,7 +31,7 @@ func TestMigrateUpgradesV1(t *testing.T) {
 		"encrypt_existing_files: encrypted file is damaged", "encrypt_existing_files: file is encrypted in content format 1 under another master key",
 	}})
 	m := mountedMigrator(t, e, Options{})
-	v1 := testmount.NewV1Writer(t, e.kr, e.backing)
+	v1 := testmount.NewV1Writer(t, e.backing)
 	a, big, plain := pattern(1, 70001), pattern(2, 3*convertChunk+17), pattern(3, 9000)
 	if err := os.MkdirAll(e.b("d"), 0o755); err != nil {
 		t.Fatal(err)
@@ -139,7 +139,7 @@ func TestMigrateUpgradeBusy(t *testing.T) {
 	e := newEnv(t, envOpts{})
 	m := mountedMigrator(t, e, Options{RetryRounds: -1})
 	data := pattern(4, 10000)
-	testmount.NewV1Writer(t, e.kr, e.backing).Write(t, e.b("open.bin"), data)
+	testmount.NewV1Writer(t, e.backing).Write(t, e.b("open.bin"), data)
 	f, err := os.Open(e.m("open.bin"))
 	if err != nil {
 		t.Fatal(err)

@@ -181,19 +181,15 @@ type V1Writer struct {
 }
 
 // NewV1Writer returns a writer under the master key behind backing's
-// verifier (made by Keyring, whose kr is given for the key-id).
-func NewV1Writer(t testing.TB, kr *crypto.Keyring, backing string) *V1Writer {
+// verifier (made by Keyring, with Password), wiped at the test's end.
+func NewV1Writer(t testing.TB, backing string) *V1Writer {
 	t.Helper()
-	kid, err := kr.KeyID()
+	w, err := V1WriterFor(backing, Password)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := crypto.Inspect(crypto.VerifierPath(backing), Password)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Wipe)
-	return &V1Writer{kid: kid, secrets: s}
+	t.Cleanup(w.Wipe)
+	return w
 }
 
 // ForeignV1Writer returns a writer under a random master key (another
